@@ -1,0 +1,3 @@
+from clipcheck.cli import main
+
+main()

@@ -1,0 +1,342 @@
+"""Control-flow graphs of training code, one event per node.
+
+The graph of a unit (a function, or the module's top-level code) has a node per training event
+and empty join nodes for headers. Edges that close a training loop (a loop whose body runs a
+backward pass or a step) are marked as back edges, because the dataflow treats "the previous
+iteration" differently from "earlier in this iteration". Calls to helpers of the same module
+are expanded in place (bounded, recursion-safe), their events tagged with the call site.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import libcst as cst
+
+from clipcheck.events import Event, EventKind, Inline, Item, Recognizer
+from clipcheck.syntax import statements
+
+MAX_INLINE_DEPTH = 4
+MAX_NODES = 20_000
+TRAINING_KINDS = frozenset({EventKind.BACKWARD, EventKind.STEP})
+
+
+@dataclass
+class Node:
+    id: int
+    event: Event | None = None
+    succs: list[tuple[int, bool]] = field(default_factory=list)
+
+
+@dataclass
+class Cfg:
+    nodes: list[Node]
+    entry: int
+    exit: int
+
+    def events(self) -> list[tuple[int, Event]]:
+        return [(n.id, n.event) for n in self.nodes if n.event is not None]
+
+    def reachable_from(self, start: int) -> set[int]:
+        seen: set[int] = set()
+        stack = [s for s, _ in self.nodes[start].succs]
+        while stack:
+            node = stack.pop()
+            if node not in seen:
+                seen.add(node)
+                stack.extend(s for s, _ in self.nodes[node].succs)
+        return seen
+
+
+Frontier = list[int]
+
+
+@dataclass
+class _Loop:
+    header: int
+    breaks: Frontier = field(default_factory=list)
+    continues: Frontier = field(default_factory=list)
+
+
+@dataclass
+class _Finally:
+    body: Sequence[cst.BaseStatement]
+
+
+@dataclass
+class _Handlers:
+    raisers: Frontier = field(default_factory=list)
+
+
+@dataclass
+class _Function:
+    returns: Frontier = field(default_factory=list)
+
+
+_Frame = _Loop | _Finally | _Handlers | _Function
+
+# Makes the recognizer for a helper call: (inline request, recognizer of the caller).
+RecognizerFactory = Callable[[Inline, Recognizer], Recognizer | None]
+
+
+class CfgBuilder:
+    def __init__(self, recognizer: Recognizer, make_recognizer: RecognizerFactory) -> None:
+        self.nodes: list[Node] = []
+        self.recognizer = recognizer
+        self.make_recognizer = make_recognizer
+        self.frames: list[_Frame] = []
+        self.inlining: list[cst.CSTNode] = []
+
+    # -- graph primitives ---------------------------------------------------------------------
+    def _node(self, frontier: Frontier, event: Event | None = None) -> int:
+        node = Node(len(self.nodes), event)
+        self.nodes.append(node)
+        for pred in frontier:
+            self._edge(pred, node.id)
+        return node.id
+
+    def _edge(self, src: int, dst: int, back: bool = False) -> None:
+        if (dst, back) not in self.nodes[src].succs:
+            self.nodes[src].succs.append((dst, back))
+
+    def _items(self, items: list[Item], frontier: Frontier) -> Frontier:
+        for item in items:
+            if isinstance(item, Event):
+                frontier = [self._node(frontier, item)]
+            else:
+                frontier = self._inline(item, frontier)
+        return frontier
+
+    def _expr(self, node: cst.CSTNode | None, frontier: Frontier) -> Frontier:
+        if node is None:
+            return frontier
+        return self._items(self.recognizer.items(node), frontier)
+
+    # -- units --------------------------------------------------------------------------------
+    def build(
+        self,
+        body: Sequence[cst.BaseStatement] | cst.BaseExpression,
+        before: Sequence[Event] = (),
+        after: Sequence[Event] = (),
+    ) -> Cfg:
+        entry = self._node([])
+        frontier = self._items(list(before), [entry])
+        function = _Function()
+        self.frames.append(function)
+        if isinstance(body, cst.BaseExpression):
+            frontier = self._expr(body, frontier)
+        else:
+            frontier = self._stmts(body, frontier)
+        self.frames.pop()
+        frontier = self._items(list(after), frontier + function.returns)
+        exit_node = self._node(frontier)
+        return Cfg(self.nodes, entry, exit_node)
+
+    def _inline(self, item: Inline, frontier: Frontier) -> Frontier:
+        if (len(self.inlining) >= MAX_INLINE_DEPTH or item.callee in self.inlining
+                or len(self.nodes) > MAX_NODES):
+            return frontier
+        recognizer = self.make_recognizer(item, self.recognizer)
+        if recognizer is None:
+            return frontier
+        saved = (self.recognizer, self.frames)
+        self.recognizer, self.frames = recognizer, [_Function()]
+        self.inlining.append(item.callee)
+        try:
+            if isinstance(item.callee, cst.Lambda):
+                frontier = self._expr(item.callee.body, frontier)
+            else:
+                frontier = self._stmts(statements(item.callee.body), frontier)
+            function = self.frames[0]
+            assert isinstance(function, _Function)
+            return frontier + function.returns
+        finally:
+            self.inlining.pop()
+            self.recognizer, self.frames = saved
+
+    # -- statements -----------------------------------------------------------------------------
+    def _stmts(self, body: Sequence[cst.BaseStatement], frontier: Frontier) -> Frontier:
+        for stmt in body:
+            handlers = next((f for f in reversed(self.frames) if isinstance(f, _Handlers)), None)
+            if handlers is not None and frontier:
+                handlers.raisers.extend(frontier)
+            frontier = self._stmt(stmt, frontier)
+        return frontier
+
+    def _stmt(self, stmt: cst.BaseStatement, frontier: Frontier) -> Frontier:
+        if isinstance(stmt, cst.SimpleStatementLine):
+            return self._simple(stmt.body, frontier)
+        method = getattr(self, f"_{type(stmt).__name__}", None)
+        if method is None:  # FunctionDef, ClassDef: separate units
+            return frontier
+        return method(stmt, frontier)  # type: ignore[no-any-return]
+
+    def _simple(self, body: Sequence[cst.BaseSmallStatement], frontier: Frontier) -> Frontier:
+        for small in body:
+            if isinstance(small, cst.Return):
+                self._jump(_Function, self._expr(small.value, frontier))
+                return []
+            if isinstance(small, cst.Raise):
+                self._raise(self._expr(small.exc, frontier))
+                return []
+            if isinstance(small, cst.Break):
+                self._jump(_Loop, frontier, "breaks")
+                return []
+            if isinstance(small, cst.Continue):
+                self._jump(_Loop, frontier, "continues")
+                return []
+            if isinstance(small, (cst.Import, cst.ImportFrom, cst.Global, cst.Nonlocal, cst.Pass)):
+                continue
+            frontier = self._expr(small, frontier)
+        return frontier
+
+    def _suite(self, suite: cst.BaseSuite, frontier: Frontier) -> Frontier:
+        if isinstance(suite, cst.SimpleStatementSuite):
+            return self._simple(suite.body, frontier)
+        return self._stmts(suite.body, frontier)
+
+    def _If(self, stmt: cst.If, frontier: Frontier) -> Frontier:
+        frontier = self._expr(stmt.test, frontier)
+        then = self._suite(stmt.body, list(frontier))
+        if stmt.orelse is None:
+            return then + frontier
+        if isinstance(stmt.orelse, cst.If):
+            return then + self._If(stmt.orelse, frontier)
+        return then + self._suite(stmt.orelse.body, frontier)
+
+    def _loop(
+        self,
+        frontier: Frontier,
+        test: cst.BaseExpression | None,
+        body: cst.BaseSuite,
+        orelse: cst.Else | None,
+        runs_once: bool,
+        endless: bool,
+        target: cst.BaseExpression | None = None,
+        iterable: cst.BaseExpression | None = None,
+    ) -> Frontier:
+        header = self._node([] if runs_once else frontier)
+        after_test = self._expr(test, [header])
+        body_entry = self._node(after_test + (frontier if runs_once else []))
+        loop = _Loop(header)
+        first = len(self.nodes)
+        self.frames.append(loop)
+        owners = self._bind_loop_target(target, iterable)
+        body_end = self._suite(body, [body_entry])
+        self._unbind_loop_target(target, owners)
+        self.frames.pop()
+        trains = any(
+            n.event is not None and n.event.kind in TRAINING_KINDS for n in self.nodes[first:]
+        )
+        for src in body_end + loop.continues:
+            self._edge(src, header, back=trains)
+        exits = [] if endless else after_test
+        if orelse is not None:
+            exits = self._suite(orelse.body, exits)
+        return exits + loop.breaks
+
+    def _bind_loop_target(
+        self, target: cst.BaseExpression | None, iterable: cst.BaseExpression | None
+    ) -> frozenset[str] | None:
+        if not isinstance(target, cst.Name) or iterable is None:
+            return None
+        saved = self.recognizer.loop_owners.get(target.value)
+        owners = self.recognizer.owners(iterable)
+        if owners is not None:
+            self.recognizer.loop_owners[target.value] = owners
+        return saved
+
+    def _unbind_loop_target(self, target: cst.BaseExpression | None, saved: frozenset[str] | None) -> None:
+        if isinstance(target, cst.Name):
+            self.recognizer.loop_owners.pop(target.value, None)
+            if saved is not None:
+                self.recognizer.loop_owners[target.value] = saved
+
+    def _For(self, stmt: cst.For, frontier: Frontier) -> Frontier:
+        frontier = self._expr(stmt.iter, frontier)
+        frontier = self._items(self.recognizer.iteration(stmt.iter, stmt.iter), frontier)
+        runs_once = self.recognizer.owners(stmt.iter) is not None or _is_param_groups(stmt.iter)
+        return self._loop(frontier, None, stmt.body, stmt.orelse, runs_once=runs_once,
+                          endless=False, target=stmt.target, iterable=stmt.iter)
+
+    def _While(self, stmt: cst.While, frontier: Frontier) -> Frontier:
+        endless = isinstance(stmt.test, cst.Name) and stmt.test.value == "True" or (
+            isinstance(stmt.test, cst.Integer) and stmt.test.value not in ("0",)
+        )
+        return self._loop(frontier, stmt.test, stmt.body, stmt.orelse, runs_once=False,
+                          endless=endless)
+
+    def _With(self, stmt: cst.With, frontier: Frontier) -> Frontier:
+        for item in stmt.items:
+            frontier = self._expr(item.item, frontier)
+        return self._suite(stmt.body, frontier)
+
+    def _Try(self, stmt: cst.Try | cst.TryStar, frontier: Frontier) -> Frontier:
+        if stmt.finalbody is not None:
+            self.frames.append(_Finally(statements(stmt.finalbody.body)))
+        handlers = _Handlers(list(frontier)) if stmt.handlers else None
+        if handlers is not None:
+            self.frames.append(handlers)
+        body = self._suite(stmt.body, frontier)
+        if handlers is not None:
+            self.frames.pop()
+            handlers.raisers.extend(body)
+        out = self._suite(stmt.orelse.body, body) if stmt.orelse is not None else body
+        if handlers is not None:
+            entry = self._node(handlers.raisers)
+            for handler in stmt.handlers:
+                out = out + self._suite(handler.body, [entry])
+        if stmt.finalbody is not None:
+            self.frames.pop()
+            out = self._suite(stmt.finalbody.body, out)
+        return out
+
+    _TryStar = _Try
+
+    def _Match(self, stmt: cst.Match, frontier: Frontier) -> Frontier:
+        frontier = self._expr(stmt.subject, frontier)
+        out = list(frontier)
+        for case in stmt.cases:
+            entry = self._expr(case.guard, list(frontier))
+            out += self._suite(case.body, entry)
+        return out
+
+    # -- jumps --------------------------------------------------------------------------------
+    def _jump(self, kind: type, frontier: Frontier, slot: str = "returns") -> None:
+        """Leave through every enclosing ``finally`` up to the frame the jump targets."""
+        frames = self.frames
+        for depth in range(len(frames) - 1, -1, -1):
+            frame = frames[depth]
+            if isinstance(frame, _Finally):
+                self.frames = frames[:depth]
+                frontier = self._stmts(frame.body, frontier)
+                self.frames = frames
+            elif isinstance(frame, kind):
+                getattr(frame, slot).extend(frontier)
+                return
+
+    def _raise(self, frontier: Frontier) -> None:
+        frames = self.frames
+        for depth in range(len(frames) - 1, -1, -1):
+            frame = frames[depth]
+            if isinstance(frame, _Finally):
+                self.frames = frames[:depth]
+                frontier = self._stmts(frame.body, frontier)
+                self.frames = frames
+            elif isinstance(frame, _Handlers):
+                frame.raisers.extend(frontier)
+                return
+            elif isinstance(frame, _Function):
+                return
+
+
+def _is_param_groups(expr: cst.BaseExpression) -> bool:
+    """``optimizer.param_groups`` and ``group["params"]`` are never empty."""
+    if isinstance(expr, cst.Attribute) and expr.attr.value == "param_groups":
+        return True
+    if isinstance(expr, cst.Subscript) and len(expr.slice) == 1:
+        index = expr.slice[0].slice
+        if isinstance(index, cst.Index) and isinstance(index.value, cst.SimpleString):
+            return index.value.value.strip("'\"") == "params"
+    return False

@@ -1,0 +1,168 @@
+"""The typestate of gradients, propagated over a unit's CFG to a fixpoint.
+
+Each optimizer is tracked on its own: its gradients move through :class:`Grads` states and
+its clipping through :class:`Clip` states. The analysis is a powerset over these small
+records, so a node knows every state that reaches it along some path; rules decide whether
+they need a fact "on every path" or "on some path". The records are plain frozen dataclasses
+so that further typestate (a GradScaler's stage, say) is one more field.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import TypeVar
+
+from clipcheck.cfg import Cfg
+from clipcheck.events import Event, EventKind
+
+
+class Grads(enum.Enum):
+    UNKNOWN = "unknown"          # whatever the caller left (function entry)
+    NONE = "none"                # no gradients yet, or zeroed with nothing pending
+    FRESH = "fresh"              # backward ran since the last zero-grad or step
+    FRESH_PREV = "fresh-prev"    # ... in an earlier iteration of the training loop
+    KILLED = "killed"            # fresh gradients were zeroed before any step used them
+    USED = "used"                # a step consumed them; not zeroed since
+    ZEROED_USED = "zeroed-used"  # zeroed after a step consumed them
+    STALE = "stale"              # a backward accumulated onto gradients a step already used
+
+
+class Clip(enum.Enum):
+    NONE = "none"          # not clipped since the last step or zero-grad
+    EARLY = "early"        # clipped while no fresh gradients existed (before backward)
+    LATE = "late"          # clipped right after a step, before any backward
+    DONE = "done"          # clipped after the last backward
+    STALE = "stale"        # clipped, then another backward accumulated more gradients
+
+
+NO_NODE = -1
+
+
+@dataclass(frozen=True)
+class OptState:
+    """The gradients of one optimizer along one path.
+
+    ``grads_at`` is the node that caused ``grads`` (the backward, the zero-grad or the step);
+    ``killed_backward`` the backward whose gradients a zero-grad discarded; ``clip_at`` the
+    clip behind ``clip``. ``looped`` says the path went round a training loop at least once.
+    """
+
+    grads: Grads = Grads.UNKNOWN
+    grads_at: int = NO_NODE
+    killed_backward: int = NO_NODE
+    clip: Clip = Clip.NONE
+    clip_at: int = NO_NODE
+    looped: bool = False
+
+
+ENTRY = OptState()
+FRESH_START = OptState(grads=Grads.NONE)
+
+_BACKWARD = {
+    Grads.UNKNOWN: Grads.FRESH, Grads.NONE: Grads.FRESH, Grads.FRESH: Grads.FRESH,
+    Grads.FRESH_PREV: Grads.FRESH, Grads.KILLED: Grads.FRESH, Grads.USED: Grads.STALE,
+    Grads.ZEROED_USED: Grads.FRESH, Grads.STALE: Grads.STALE,
+}
+_ZERO = {
+    Grads.UNKNOWN: Grads.NONE, Grads.NONE: Grads.NONE, Grads.FRESH: Grads.KILLED,
+    Grads.FRESH_PREV: Grads.NONE, Grads.KILLED: Grads.KILLED, Grads.USED: Grads.ZEROED_USED,
+    Grads.ZEROED_USED: Grads.ZEROED_USED, Grads.STALE: Grads.ZEROED_USED,
+}
+HAS_FRESH = frozenset({Grads.UNKNOWN, Grads.FRESH, Grads.FRESH_PREV, Grads.STALE})
+
+
+def transfer(node: int, event: Event, state: OptState) -> OptState:
+    """The state after ``event`` (at CFG node ``node``) for an optimizer it applies to."""
+    kind = event.kind
+    if kind is EventKind.BACKWARD:
+        grads = _BACKWARD[state.grads]
+        keeps_origin = grads is state.grads and grads is Grads.STALE
+        clip = Clip.STALE if state.clip is Clip.DONE else state.clip
+        return replace(state, grads=grads, grads_at=state.grads_at if keeps_origin else node,
+                       clip=clip)
+    if kind is EventKind.ZERO_GRAD:
+        grads = _ZERO[state.grads]
+        if grads is state.grads:
+            return replace(state, clip=_clip_after_zero(state.clip))
+        killed = state.grads_at if grads is Grads.KILLED else NO_NODE
+        return replace(state, grads=grads, grads_at=node, killed_backward=killed,
+                       clip=_clip_after_zero(state.clip))
+    if kind is EventKind.CLIP:
+        if state.grads in HAS_FRESH:
+            clip = Clip.DONE
+        elif state.grads is Grads.USED:
+            clip = Clip.LATE
+        else:
+            clip = Clip.EARLY
+        return replace(state, clip=clip, clip_at=node)
+    if kind is EventKind.STEP:
+        return replace(state, grads=Grads.USED, grads_at=node, killed_backward=NO_NODE,
+                       clip=Clip.NONE, clip_at=NO_NODE)
+    if kind is EventKind.CREATE_OPTIMIZER:
+        return replace(FRESH_START, looped=state.looped)
+    return state
+
+
+def _clip_after_zero(clip: Clip) -> Clip:
+    return clip if clip in (Clip.EARLY, Clip.LATE) else Clip.NONE
+
+
+def around_loop(state: OptState) -> OptState:
+    """Crossing a training loop's back edge: what was fresh now comes from a past iteration,
+    and a zero-grad that discarded it is no longer "before this step"."""
+    grads = state.grads
+    if grads is Grads.FRESH:
+        grads = Grads.FRESH_PREV
+    elif grads is Grads.KILLED:
+        grads = Grads.NONE
+    if grads is state.grads and state.looped:
+        return state
+    return replace(state, grads=grads, looped=True)
+
+
+S = TypeVar("S")
+
+
+def solve(
+    cfg: Cfg,
+    entry: Iterable[S],
+    step: Callable[[int, Event, S], S],
+    back: Callable[[S], S] = lambda s: s,
+) -> list[frozenset[S]]:
+    """The set of states reaching each node (before its event), to a fixpoint."""
+    states: list[set[S]] = [set() for _ in cfg.nodes]
+    states[cfg.entry] = set(entry)
+    work = [cfg.entry]
+    while work:
+        node_id = work.pop()
+        node = cfg.nodes[node_id]
+        event = node.event
+        out = {step(node_id, event, s) for s in states[node_id]} if event else states[node_id]
+        for succ, is_back in node.succs:
+            incoming = {back(s) for s in out} if is_back else out
+            target = states[succ]
+            if not incoming <= target:
+                target |= incoming
+                work.append(succ)
+    return [frozenset(s) for s in states]
+
+
+@dataclass(frozen=True)
+class ParamsState:
+    """Stored parameter generators: which names may hold one, and which may be exhausted."""
+
+    generators: frozenset[str] = frozenset()
+    consumed: frozenset[str] = frozenset()
+
+
+def params_transfer(node: int, event: Event, state: ParamsState) -> ParamsState:
+    if event.kind is EventKind.PARAMS_BIND:
+        generators = state.generators - {event.name}
+        if event.generator:
+            generators |= {event.name}
+        return ParamsState(generators, state.consumed - {event.name})
+    if event.kind is EventKind.PARAMS_USE and event.name in state.generators:
+        return ParamsState(state.generators, state.consumed | {event.name})
+    return state

@@ -1,0 +1,64 @@
+"""What the dataflow established about one unit: the only thing rules read."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import libcst as cst
+
+from clipcheck.cfg import Cfg
+from clipcheck.dataflow import OptState, ParamsState
+from clipcheck.events import Event, EventKind
+from clipcheck.names import ModuleNames
+
+
+@dataclass
+class UnitFacts:
+    """The CFG of a unit, the optimizers it concerns and the states reaching each node."""
+
+    name: str
+    cfg: Cfg
+    names: ModuleNames
+    targets: dict[int, frozenset[str]]
+    states: dict[str, list[frozenset[OptState]]]
+    params: list[frozenset[ParamsState]]
+    line_of: Callable[[cst.CSTNode], int]
+    _reachable: dict[int, set[int]] = field(default_factory=dict)
+
+    def event(self, node: int) -> Event:
+        event = self.cfg.nodes[node].event
+        assert event is not None
+        return event
+
+    def events(self, *kinds: EventKind) -> Iterator[tuple[int, Event]]:
+        for node, event in self.cfg.events():
+            if event.kind in kinds:
+                yield node, event
+
+    def before(self, node: int, key: str) -> frozenset[OptState]:
+        """Every state of ``key``'s gradients that reaches ``node`` along some path."""
+        return self.states[key][node]
+
+    def steady(self, node: int, key: str) -> frozenset[OptState]:
+        """The states that reach ``node`` once the training loop has gone round (all states
+        when it is not in one): the first iteration's unknown start must not mask a mistake
+        that every later iteration makes."""
+        states = self.states[key][node]
+        looped = frozenset(s for s in states if s.looped)
+        return looped or states
+
+    def always(self, node: int, test: Callable[[OptState], bool]) -> bool:
+        """``test`` holds on every path, for every optimizer the event at ``node`` concerns."""
+        keys = self.targets.get(node, frozenset())
+        return bool(keys) and all(
+            self.steady(node, k) and all(test(s) for s in self.steady(node, k)) for k in keys
+        )
+
+    def line(self, node: int) -> int:
+        return self.line_of(self.event(node).location)
+
+    def reachable_from(self, node: int) -> set[int]:
+        if node not in self._reachable:
+            self._reachable[node] = self.cfg.reachable_from(node)
+        return self._reachable[node]

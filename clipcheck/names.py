@@ -1,0 +1,148 @@
+"""Name resolution through a module's imports and module-level aliases.
+
+LibCST's ``QualifiedNameProvider`` costs several times a bare parse; clipcheck only needs to know
+what the roots of dotted names were imported as, so it reads the import statements and the
+module-level assignments itself.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+
+import libcst as cst
+
+
+def dotted(expr: cst.BaseExpression) -> str | None:
+    """``a.b.c`` for a chain of names and attributes, ``None`` for anything else."""
+    if isinstance(expr, cst.Name):
+        return expr.value
+    if isinstance(expr, cst.Attribute):
+        base = dotted(expr.value)
+        return None if base is None else f"{base}.{expr.attr.value}"
+    return None
+
+
+def _module_path(node: cst.BaseExpression | None) -> str:
+    if node is None:
+        return ""
+    return dotted(node) or ""
+
+
+def numeric_literal(expr: cst.BaseExpression) -> float | None:
+    """The value of a number literal, possibly negated, or ``None``."""
+    if isinstance(expr, (cst.Integer, cst.Float)):
+        return float(ast.literal_eval(expr.value))
+    if isinstance(expr, cst.UnaryOperation) and isinstance(expr.operator, (cst.Minus, cst.Plus)):
+        inner = numeric_literal(expr.expression)
+        if inner is None:
+            return None
+        return -inner if isinstance(expr.operator, cst.Minus) else inner
+    return None
+
+
+@dataclass
+class ModuleNames:
+    """What the names of one module refer to, as far as its own text tells."""
+
+    aliases: dict[str, str] = field(default_factory=dict)
+    constants: dict[str, float] = field(default_factory=dict)
+    functions: dict[str, cst.FunctionDef] = field(default_factory=dict)
+    classes: dict[str, cst.ClassDef] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, module: cst.Module) -> ModuleNames:
+        names = cls()
+        collector = _ImportCollector(names.aliases)
+        module.visit(collector)
+        assigned: dict[str, int] = {}
+        for stmt in module.body:
+            if isinstance(stmt, cst.FunctionDef):
+                names.functions[stmt.name.value] = stmt
+            elif isinstance(stmt, cst.ClassDef):
+                names.classes[stmt.name.value] = stmt
+            elif isinstance(stmt, cst.SimpleStatementLine):
+                for small in stmt.body:
+                    names._module_assignment(small, assigned)
+        for name, count in assigned.items():
+            if count > 1:
+                names.constants.pop(name, None)
+        return names
+
+    def _module_assignment(self, small: cst.BaseSmallStatement, assigned: dict[str, int]) -> None:
+        if isinstance(small, cst.Assign):
+            targets = [t.target for t in small.targets]
+            value: cst.BaseExpression | None = small.value
+        elif isinstance(small, cst.AnnAssign):
+            targets = [small.target]
+            value = small.value
+        else:
+            return
+        if value is None:
+            return
+        for target in targets:
+            if not isinstance(target, cst.Name):
+                continue
+            name = target.value
+            assigned[name] = assigned.get(name, 0) + 1
+            number = numeric_literal(value)
+            if number is not None:
+                self.constants[name] = number
+                continue
+            source = dotted(value)
+            if source is not None and source.split(".")[0] in self.aliases:
+                self.aliases[name] = self.qualify(value) or source
+
+    def qualify(self, expr: cst.BaseExpression) -> str | None:
+        """The dotted name with its root replaced by what it was imported as."""
+        name = dotted(expr)
+        if name is None:
+            return None
+        root, _, rest = name.partition(".")
+        target = self.aliases.get(root)
+        if target is None:
+            return name
+        return f"{target}.{rest}" if rest else target
+
+    def is_imported(self, expr: cst.BaseExpression) -> bool:
+        name = dotted(expr)
+        return name is not None and name.split(".")[0] in self.aliases
+
+    def number(self, expr: cst.BaseExpression) -> float | None:
+        """A literal number, or a module constant bound once to one."""
+        if isinstance(expr, cst.Name):
+            return self.constants.get(expr.value)
+        return numeric_literal(expr)
+
+
+class _ImportCollector(cst.CSTVisitor):
+    """Every import in the module, wherever it stands, binds its name to a dotted path."""
+
+    def __init__(self, aliases: dict[str, str]) -> None:
+        self.aliases = aliases
+
+    def visit_Import(self, node: cst.Import) -> bool:
+        for alias in node.names:
+            path = _module_path(alias.name)
+            if alias.asname is not None and isinstance(alias.asname.name, cst.Name):
+                self.aliases[alias.asname.name.value] = path
+            else:
+                root = path.split(".")[0]
+                self.aliases[root] = root
+        return False
+
+    def visit_ImportFrom(self, node: cst.ImportFrom) -> bool:
+        if node.relative or isinstance(node.names, cst.ImportStar):
+            return False
+        module = _module_path(node.module)
+        for alias in node.names:
+            imported = _module_path(alias.name)
+            local = imported
+            if alias.asname is not None and isinstance(alias.asname.name, cst.Name):
+                local = alias.asname.name.value
+            self.aliases[local] = f"{module}.{imported}"
+        return False
+
+    # Only statements can hold imports; expressions are never entered.
+    def visit_SimpleStatementLine(self, node: cst.SimpleStatementLine) -> bool:
+        return any(isinstance(s, (cst.Import, cst.ImportFrom)) for s in node.body)

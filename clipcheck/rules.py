@@ -1,0 +1,239 @@
+"""The rules. Each reads the facts of a unit (:mod:`clipcheck.facts`) and yields findings;
+none of them walks syntax or runs the analysis itself. Their documentation pages live in
+``rules/<name>.md`` at the top of the repository (shipped as ``clipcheck/docs``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import ClassVar
+
+from clipcheck.dataflow import HAS_FRESH, Clip, Grads, OptState
+from clipcheck.events import Event, EventKind
+from clipcheck.facts import UnitFacts
+
+
+@dataclass(frozen=True)
+class RawFinding:
+    """A finding before positions: the event it points at and what to say."""
+
+    rule: Rule
+    event: Event
+    message: str
+
+
+class Rule:
+    code: ClassVar[str]
+    name: ClassVar[str]
+    summary: ClassVar[str]
+
+    def check(self, facts: UnitFacts) -> Iterable[RawFinding]:
+        raise NotImplementedError
+
+    def finding(self, event: Event, message: str) -> RawFinding:
+        return RawFinding(self, event, message)
+
+
+def _label(event: Event) -> str:
+    return f"`{event.label}`"
+
+
+def _origins(states: Iterable[OptState], attribute: str) -> list[int]:
+    return sorted({getattr(s, attribute) for s in states} - {-1})
+
+
+class ClipBeforeBackward(Rule):
+    code = "CC101"
+    name = "clip-before-backward"
+    summary = "gradients are clipped before the backward pass that feeds the step"
+
+    def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
+        for step, step_event in facts.events(EventKind.STEP):
+            if not facts.always(step, lambda s: s.clip in (Clip.EARLY, Clip.STALE)
+                                and s.grads in HAS_FRESH - {Grads.UNKNOWN}):
+                continue
+            states = [s for k in facts.targets[step] for s in facts.steady(step, k)]
+            for clip in _origins(states, "clip_at"):
+                backward = max((s.grads_at for s in states if s.clip_at == clip), default=-1)
+                yield self.finding(facts.event(clip), self._message(facts, clip, backward, step_event))
+
+    @staticmethod
+    def _message(facts: UnitFacts, clip: int, backward: int, step: Event) -> str:
+        clip_event = facts.event(clip)
+        if step.synthetic == "lightning":
+            return (
+                f"{_label(clip_event)} runs inside `training_step`, but under automatic "
+                "optimization Lightning runs backward only after `training_step` returns: the "
+                "clip sees no gradients for this batch and the step applies unclipped ones. "
+                "Set `gradient_clip_val` on the Trainer, or clip in `configure_gradient_clipping`."
+            )
+        where = "its closure" if facts.event(backward).synthetic == "closure" else (
+            f"line {facts.line(backward)}")
+        return (
+            f"{_label(clip_event)} clips at line {facts.line(clip)}, but the backward pass of this "
+            f"update runs after it ({where}): the step at line {facts.line_of(step.location)} "
+            "applies gradients that were never clipped. Clip after backward, right before step."
+        )
+
+
+class ClipAfterStep(Rule):
+    code = "CC102"
+    name = "clip-after-step"
+    summary = "gradients are clipped after the step already applied them"
+
+    def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
+        for clip, event in facts.events(EventKind.CLIP):
+            if not facts.always(clip, lambda s: s.grads is Grads.USED):
+                continue
+            steps = _origins((s for k in facts.targets[clip] for s in facts.steady(clip, k)), "grads_at")
+            lines = ", ".join(str(facts.line(s)) for s in steps)
+            yield self.finding(event, (
+                f"{_label(event)} clips after the optimizer step at line {lines}: that update "
+                "already used the unclipped gradients, and the clipped ones are discarded by the "
+                "next zero-grad. Move the clip between backward and step."
+            ))
+
+
+class StepBeforeBackward(Rule):
+    code = "CC103"
+    name = "step-before-backward"
+    summary = "the optimizer steps before the backward pass that should feed it"
+
+    EMPTY = frozenset({Grads.NONE, Grads.USED, Grads.ZEROED_USED})
+
+    def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
+        backwards = [n for n, e in facts.events(EventKind.BACKWARD)]
+        for step, event in facts.events(EventKind.STEP):
+            if not facts.always(step, lambda s: s.grads in self.EMPTY):
+                continue
+            later = [b for b in backwards if b in facts.reachable_from(step)]
+            if not later:
+                continue
+            line = min(facts.line(b) for b in later)
+            yield self.finding(event, (
+                f"{_label(event)} steps before the backward pass at line {line} has produced "
+                "this update's gradients: it applies zeroed or already-used gradients, and the "
+                "fresh ones arrive after the step. Call backward first, then step."
+            ))
+
+
+class ZeroGradBeforeStep(Rule):
+    code = "CC104"
+    name = "zero-grad-before-step"
+    summary = "gradients are zeroed between backward and step"
+
+    def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
+        for step, event in facts.events(EventKind.STEP):
+            if not facts.always(step, lambda s: s.grads is Grads.KILLED):
+                continue
+            states = [s for k in facts.targets[step] for s in facts.steady(step, k)]
+            for zero in _origins(states, "grads_at"):
+                backward = max(s.killed_backward for s in states if s.grads_at == zero)
+                yield self.finding(facts.event(zero), (
+                    f"{_label(facts.event(zero))} zeroes the gradients that the backward pass at "
+                    f"line {facts.line(backward)} just computed, before the step at line "
+                    f"{facts.line_of(event.location)} uses them: the update sees nothing. "
+                    "Zero the gradients before backward (or after step), never between."
+                ))
+
+
+class MissingZeroGrad(Rule):
+    code = "CC105"
+    name = "missing-zero-grad"
+    summary = "a backward pass accumulates onto gradients a step already used"
+
+    def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
+        for step, _ in facts.events(EventKind.STEP):
+            for key in facts.targets[step]:
+                for backward in _origins((s for s in facts.before(step, key)
+                                          if s.grads is Grads.STALE), "grads_at"):
+                    arriving = facts.before(backward, key)
+                    if any(s.grads is Grads.ZEROED_USED for s in arriving):
+                        continue  # a zero-grad can run on the way: conditional zeroing
+                    used_by = _origins((s for s in arriving if s.grads is Grads.USED), "grads_at")
+                    event = facts.event(backward)
+                    yield self.finding(event, (
+                        f"{_label(event)} accumulates onto the gradients that the step at line "
+                        f"{', '.join(str(facts.line(s)) for s in used_by)} already applied: "
+                        "nothing zeroes them in between, so every update re-applies all earlier "
+                        "gradients. Call `optimizer.zero_grad()` once per update."
+                    ))
+
+
+class ClipInsideAccumulation(Rule):
+    code = "CC106"
+    name = "clip-inside-accumulation"
+    summary = "gradients are clipped on every micro-batch of an accumulation"
+
+    def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
+        for clip, event in facts.events(EventKind.CLIP):
+            keys = facts.targets.get(clip, frozenset())
+            if not keys or not all(
+                any(s.clip is Clip.STALE for s in facts.before(clip, k)) for k in keys
+            ):
+                continue
+            yield self.finding(event, (
+                f"{_label(event)} runs on every micro-batch while gradients accumulate: each "
+                "clip rescales a partial sum, so early micro-batches are shrunk again and again "
+                "and the step sees a distorted average. Clip once, after the last backward and "
+                "right before step (inside the branch that steps)."
+            ))
+
+
+class NonPositiveMaxNorm(Rule):
+    code = "CC301"
+    name = "non-positive-max-norm"
+    summary = "a clipping threshold is zero or negative"
+
+    def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
+        for _, event in facts.events(EventKind.CLIP, EventKind.CLIP_CONFIG):
+            if event.chain or event.threshold is None:
+                continue
+            value = facts.names.number(event.threshold)
+            if value is None:
+                continue
+            lightning = event.threshold_name == "gradient_clip_val"
+            if lightning and value < 0:
+                yield self.finding(event, (
+                    f"`gradient_clip_val={value:g}` is negative: Lightning skips clipping for "
+                    "any value <= 0, so this run trains with no clipping at all. Use a positive "
+                    "threshold (for example 1.0), or leave it unset to disable clipping openly."
+                ))
+            elif not lightning and value <= 0:
+                effect = "wipes every gradient" if value == 0 else (
+                    "flips the sign of every gradient, turning descent into ascent"
+                    if event.threshold_name == "max_norm" else "leaves an empty clamp range")
+                yield self.finding(event, (
+                    f"`{event.threshold_name}={value:g}` in {_label(event)} {effect}: the model "
+                    "stops learning. Use a positive threshold (for example 1.0)."
+                ))
+
+
+class ExhaustedParameters(Rule):
+    code = "CC302"
+    name = "exhausted-parameters"
+    summary = "a parameter generator is reused after it was consumed"
+
+    def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
+        for node, event in facts.events(EventKind.PARAMS_USE):
+            if not event.sensitive or event.chain:
+                continue
+            if any(event.name in s.consumed for s in facts.params[node]):
+                yield self.finding(event, (
+                    f"`{event.name}` holds a generator (such as `model.parameters()`) that an "
+                    f"earlier use already consumed: {_label(event)} receives no parameters at "
+                    "all, so nothing is clipped or optimized. Store `list(model.parameters())`, "
+                    "or call `model.parameters()` again here."
+                ))
+
+
+RULES: tuple[Rule, ...] = (
+    ClipBeforeBackward(),
+    ClipAfterStep(),
+    StepBeforeBackward(),
+    ZeroGradBeforeStep(),
+    MissingZeroGrad(),
+    ClipInsideAccumulation(),
+    NonPositiveMaxNorm(),
+    ExhaustedParameters(),
+)

@@ -1,0 +1,144 @@
+"""The training-event vocabulary, as data.
+
+Recognition code in :mod:`clipcheck.events` reads these tables; teaching clipcheck a new
+framework means adding rows here, not branches there.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """Where a clipping call takes its threshold: keyword name and positional index."""
+
+    keyword: str
+    position: int
+
+
+# Functions that clip gradients, by qualified name -> where their threshold is passed.
+CLIP_FUNCTIONS: dict[str, Threshold] = {
+    f"{module}.{function}": Threshold(keyword, 1)
+    for module in ("torch.nn.utils", "torch.nn.utils.clip_grad")
+    for function, keyword in (
+        ("clip_grad_norm_", "max_norm"),
+        ("clip_grad_norm", "max_norm"),
+        ("clip_grad_value_", "clip_value"),
+        ("clip_grads_with_norm_", "max_norm"),
+    )
+}
+
+# Functions that run a backward pass, by qualified name.
+BACKWARD_FUNCTIONS = frozenset({"torch.autograd.backward"})
+
+# Methods that run a backward pass on whatever they are called on (a loss, an
+# ``accelerator``, a DeepSpeed engine, a LightningModule under manual optimization).
+BACKWARD_METHODS = frozenset({"backward", "manual_backward"})
+
+# Framework methods that clip, by method name -> threshold when the first argument is the
+# parameters (accelerate, Fabric) ...
+CLIP_METHODS_WITH_PARAMETERS: dict[str, Threshold] = {
+    "clip_grad_norm_": Threshold("max_norm", 1),
+    "clip_grad_value_": Threshold("clip_value", 1),
+}
+# ... and when the receiver owns the parameters (FSDP1's ``model.clip_grad_norm_(1.0)``).
+CLIP_METHODS_ON_MODULE: dict[str, Threshold] = {
+    "clip_grad_norm_": Threshold("max_norm", 0),
+}
+# Lightning's ``self.clip_gradients(optimizer, gradient_clip_val=...)`` and Fabric's
+# ``fabric.clip_gradients(model, optimizer, max_norm=...)``: the optimizer is an argument.
+CLIP_GRADIENTS_METHOD = "clip_gradients"
+CLIP_GRADIENTS_THRESHOLDS = (
+    Threshold("gradient_clip_val", 1),
+    Threshold("max_norm", -1),
+    Threshold("clip_val", -1),
+)
+
+# In-place tensor methods that, called on ``p.grad`` (or ``p.grad.data``), clip it by hand.
+HAND_CLIP_METHODS = frozenset({"clamp_", "clip_", "mul_"})
+# ... and that zero it.
+HAND_ZERO_METHODS = frozenset({"zero_"})
+
+# Keyword arguments of trainer constructors that set a clipping threshold.
+TRAINER_CLIP_KEYWORDS = frozenset({"gradient_clip_val"})
+TRAINER_CLASSES = frozenset(
+    {
+        "lightning.Trainer",
+        "lightning.pytorch.Trainer",
+        "pytorch_lightning.Trainer",
+        "lightning.pytorch.trainer.Trainer",
+        "pytorch_lightning.trainer.Trainer",
+    }
+)
+
+LIGHTNING_MODULE_CLASSES = frozenset(
+    {
+        "lightning.LightningModule",
+        "lightning.pytorch.LightningModule",
+        "lightning.pytorch.core.LightningModule",
+        "lightning.pytorch.core.module.LightningModule",
+        "pytorch_lightning.LightningModule",
+        "pytorch_lightning.core.LightningModule",
+        "pytorch_lightning.core.module.LightningModule",
+        "pytorch_lightning.core.lightning.LightningModule",
+    }
+)
+# The LightningModule method after whose return Lightning runs backward and step itself.
+LIGHTNING_AUTOMATIC_STEP_METHOD = "training_step"
+# Calls a LightningModule makes to fetch its optimizers.
+OPTIMIZER_GETTERS = frozenset({"optimizers", "optimizer"})
+
+# Methods and functions that return a parameter generator (exhausted after one pass).
+PARAMETER_GENERATOR_METHODS = frozenset({"parameters", "named_parameters"})
+PARAMETER_GENERATOR_FUNCTIONS = frozenset(
+    {"filter", "map", "itertools.chain", "itertools.chain.from_iterable", "itertools.islice"}
+)
+# Builtins that look at an object without iterating it.
+NON_CONSUMING_CALLS = frozenset({"id", "type", "isinstance", "print", "repr", "str", "callable"})
+
+_OPTIMIZER_TOKENS = frozenset(
+    {"opt", "optim", "optimizer", "optimiser", "optimizers", "optimisers", "opts", "optims"}
+)
+_NOT_OPTIMIZER_TOKENS = frozenset(
+    {"sched", "scheduler", "schedulers", "lr", "env", "envs", "progress", "pbar", "warmup",
+     "ema", "swa", "option", "options", "args", "cfg", "config"}
+)
+_SCALER_TOKENS = frozenset({"scaler", "grad_scaler", "gradscaler"})
+_TOKEN_SPLIT = re.compile(r"[_\d]+|(?<=[a-z])(?=[A-Z])")
+
+
+def name_tokens(name: str) -> list[str]:
+    """``opt_d`` -> ``[opt, d]``; ``optimizerG`` -> ``[optimizer, g]``."""
+    return [t.lower() for t in _TOKEN_SPLIT.split(name) if t]
+
+
+def name_says_optimizer(name: str) -> bool:
+    tokens = set(name_tokens(name))
+    return bool(tokens & _OPTIMIZER_TOKENS) and not tokens & _NOT_OPTIMIZER_TOKENS
+
+
+def name_says_scaler(name: str) -> bool:
+    return bool(set(name_tokens(name)) & _SCALER_TOKENS)
+
+
+def is_optimizer_class(qualified: str) -> bool:
+    """``torch.optim.AdamW``, ``bitsandbytes.optim.AdamW8bit``, ``apex.optimizers.FusedAdam``."""
+    parts = qualified.split(".")
+    if len(parts) < 2 or not parts[-1][:1].isupper():
+        return False
+    if is_scheduler_class(qualified) or parts[-1] in {"Optimizer", "AveragedModel"}:
+        return False
+    return any(p in {"optim", "optimizers", "optimizer"} for p in parts[:-1])
+
+
+def is_scheduler_class(qualified: str) -> bool:
+    lowered = qualified.lower()
+    return "lr_scheduler" in lowered or "schedule" in lowered.split(".")[-1] or qualified.endswith(
+        ("SWALR", "LR")
+    )
+
+
+def is_scaler_class(qualified: str) -> bool:
+    return qualified.split(".")[-1] in {"GradScaler", "ShardedGradScaler"}
