@@ -25,8 +25,10 @@ class Grads(enum.Enum):
     FRESH_PREV = "fresh-prev"    # ... in an earlier iteration of the training loop
     KILLED = "killed"            # fresh gradients were zeroed before any step used them
     USED = "used"                # a step consumed them; not zeroed since
+    USED_PREV = "used-prev"      # ... in an earlier iteration of the training loop
     ZEROED_USED = "zeroed-used"  # zeroed after a step consumed them
     STALE = "stale"              # a backward accumulated onto gradients a step already used
+    STALE_PREV = "stale-prev"    # ... in an earlier iteration of the training loop
 
 
 class Clip(enum.Enum):
@@ -63,14 +65,22 @@ FRESH_START = OptState(grads=Grads.NONE)
 _BACKWARD = {
     Grads.UNKNOWN: Grads.FRESH, Grads.NONE: Grads.FRESH, Grads.FRESH: Grads.FRESH,
     Grads.FRESH_PREV: Grads.FRESH, Grads.KILLED: Grads.FRESH, Grads.USED: Grads.STALE,
-    Grads.ZEROED_USED: Grads.FRESH, Grads.STALE: Grads.STALE,
+    Grads.USED_PREV: Grads.STALE,
+    Grads.ZEROED_USED: Grads.FRESH, Grads.STALE: Grads.STALE, Grads.STALE_PREV: Grads.STALE,
 }
 _ZERO = {
     Grads.UNKNOWN: Grads.NONE, Grads.NONE: Grads.NONE, Grads.FRESH: Grads.KILLED,
     Grads.FRESH_PREV: Grads.NONE, Grads.KILLED: Grads.KILLED, Grads.USED: Grads.ZEROED_USED,
-    Grads.ZEROED_USED: Grads.ZEROED_USED, Grads.STALE: Grads.ZEROED_USED,
+    Grads.USED_PREV: Grads.ZEROED_USED,
+    Grads.ZEROED_USED: Grads.ZEROED_USED, Grads.STALE: Grads.KILLED,
+    Grads.STALE_PREV: Grads.ZEROED_USED,
 }
-HAS_FRESH = frozenset({Grads.UNKNOWN, Grads.FRESH, Grads.FRESH_PREV, Grads.STALE})
+_AROUND_LOOP = {
+    Grads.FRESH: Grads.FRESH_PREV, Grads.USED: Grads.USED_PREV, Grads.STALE: Grads.STALE_PREV,
+    Grads.KILLED: Grads.NONE,
+}
+STALE = frozenset({Grads.STALE, Grads.STALE_PREV})
+HAS_FRESH = frozenset({Grads.UNKNOWN, Grads.FRESH, Grads.FRESH_PREV, *STALE})
 
 
 def transfer(node: int, event: Event, state: OptState) -> OptState:
@@ -78,7 +88,7 @@ def transfer(node: int, event: Event, state: OptState) -> OptState:
     kind = event.kind
     if kind is EventKind.BACKWARD:
         grads = _BACKWARD[state.grads]
-        keeps_origin = grads is state.grads and grads is Grads.STALE
+        keeps_origin = grads is Grads.STALE and state.grads in STALE
         clip = Clip.STALE if state.clip is Clip.DONE else state.clip
         return replace(state, grads=grads, grads_at=state.grads_at if keeps_origin else node,
                        clip=clip)
@@ -110,13 +120,10 @@ def _clip_after_zero(clip: Clip) -> Clip:
 
 
 def around_loop(state: OptState) -> OptState:
-    """Crossing a training loop's back edge: what was fresh now comes from a past iteration,
-    and a zero-grad that discarded it is no longer "before this step"."""
-    grads = state.grads
-    if grads is Grads.FRESH:
-        grads = Grads.FRESH_PREV
-    elif grads is Grads.KILLED:
-        grads = Grads.NONE
+    """Crossing a training loop's back edge: what was fresh or used now comes from a past
+    iteration (so a clip here belongs to the next update, not the last one), and a zero-grad
+    that discarded fresh gradients is no longer "before this step"."""
+    grads = _AROUND_LOOP.get(state.grads, state.grads)
     if grads is state.grads and state.looped:
         return state
     return replace(state, grads=grads, looped=True)

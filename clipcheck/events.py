@@ -599,6 +599,10 @@ class Recognizer:
         method = func.attr.value
         receiver = func.value
         positional = [a.value for a in call.args if a.keyword is None and not a.star]
+        if isinstance(receiver, cst.Name) and receiver.value == "self" and self.scope.cls is not None:
+            method_def = self.scope.cls.method(method)
+            if method_def is not None:
+                return self._inline(method_def, call, call.args, is_method=True)
         if method in vocab.BACKWARD_METHODS:
             return [self._event(EventKind.BACKWARD, call, func)]
         if method == "step":
@@ -638,10 +642,6 @@ class Recognizer:
             return [self._clip(call, None, models=self._grad_owner(param))]
         if param is not None and method in vocab.HAND_ZERO_METHODS:
             return [self._event(EventKind.ZERO_GRAD, call, func, models=self._grad_owner(param))]
-        if isinstance(receiver, cst.Name) and receiver.value == "self" and self.scope.cls is not None:
-            method_def = self.scope.cls.method(method)
-            if method_def is not None:
-                return self._inline(method_def, call, call.args, is_method=True)
         return []
 
     def _clip_gradients(self, call: cst.Call, receiver: cst.BaseExpression) -> Event:

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
-from clipcheck.dataflow import HAS_FRESH, Clip, Grads, OptState
+from clipcheck.dataflow import HAS_FRESH, STALE, Clip, Grads, OptState
 from clipcheck.events import Event, EventKind
 from clipcheck.facts import UnitFacts
 
@@ -99,7 +99,7 @@ class StepBeforeBackward(Rule):
     name = "step-before-backward"
     summary = "the optimizer steps before the backward pass that should feed it"
 
-    EMPTY = frozenset({Grads.NONE, Grads.USED, Grads.ZEROED_USED})
+    EMPTY = frozenset({Grads.NONE, Grads.USED, Grads.USED_PREV, Grads.ZEROED_USED})
 
     def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
         backwards = [n for n, e in facts.events(EventKind.BACKWARD)]
@@ -146,11 +146,12 @@ class MissingZeroGrad(Rule):
         for step, _ in facts.events(EventKind.STEP):
             for key in facts.targets[step]:
                 for backward in _origins((s for s in facts.before(step, key)
-                                          if s.grads is Grads.STALE), "grads_at"):
+                                          if s.grads in STALE), "grads_at"):
                     arriving = facts.before(backward, key)
                     if any(s.grads is Grads.ZEROED_USED for s in arriving):
                         continue  # a zero-grad can run on the way: conditional zeroing
-                    used_by = _origins((s for s in arriving if s.grads is Grads.USED), "grads_at")
+                    used_by = _origins((s for s in arriving if s.grads in (Grads.USED, Grads.USED_PREV)),
+                                       "grads_at")
                     event = facts.event(backward)
                     yield self.finding(event, (
                         f"{_label(event)} accumulates onto the gradients that the step at line "
