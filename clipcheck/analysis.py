@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -30,7 +31,7 @@ from clipcheck.rules import RULES, RawFinding, Rule
 from clipcheck.syntax import nested_statements, statements
 
 # Words without which a file cannot contain a training event: files lacking all of them are
-# not parsed at all.
+# only checked for syntax (by CPython's faster parser), never analysed.
 RELEVANT_WORDS = ("backward", "step", "grad", "parameters")
 PSEUDO_OPTIMIZER = "*"
 
@@ -64,8 +65,10 @@ def might_train(source: str) -> bool:
 
 
 def analyse_source(source: str, path: str, rules: Sequence[Rule] = RULES) -> list[Finding]:
-    """Findings for one file's text. Raises ``libcst.ParserSyntaxError`` if it does not parse."""
+    """Findings for one file's text. Raises ``libcst.ParserSyntaxError`` (or ``SyntaxError``
+    for a file without training code) if it does not parse."""
     if not might_train(source):
+        ast.parse(source, path)
         return []
     return ModuleAnalysis(cst.parse_module(source), rules).findings(path)
 

@@ -51,6 +51,9 @@ def check_file(path: Path, shown: str, rules: Sequence[Rule]) -> tuple[list[Find
     except cst.ParserSyntaxError as error:
         message = f"syntax error: {error.message}"
         return [_unanalysable(shown, message, error.raw_line, error.raw_column + 1)], []
+    except SyntaxError as error:
+        message = f"syntax error: {error.msg}"
+        return [_unanalysable(shown, message, error.lineno or 1, error.offset or 1)], []
     except RecursionError:
         return [_unanalysable(shown, "the file nests too deeply to analyse")], []
 

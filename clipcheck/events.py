@@ -52,7 +52,7 @@ class Event:
     threshold_name: str = ""
     name: str = ""
     generator: bool = False
-    sensitive: bool = False
+    consumer: str = ""
     synthetic: str = ""
 
     @property
@@ -552,16 +552,18 @@ class Recognizer:
         out: list[Item] = []
         func = call.func
         qualified = self.names.qualify(func) if self.names.is_imported(func) else None
-        consumer = self._is_consumer(call, qualified)
-        sensitive = qualified is not None and (
-            qualified in vocab.CLIP_FUNCTIONS or vocab.is_optimizer_class(qualified)
-        )
-        if consumer:
+        consumes = self._is_consumer(call, qualified)
+        consumer_kind = ""
+        if qualified is not None and qualified in vocab.CLIP_FUNCTIONS:
+            consumer_kind = "clip"
+        elif qualified is not None and vocab.is_optimizer_class(qualified):
+            consumer_kind = "optimizer"
+        if consumes:
             for arg in call.args:
                 key = self._params_key(arg.value)
                 if key is not None:
                     out.append(self._event(EventKind.PARAMS_USE, call, func, name=key,
-                                           sensitive=sensitive))
+                                           consumer=consumer_kind))
         if qualified is not None:
             if qualified in vocab.CLIP_FUNCTIONS:
                 params = call.args[0].value if call.args else None

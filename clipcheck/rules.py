@@ -217,15 +217,21 @@ class ExhaustedParameters(Rule):
 
     def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
         for node, event in facts.events(EventKind.PARAMS_USE):
-            if not event.sensitive or event.chain:
+            if not event.consumer or event.chain:
                 continue
-            if any(event.name in s.consumed for s in facts.params[node]):
-                yield self.finding(event, (
-                    f"`{event.name}` holds a generator (such as `model.parameters()`) that an "
-                    f"earlier use already consumed: {_label(event)} receives no parameters at "
-                    "all, so nothing is clipped or optimized. Store `list(model.parameters())`, "
-                    "or call `model.parameters()` again here."
-                ))
+            if not any(event.name in s.consumed for s in facts.params[node]):
+                continue
+            effect = (
+                "the clip sees no parameters: it clips nothing and reports a norm of 0"
+                if event.consumer == "clip" else
+                "the optimizer gets an empty parameter list (`ValueError: optimizer got an "
+                "empty parameter list`, or a parameter group that trains nothing)"
+            )
+            yield self.finding(event, (
+                f"`{event.name}` holds a generator (such as `model.parameters()`) that an "
+                f"earlier use already consumed, so {_label(event)} receives nothing: {effect}. "
+                "Store `list(model.parameters())`, or call `model.parameters()` again here."
+            ))
 
 
 RULES: tuple[Rule, ...] = (

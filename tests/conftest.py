@@ -1,0 +1,32 @@
+"""Shared helpers: the tests run the installed ``clipcheck`` command, as users do."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "fixtures"
+
+
+def clipcheck_command() -> list[str]:
+    exe = shutil.which("clipcheck", path=str(Path(sys.executable).parent)) or shutil.which("clipcheck")
+    if exe is None:
+        pytest.fail("the clipcheck command is not installed; run `pip install -e .[dev]`")
+    return [exe]
+
+
+def run_clipcheck(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*clipcheck_command(), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, check=False, stdin=subprocess.DEVNULL)
+
+
+def run_json(*paths: str, cwd: Path = ROOT) -> tuple[int, list[dict[str, object]]]:
+    result = run_clipcheck("check", "--output-format", "json", *paths, cwd=cwd)
+    assert result.returncode in (0, 1, 2), result.stderr
+    return result.returncode, json.loads(result.stdout)

@@ -1,0 +1,164 @@
+"""The command line as users and CI see it: output shapes, exit codes, selection, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from conftest import FIXTURES, run_clipcheck, run_json
+
+BAD = """import torch
+
+
+def train(model, loader, optimizer):
+    for x, y in loader:
+        loss = model(x).sum()
+        loss.backward()
+        optimizer.zero_grad()
+        optimizer.step()
+"""
+CLEAN = """import torch
+
+
+def train(model, loader, optimizer):
+    for x, y in loader:
+        optimizer.zero_grad()
+        model(x).sum().backward()
+        optimizer.step()
+"""
+
+
+def write(folder: Path, name: str, text: str | bytes) -> Path:
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    return path
+
+
+def test_json_shape_and_exit_code(tmp_path: Path) -> None:
+    write(tmp_path, "train.py", BAD)
+    code, findings = run_json("train.py", cwd=tmp_path)
+    assert code == 1
+    assert findings == [{
+        "path": "train.py", "line": 8, "column": 9, "end_line": 8, "end_column": 30,
+        "code": "CC104", "rule": "zero-grad-before-step", "message": findings[0]["message"],
+        "fix": None,
+    }]
+    assert "line 7" in findings[0]["message"] and "line 9" in findings[0]["message"]
+
+
+def test_clean_exit_zero_and_text_summary(tmp_path: Path) -> None:
+    write(tmp_path, "train.py", CLEAN)
+    result = run_clipcheck("check", "train.py", cwd=tmp_path)
+    assert result.returncode == 0
+    assert "All checks passed." in result.stdout
+
+
+def test_text_output_points_at_the_call(tmp_path: Path) -> None:
+    write(tmp_path, "train.py", BAD)
+    result = run_clipcheck("check", "train.py", cwd=tmp_path)
+    lines = result.stdout.splitlines()
+    assert lines[0] == "train.py:8:9: CC104 zero-grad-before-step"
+    assert lines[2].endswith("|         optimizer.zero_grad()")
+    assert lines[3] == "       |         " + "^" * len("optimizer.zero_grad()")
+    assert lines[-1] == "Found 1 problem."
+
+
+def test_recursion_sorting_and_relative_paths(tmp_path: Path) -> None:
+    write(tmp_path, "b/train.py", BAD)
+    write(tmp_path, "a/train.py", BAD)
+    write(tmp_path, ".hidden/train.py", BAD)
+    write(tmp_path, "venv/lib/train.py", BAD)
+    write(tmp_path, "build/train.py", BAD)
+    code, findings = run_json(cwd=tmp_path)
+    assert code == 1
+    assert [f["path"] for f in findings] == ["a/train.py", "b/train.py"]
+
+
+def test_gitignored_files_are_skipped(tmp_path: Path) -> None:
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    write(tmp_path, ".gitignore", "generated/\n")
+    write(tmp_path, "generated/train.py", BAD)
+    write(tmp_path, "train.py", BAD)
+    _, findings = run_json(".", cwd=tmp_path)
+    assert [f["path"] for f in findings] == ["train.py"]
+
+
+def test_select_and_ignore_by_code_or_name(tmp_path: Path) -> None:
+    write(tmp_path, "train.py", BAD)
+    for option in (["--ignore", "CC104"], ["--ignore", "zero-grad-before-step"],
+                   ["--select", "clip-after-step,CC101"]):
+        result = run_clipcheck("check", *option, "train.py", cwd=tmp_path)
+        assert result.returncode == 0, option
+    result = run_clipcheck("check", "--select", "cc104", "train.py", cwd=tmp_path)
+    assert result.returncode == 1
+
+
+def test_unknown_rule_is_a_usage_error(tmp_path: Path) -> None:
+    write(tmp_path, "train.py", CLEAN)
+    result = run_clipcheck("check", "--select", "no-such-rule", "train.py", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "unknown rule 'no-such-rule'" in result.stderr
+
+
+def test_missing_path_is_a_usage_error(tmp_path: Path) -> None:
+    assert run_clipcheck("check", "nope.py", cwd=tmp_path).returncode == 2
+
+
+def test_bad_files_are_reported_and_the_rest_still_checked(tmp_path: Path) -> None:
+    write(tmp_path, "a_syntax.py", "def train(:\n    loss.backward()\n")
+    write(tmp_path, "a_untrained.py", "def helper(:\n    pass\n")
+    write(tmp_path, "b_latin1.py", "# caf\xe9\nloss.backward()\n".encode("latin-1"))
+    write(tmp_path, "c_train.py", BAD)
+    code, findings = run_json(".", cwd=tmp_path)
+    assert code == 2
+    summary = [(f["path"], f["code"], f["rule"]) for f in findings]
+    assert summary == [
+        ("a_syntax.py", "CC000", "unanalysable-file"),
+        ("a_untrained.py", "CC000", "unanalysable-file"),
+        ("b_latin1.py", "CC000", "unanalysable-file"),
+        ("c_train.py", "CC104", "zero-grad-before-step"),
+    ]
+    assert "syntax error" in findings[0]["message"]
+    assert "not UTF-8" in findings[2]["message"]
+    text = run_clipcheck("check", ".", cwd=tmp_path)
+    assert text.returncode == 2
+    assert "Found 1 problem and 3 files that could not be analysed." in text.stdout
+
+
+def test_the_checked_code_is_never_imported_or_run(tmp_path: Path) -> None:
+    marker = tmp_path / "executed"
+    write(tmp_path, "train.py", f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n" + BAD)
+    write(tmp_path, "torch.py", f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n")
+    code, findings = run_json("train.py", cwd=tmp_path)
+    assert code == 1 and findings
+    assert not marker.exists()
+
+
+def test_static_pass_does_not_import_torch() -> None:
+    script = ("import sys, clipcheck.cli, clipcheck.analysis\n"
+              "from clipcheck.analysis import analyse_source\n"
+              f"analyse_source({BAD!r}, 'x.py')\n"
+              "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    subprocess.run([__import__("sys").executable, "-c", script], check=True)
+
+
+def test_rules_command_lists_and_shows_pages() -> None:
+    listing = run_clipcheck("rules")
+    assert listing.returncode == 0
+    assert "CC101  clip-before-backward" in listing.stdout
+    page = run_clipcheck("rules", "CC105")
+    assert page.stdout.startswith("# CC105 missing-zero-grad")
+
+
+def test_fixture_tree_as_ci_sees_it() -> None:
+    code, findings = run_json(str(FIXTURES))
+    assert code == 1
+    assert all(set(f) == {"path", "line", "column", "end_line", "end_column", "code", "rule",
+                          "message", "fix"} for f in findings)
+    assert findings == sorted(findings, key=lambda f: (f["path"], f["line"], f["column"]))
+    json.dumps(findings)
