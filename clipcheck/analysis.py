@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 
 import libcst as cst
@@ -171,7 +171,7 @@ class ModuleAnalysis:
         linkage = {k: self._linkage(k, unit.scope) for k in keys}
         targets = {node: _targets(event, frozenset(keys), linkage) for node, event in events}
 
-        def step_for(key: str):  # noqa: ANN202 - a closure over one optimizer
+        def step_for(key: str):
             return lambda node, event, state: (
                 transfer(node, event, state) if key in targets[node] else state)
 

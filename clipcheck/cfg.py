@@ -192,9 +192,7 @@ class CfgBuilder:
         return frontier
 
     def _suite(self, suite: cst.BaseSuite, frontier: Frontier) -> Frontier:
-        if isinstance(suite, cst.SimpleStatementSuite):
-            return self._simple(suite.body, frontier)
-        return self._stmts(suite.body, frontier)
+        return self._stmts(statements(suite), frontier)
 
     def _If(self, stmt: cst.If, frontier: Frontier) -> Frontier:
         frontier = self._expr(stmt.test, frontier)
@@ -261,7 +259,7 @@ class CfgBuilder:
                           endless=False, target=stmt.target, iterable=stmt.iter)
 
     def _While(self, stmt: cst.While, frontier: Frontier) -> Frontier:
-        endless = isinstance(stmt.test, cst.Name) and stmt.test.value == "True" or (
+        endless = (isinstance(stmt.test, cst.Name) and stmt.test.value == "True") or (
             isinstance(stmt.test, cst.Integer) and stmt.test.value not in ("0",)
         )
         return self._loop(frontier, stmt.test, stmt.body, stmt.orelse, runs_once=False,

@@ -89,9 +89,8 @@ def transfer(node: int, event: Event, state: OptState) -> OptState:
     if kind is EventKind.BACKWARD:
         grads = _BACKWARD[state.grads]
         keeps_origin = grads is Grads.STALE and state.grads in STALE
-        clip = Clip.STALE if state.clip is Clip.DONE else state.clip
         return replace(state, grads=grads, grads_at=state.grads_at if keeps_origin else node,
-                       clip=clip)
+                       clip=Clip.STALE if state.clip is Clip.DONE else state.clip)
     if kind is EventKind.ZERO_GRAD:
         grads = _ZERO[state.grads]
         if grads is state.grads:

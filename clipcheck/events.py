@@ -326,7 +326,7 @@ def assignment_targets(stmt: cst.CSTNode) -> list[tuple[cst.BaseExpression, cst.
         if isinstance(target, (cst.Tuple, cst.List)):
             elements = [e.value for e in target.elements]
             if isinstance(value, (cst.Tuple, cst.List)) and len(value.elements) == len(elements):
-                pairs.extend(zip(elements, [e.value for e in value.elements]))
+                pairs.extend(zip(elements, [e.value for e in value.elements], strict=True))
             else:
                 pairs.extend((e, value) for e in elements)
         else:
@@ -474,9 +474,6 @@ class Recognizer:
         label = self.module.code_for_node(label_node)
         return Event(kind, node, label, chain=self.chain, **kw)  # type: ignore[arg-type]
 
-    def label(self, node: cst.CSTNode) -> str:
-        return self.module.code_for_node(node)
-
     # -- expressions ------------------------------------------------------------------------
     def items(self, node: cst.CSTNode) -> list[Item]:
         """Events and helper calls of an expression (or simple statement), in evaluation order."""
@@ -578,7 +575,9 @@ class Recognizer:
         if isinstance(func, cst.Attribute):
             out.extend(self._method_call(call, func))
         elif isinstance(func, cst.Name):
-            out.extend(self._inline_function(call, func.value, is_method=False))
+            target = self.scope.function(func.value)
+            if target is not None:
+                out.extend(self._inline(target, call, is_method=False))
         return out
 
     def _is_consumer(self, call: cst.Call, qualified: str | None) -> bool:
@@ -604,7 +603,7 @@ class Recognizer:
         if isinstance(receiver, cst.Name) and receiver.value == "self" and self.scope.cls is not None:
             method_def = self.scope.cls.method(method)
             if method_def is not None:
-                return self._inline(method_def, call, call.args, is_method=True)
+                return self._inline(method_def, call, is_method=True)
         if method in vocab.BACKWARD_METHODS:
             return [self._event(EventKind.BACKWARD, call, func)]
         if method == "step":
@@ -698,19 +697,13 @@ class Recognizer:
             return [Inline(target, closure, {}, is_method=is_method)]
         return [self._event(EventKind.BACKWARD, closure, closure, synthetic="closure")]
 
-    def _inline_function(self, call: cst.Call, name: str, is_method: bool) -> list[Item]:
-        target = self.scope.function(name)
-        if target is None:
-            return []
-        return self._inline(target, call, call.args, is_method)
-
-    def _inline(self, target: cst.FunctionDef, call: cst.Call, args: object, is_method: bool) -> list[Item]:
+    def _inline(self, target: cst.FunctionDef, call: cst.Call, is_method: bool) -> list[Item]:
         params = [p for p in target.params.params]
         if is_method and params and params[0].name.value in ("self", "cls"):
             params = params[1:]
         arguments: dict[str, Argument] = {}
         positional = [a.value for a in call.args if a.keyword is None and not a.star]
-        for param, value in zip(params, positional):
+        for param, value in zip(params, positional, strict=False):
             arguments[param.name.value] = Argument(self.key(value), self.kind(value))
         for arg in call.args:
             if arg.keyword is not None:

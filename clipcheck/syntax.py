@@ -11,9 +11,10 @@ _CLAUSES = (cst.If, cst.Else, cst.ExceptHandler, cst.ExceptStarHandler, cst.Fina
 
 def statements(suite: cst.BaseSuite) -> Sequence[cst.BaseStatement]:
     """The statements of a suite; a one-line suite (``if x: a; b``) becomes one line."""
-    if isinstance(suite, cst.SimpleStatementSuite):
-        return [cst.SimpleStatementLine(body=suite.body)]
-    return suite.body
+    if isinstance(suite, cst.IndentedBlock):
+        return suite.body
+    assert isinstance(suite, cst.SimpleStatementSuite)
+    return [cst.SimpleStatementLine(body=suite.body)]
 
 
 def nested_statements(stmt: cst.BaseCompoundStatement | cst.CSTNode) -> Iterator[cst.BaseStatement]:

@@ -7,7 +7,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from conftest import FIXTURES, ROOT, run_json
 
 EXPECT = re.compile(r"#\s*expect:\s*([a-z0-9, -]+?)\s*$")

@@ -6,10 +6,10 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import run_json
 
 from clipcheck.docs import rule_doc
 from clipcheck.rules import RULES, Rule
-from conftest import run_json
 
 SECTIONS = ("## What it does", "## Why it is bad", "## Example", "## Fix", "## When it stays silent")
 CODE = re.compile(r"```python\n(.*?)```", re.S)
