@@ -1,0 +1,370 @@
+"""The runtime guard: proves, step by step, that an optimizer saw fresh, unscaled, clipped
+gradients.
+
+Ordering is integer bookkeeping on the host: every event (a parameter's gradient accumulated,
+a zero-grad, a clip, an unscale, a step) stamps a global clock, and each rule is a comparison
+of stamps. The value check (the total gradient norm, unscaled, is at most ``max_norm``) is
+enqueued on the gradients' device and only read every ``check_every`` steps, so a guarded step
+adds no host-device synchronisation. When an intercepted clip covered every gradient and
+nothing touched them since, the value check is skipped altogether.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import threading
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+from clipcheck.runtime import errors, interception
+from clipcheck.runtime.location import user_location
+
+_CLOCK = itertools.count(1)
+_Snapshot = tuple[Callable[[], "torch.Tensor | None"], int]
+
+
+def _version(grad: torch.Tensor) -> int:
+    local = getattr(grad, "_local_tensor", None)  # a DTensor's own _version never moves
+    return int((local if local is not None else grad)._version)
+
+
+def _tolerance(grads: list[torch.Tensor]) -> float:
+    """Clipping overshoots ``max_norm`` by rounding: about one ulp of the lowest precision."""
+    eps = max((torch.finfo(g.dtype).eps for g in grads if g.dtype.is_floating_point), default=0.0)
+    return max(1e-5, 4 * eps)
+
+
+class Guard:
+    """Checks the order of training events for one optimizer (and optionally its GradScaler),
+    and that every step's gradients were clipped to ``max_norm``.
+
+    Use as a context manager, or call :meth:`close` at the end of training. ``max_norm=None``
+    checks the order only. ``check_every`` is how many steps pass between reads of the
+    device-side violation counter (one host-device sync each); ``1`` checks every step.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        max_norm: float | None = None,
+        scaler: torch.amp.GradScaler | None = None,
+        check_every: int = 100,
+        *,
+        attached_mid_step: bool = False,
+    ) -> None:
+        if max_norm is not None and max_norm <= 0:
+            raise ValueError(f"max_norm must be positive, got {max_norm}")
+        if check_every < 1:
+            raise ValueError(f"check_every must be at least 1, got {check_every}")
+        self.optimizer = optimizer
+        self.max_norm = max_norm
+        self.scaler = scaler
+        self.check_every = check_every
+        self.params: list[torch.Tensor] = [p for g in optimizer.param_groups for p in g["params"]]
+        self.steps = 0
+        self.inside_scaler_step = False
+        self._thread = threading.get_ident()
+        self._t_acc = self._t_zero = self._t_clip = self._t_unscale = self._t_step = 0
+        self._where: dict[str, str | None] = {}
+        self._zeroed_since_step = False
+        self._unscaled = False
+        self._stepped = False
+        self._skip_check = attached_mid_step
+        self._stale_backward: tuple[str | None] | None = None
+        self._unclipped_step: tuple[int, str | None] | None = None
+        self._used: list[_Snapshot | None] = [None] * len(self.params)
+        self._clipped: list[_Snapshot] | None = None
+        self._clip_max_norm: float | None = None
+        self._violations: torch.Tensor | None = None
+        self._first_violation: torch.Tensor | None = None
+        self._worst_ratio: torch.Tensor | None = None
+        self._handles = [p.register_post_accumulate_grad_hook(self._accumulate_hook(i))
+                         for i, p in enumerate(self.params)]
+        self._handles += [optimizer.register_step_pre_hook(self._pre_step),
+                          optimizer.register_step_post_hook(self._post_step)]
+        self._closed = False
+        interception.register(self)
+
+    # -- context manager ----------------------------------------------------------------------
+    def __enter__(self) -> Guard:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        self.close(check=kind is None)
+
+    def close(self, check: bool = True) -> None:
+        """Stop guarding; with ``check``, read the device counters one last time (and raise)."""
+        if self._closed:
+            return
+        self._closed = True
+        for handle in self._handles:
+            handle.remove()
+        interception.unregister(self)
+        if check:
+            self._raise_unclipped()
+            self.check()
+
+    # -- events -------------------------------------------------------------------------------
+    def _accumulate_hook(self, index: int) -> Callable[[torch.Tensor], None]:
+        @torch.compiler.disable
+        def accumulated(param: torch.Tensor) -> None:
+            self._t_acc = next(_CLOCK)
+            used = self._used[index]
+            if used is None or self._zeroed_since_step or self._stale_backward is not None:
+                return
+            grad = param.grad
+            if grad is not None and used[0]() is grad and _version(grad) == used[1] + 1:
+                # Only this accumulation touched the gradient the last step used.
+                self._stale_backward = (user_location(thread=self._thread),)
+
+        return accumulated
+
+    def before_zero(self, location: str | None) -> None:
+        self._raise_unclipped()
+        self._t_zero = next(_CLOCK)
+        self._where["zero"] = location
+
+    def after_zero(self) -> None:
+        self._zeroed_since_step = True
+        self._clipped = None
+
+    def before_clip(self, params: list[torch.Tensor], max_norm: float | None, location: str | None) -> None:
+        backward_since_step = self._t_acc > self._t_step
+        if self._unclipped_step is not None:
+            step, step_location = self._unclipped_step
+            self._unclipped_step = None
+            if not backward_since_step:
+                raise errors.ClipAfterStepError(
+                    f"this clip runs after optimizer.step() (step {step}, at {step_location}): that "
+                    "update already used unclipped gradients. Clip between backward() and step().",
+                    step=step, location=location)
+            self._missing_clip(step, step_location)
+        if self.steps and not backward_since_step and self._t_step > self._t_zero:
+            raise errors.ClipAfterStepError(
+                f"this clip runs after optimizer.step() (at {self._where.get('step')}) and before any "
+                "new backward(): that update already used unclipped gradients. Clip between "
+                "backward() and step().", step=self.steps, location=location)
+        if (self.scaler is not None and self.scaler.is_enabled() and backward_since_step
+                and not self._unscaled):
+            raise errors.ClipScaledGradientsError(
+                "the gradients are still multiplied by the GradScaler's scale: the clip compares "
+                "scaled gradients with max_norm, so it clips far too hard (or, after an overflow, "
+                "not at all). Call scaler.unscale_(optimizer) before clipping.",
+                step=self.steps + 1, location=location)
+        if max_norm is not None and self.max_norm is not None and max_norm > self.max_norm:
+            raise errors.MaxNormExceededError(
+                f"clip_grad_norm_ uses max_norm={max_norm:g}, above the guard's max_norm="
+                f"{self.max_norm:g}.", step=self.steps + 1, location=location)
+        covered = {id(p) for p in params}
+        missed = sum(1 for p in self.params if p.grad is not None and id(p) not in covered)
+        if missed:
+            raise errors.PartialClipError(
+                f"the clip leaves out {missed} parameter(s) of this optimizer that have gradients: "
+                "those reach step() unclipped. Clip all of the optimizer's parameters at once.",
+                step=self.steps + 1, location=location)
+        self._where["clip"] = location
+
+    def after_clip(self, params: list[torch.Tensor], max_norm: float | None) -> None:
+        self._t_clip = next(_CLOCK)
+        self._clip_max_norm = max_norm
+        self._clipped = [(weakref.ref(p.grad), _version(p.grad)) for p in self.params
+                         if p.grad is not None] if max_norm is not None else None
+
+    def before_unscale(self, scaler: torch.amp.GradScaler, location: str | None) -> None:
+        if self.scaler is None:
+            self.scaler = scaler
+        if self._unscaled:
+            raise errors.UnscaleTwiceError(
+                f"scaler.unscale_(optimizer) already ran for this step (at {self._where.get('unscale')}); "
+                "a second call raises in torch and would divide by the scale twice. Unscale once, "
+                "right before clipping.", step=self.steps + 1, location=location)
+        self._unscaled = True
+        self._t_unscale = next(_CLOCK)
+        self._where["unscale"] = location
+
+    def after_scaler_update(self) -> None:
+        self._unscaled = False
+
+    @contextlib.contextmanager
+    def scaler_step(self, scaler: torch.amp.GradScaler, location: str | None) -> Iterator[None]:
+        """``scaler.step(optimizer)``: the optimizer's own step runs inside, or, after an inf or
+        nan, not at all (then no optimizer hook runs, and the step is booked as skipped)."""
+        if self.scaler is None:
+            self.scaler = scaler
+        self.inside_scaler_step = True
+        self._stepped = False
+        self._where["step"] = location
+        try:
+            yield
+        finally:
+            self.inside_scaler_step = False
+        if not self._stepped:
+            self._check_order(location)
+            self._finish_step(location)
+
+    @torch.compiler.disable
+    def _pre_step(self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...],
+                  kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        location = self._where["step"] if self.inside_scaler_step else user_location()
+        self._where["step"] = location
+        # ``args`` starts with the optimizer itself.
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+        if closure is None:
+            self._check_step(location)
+            return None
+
+        def checked_closure() -> Any:
+            result = closure()
+            self._check_step(location)  # the closure ran backward (LBFGS, Lightning)
+            return result
+
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": checked_closure}
+        return (args[0], checked_closure, *args[2:]), kwargs
+
+    @torch.compiler.disable
+    def _post_step(self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...],
+                   kwargs: dict[str, Any]) -> None:
+        self._stepped = True
+        self._finish_step(self._where.get("step"))
+
+    # -- checks -------------------------------------------------------------------------------
+    def _check_step(self, location: str | None) -> None:
+        if self._skip_check:
+            self._skip_check = False
+            return
+        if self.scaler is not None and not self.inside_scaler_step:
+            raise errors.StepBypassesScalerError(
+                "optimizer.step() is called directly while a GradScaler scales the loss: the "
+                "gradients are still scaled and inf/nan steps are not skipped. Use "
+                "scaler.step(optimizer) followed by scaler.update().",
+                step=self.steps + 1, location=location)
+        self._check_order(location)
+        if self.max_norm is not None:
+            if self._t_clip <= self._t_step:
+                self._unclipped_step = (self.steps + 1, location)
+            elif not self._clip_vouches():
+                self._enqueue_norm_check()
+
+    def _check_order(self, location: str | None) -> None:
+        step = self.steps + 1
+        self._raise_unclipped()
+        if self._t_acc <= self._t_step:
+            zeroed = self._t_zero > self._t_step
+            raise errors.StepBeforeBackwardError(
+                "no backward() ran since " + ("the previous step" if self.steps else "the guard started")
+                + (f" and the zero_grad() at {self._where.get('zero')}" if zeroed else "")
+                + ": this step applies " + ("zeroed" if zeroed else "the previous step's")
+                + " gradients. Call backward() before step().", step=step, location=location)
+        if self._t_zero > self._t_acc or not any(p.grad is not None for p in self.params):
+            raise errors.ZeroGradBeforeStepError(
+                "the gradients were zeroed after backward() and before this step"
+                + (f" (zero_grad() at {self._where.get('zero')})" if self._t_zero > self._t_acc else "")
+                + ": the update sees nothing. Zero before backward() or after step().",
+                step=step, location=self._where.get("zero") if self._t_zero > self._t_acc else location)
+        if self._stale_backward is not None:
+            raise errors.MissingZeroGradError(
+                f"this backward() accumulated into the gradients step {self.steps} already applied: "
+                "no zero_grad() ran in between, so this step re-applies them. Call "
+                "optimizer.zero_grad() once per update.", step=step, location=self._stale_backward[0])
+        if self._t_step < self._t_unscale < self._t_acc:
+            raise errors.BackwardAfterUnscaleError(
+                f"backward() ran after scaler.unscale_(optimizer) (at {self._where.get('unscale')}): "
+                "the new gradients are still scaled when step() runs. Unscale after the last backward().",
+                step=step, location=location)
+        if self._t_step < self._t_clip < self._t_acc:
+            raise errors.ClipBeforeBackwardError(
+                f"backward() ran after this clip, before the step at {location}: the step applies "
+                "gradients the clip never saw. Clip once, after the last backward() and right "
+                "before step().", step=step, location=self._where.get("clip"))
+
+    def _raise_unclipped(self) -> None:
+        if self._unclipped_step is not None:
+            step, location = self._unclipped_step
+            self._unclipped_step = None
+            self._missing_clip(step, location)
+
+    def _missing_clip(self, step: int, location: str | None) -> None:
+        raise errors.MissingClipError(
+            f"this step ran on gradients that were never clipped (the guard expects "
+            f"max_norm={self.max_norm:g}). Call clip_grad_norm_ between backward() (and "
+            "scaler.unscale_) and step().", step=step, location=location)
+
+    def _clip_vouches(self) -> bool:
+        """An intercepted clip covered every gradient, within max_norm, and none changed since."""
+        clipped = self._clipped
+        if clipped is None or self._clip_max_norm is None or self.max_norm is None:
+            return False
+        if self._clip_max_norm > self.max_norm:
+            return False
+        grads = [p.grad for p in self.params if p.grad is not None]
+        return len(grads) == len(clipped) and all(
+            ref() is g and _version(g) == version for (ref, version), g in zip(clipped, grads, strict=True))
+
+    def _enqueue_norm_check(self) -> None:
+        """Queue, on the gradients' device, a comparison of the unscaled total norm with max_norm."""
+        assert self.max_norm is not None
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if not grads:
+            return
+        norm = torch.nn.utils.get_total_norm(grads, 2.0)
+        if hasattr(norm, "full_tensor"):
+            norm = norm.full_tensor()  # FSDP2 / DTensor: the global norm (a collective)
+        norm = norm.float()
+        ok_to_skip = None
+        if self.scaler is not None and self.scaler.is_enabled() and not self._unscaled:
+            scale = getattr(self.scaler, "_scale", None)  # fused optimizers step on scaled grads
+            if scale is not None:
+                norm = norm / scale.to(norm.device)
+            found_inf = getattr(self.optimizer, "found_inf", None)
+            if isinstance(found_inf, torch.Tensor):
+                ok_to_skip = found_inf.to(norm.device) > 0
+        limit = self.max_norm * (1 + _tolerance(grads))
+        bad = ~(norm <= limit)
+        if ok_to_skip is not None:
+            bad = bad & ~ok_to_skip
+        if self._violations is None:
+            device = norm.device
+            self._violations = torch.zeros((), dtype=torch.int32, device=device)
+            self._first_violation = torch.full((), -1, dtype=torch.int64, device=device)
+            self._worst_ratio = torch.zeros((), dtype=torch.float32, device=device)
+        assert self._first_violation is not None and self._worst_ratio is not None
+        step = torch.full((), self.steps + 1, dtype=torch.int64, device=norm.device)
+        self._violations.add_(bad.to(torch.int32))
+        self._first_violation.copy_(torch.where(bad & (self._first_violation < 0), step,
+                                                self._first_violation))
+        ratio = torch.where(bad, norm / self.max_norm, torch.zeros_like(norm))
+        torch.maximum(self._worst_ratio, ratio, out=self._worst_ratio)
+
+    def check(self) -> None:
+        """Read the device-side violation counters (one sync) and raise if any step broke
+        ``max_norm``."""
+        if self._violations is None:
+            return
+        assert self._first_violation is not None and self._worst_ratio is not None
+        count = int(self._violations.item())
+        if count:
+            first, worst = int(self._first_violation.item()), float(self._worst_ratio.item())
+            self._violations.zero_()
+            self._first_violation.fill_(-1)
+            self._worst_ratio.zero_()
+            raise errors.MaxNormExceededError(
+                f"{count} step(s) ran with a total gradient norm above max_norm={self.max_norm:g} "
+                f"(first at step {first}, worst {worst:.3g} x max_norm): the gradients were not "
+                "clipped, or were changed after the clip.", step=first, location=None)
+
+    def _finish_step(self, location: str | None) -> None:
+        self.steps += 1
+        self._t_step = next(_CLOCK)
+        self._where["step"] = location
+        self._zeroed_since_step = False
+        self._stale_backward = None
+        self._clipped = None
+        self._used = [(weakref.ref(p.grad), _version(p.grad)) if p.grad is not None else None
+                      for p in self.params]
+        if self._violations is not None and self.steps % self.check_every == 0:
+            self.check()

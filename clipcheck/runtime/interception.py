@@ -1,0 +1,214 @@
+"""Seeing zero-grad, clip and GradScaler calls, wherever they come from.
+
+Patches are made once, at class or module level (so models, optimizers and scalers stay
+picklable), and dispatch through weak registries to the guards that own the objects involved.
+Clipping is intercepted at ``torch.nn.utils.clip_grad._clip_grads_with_norm_``, which
+``clip_grad_norm_`` looks up at call time: callers that imported ``clip_grad_norm_`` before the
+guard existed (Lightning, accelerate, the HF Trainer) are seen too.
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.utils.weak import WeakTensorKeyDictionary
+
+from clipcheck.runtime.location import user_location
+
+if TYPE_CHECKING:
+    from clipcheck.runtime.guard import Guard
+
+_optimizers: weakref.WeakKeyDictionary[torch.optim.Optimizer, Guard] = weakref.WeakKeyDictionary()
+# Tensors compare element-wise, so they need torch's identity-keyed weak dictionary.
+_params: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
+_undo: list[Callable[[], None]] = []
+
+
+def register(guard: Guard) -> None:
+    if guard.optimizer in _optimizers:
+        raise ValueError("this optimizer already has a clipcheck guard")
+    if not _undo:
+        _patch_all()
+    _optimizers[guard.optimizer] = guard
+    for param in guard.params:
+        _params[param] = guard
+
+
+def unregister(guard: Guard) -> None:
+    if _optimizers.get(guard.optimizer) is guard:
+        del _optimizers[guard.optimizer]
+    for param in guard.params:
+        if _params.get(param) is guard:
+            del _params[param]
+    if not _optimizers:
+        while _undo:
+            _undo.pop()()
+
+
+def guard_of(optimizer: object) -> Guard | None:
+    return _optimizers.get(optimizer)  # type: ignore[call-overload]
+
+
+def guards_of(params: Iterable[torch.Tensor]) -> list[Guard]:
+    found: dict[int, Guard] = {}
+    for param in params:
+        guard = _params.get(param)
+        if guard is not None:
+            found[id(guard)] = guard
+    return list(found.values())
+
+
+def _replace(owner: Any, name: str, make: Callable[[Any], Any]) -> None:
+    original = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
+    setattr(owner, name, make(original))
+    _undo.append(lambda: setattr(owner, name, original))
+
+
+def _as_list(parameters: Any) -> list[torch.Tensor]:
+    if isinstance(parameters, torch.Tensor):
+        return [parameters]
+    return list(parameters)
+
+
+def _patch_all() -> None:
+    _replace(torch.optim.Optimizer, "zero_grad", _optimizer_zero_grad)
+    _replace(torch.nn.Module, "zero_grad", _module_zero_grad)
+    clip_grad = torch.nn.utils.clip_grad
+    with_norm = clip_grad._clip_grads_with_norm_
+    _replace(clip_grad, "_clip_grads_with_norm_", _clip_with_norm)
+    if torch.nn.utils.clip_grads_with_norm_ is with_norm:
+        _replace(torch.nn.utils, "clip_grads_with_norm_", lambda _: clip_grad._clip_grads_with_norm_)
+    by_value = clip_grad.clip_grad_value_
+    _replace(clip_grad, "clip_grad_value_", _clip_value)
+    if torch.nn.utils.clip_grad_value_ is by_value:
+        _replace(torch.nn.utils, "clip_grad_value_", lambda _: clip_grad.clip_grad_value_)
+    scaler = torch.amp.GradScaler
+    _replace(scaler, "unscale_", _scaler_unscale)
+    _replace(scaler, "step", _scaler_step)
+    _replace(scaler, "update", _scaler_update)
+    fsdp = _fsdp1_class()
+    if fsdp is not None:
+        _replace(fsdp, "clip_grad_norm_", _fsdp_clip)
+
+
+def _fsdp1_class() -> type | None:
+    if not torch.distributed.is_available():
+        return None
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+    except ImportError:
+        return None
+    return FullyShardedDataParallel
+
+
+def _optimizer_zero_grad(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    @torch.compiler.disable
+    def zero_grad(self: torch.optim.Optimizer, set_to_none: bool = True) -> None:
+        guard = _optimizers.get(self)
+        if guard is not None:
+            guard.before_zero(user_location())
+        original(self, set_to_none)
+        if guard is not None:
+            guard.after_zero()
+
+    return zero_grad
+
+
+def _module_zero_grad(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    @torch.compiler.disable
+    def zero_grad(self: torch.nn.Module, set_to_none: bool = True) -> None:
+        guards = guards_of(self.parameters()) if _params else []
+        location = user_location() if guards else None
+        for guard in guards:
+            guard.before_zero(location)
+        original(self, set_to_none)
+        for guard in guards:
+            guard.after_zero()
+
+    return zero_grad
+
+
+def _clip_with_norm(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def clip(parameters: Any, max_norm: float, total_norm: torch.Tensor, foreach: bool | None = None) -> None:
+        params = _as_list(parameters)
+        guards = guards_of(params)
+        location = user_location() if guards else None
+        for guard in guards:
+            guard.before_clip(params, float(max_norm), location)
+        original(params, max_norm, total_norm, foreach)
+        for guard in guards:
+            guard.after_clip(params, float(max_norm))
+
+    return clip
+
+
+def _clip_value(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def clip_grad_value_(parameters: Any, clip_value: float, foreach: bool | None = None) -> None:
+        params = _as_list(parameters)
+        guards = guards_of(params)
+        location = user_location() if guards else None
+        for guard in guards:
+            guard.before_clip(params, None, location)
+        original(params, clip_value, foreach)
+        for guard in guards:
+            guard.after_clip(params, None)
+
+    return clip_grad_value_
+
+
+def _fsdp_clip(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def clip_grad_norm_(self: torch.nn.Module, max_norm: float, *args: Any, **kwargs: Any) -> Any:
+        params = list(self.parameters())
+        guards = guards_of(params)
+        location = user_location() if guards else None
+        for guard in guards:
+            guard.before_clip(params, float(max_norm), location)
+        result = original(self, max_norm, *args, **kwargs)
+        for guard in guards:
+            guard.after_clip(params, float(max_norm))
+        return result
+
+    return clip_grad_norm_
+
+
+def _scaler_unscale(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def unscale_(self: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> None:
+        guard = _optimizers.get(optimizer)
+        if guard is not None and not guard.inside_scaler_step:
+            guard.before_unscale(self, user_location())
+        original(self, optimizer)
+
+    return unscale_
+
+
+def _scaler_step(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def step(self: torch.amp.GradScaler, optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
+        guard = _optimizers.get(optimizer)
+        if guard is None:
+            return original(self, optimizer, *args, **kwargs)
+        with guard.scaler_step(self, user_location()):
+            return original(self, optimizer, *args, **kwargs)
+
+    return step
+
+
+def _scaler_update(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def update(self: torch.amp.GradScaler, new_scale: Any = None) -> None:
+        original(self, new_scale)
+        for guard in list(_optimizers.values()):
+            if guard.scaler is self:
+                guard.after_scaler_update()
+
+    return update
