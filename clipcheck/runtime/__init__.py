@@ -12,12 +12,14 @@ optimizer step saw fresh, unscaled, clipped gradients.
 from __future__ import annotations
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from clipcheck.runtime import interception
 from clipcheck.runtime.errors import (
     BackwardAfterUnscaleError,
     ClipAfterStepError,
     ClipBeforeBackwardError,
+    ClipInsideAccumulationError,
     ClipScaledGradientsError,
     GradientOrderError,
     MaxNormExceededError,
@@ -32,7 +34,7 @@ from clipcheck.runtime.errors import (
 from clipcheck.runtime.guard import Guard
 
 __all__ = [
-    "BackwardAfterUnscaleError", "ClipAfterStepError", "ClipBeforeBackwardError",
+    "BackwardAfterUnscaleError", "ClipAfterStepError", "ClipBeforeBackwardError", "ClipInsideAccumulationError",
     "ClipScaledGradientsError", "GradientOrderError", "Guard", "MaxNormExceededError",
     "MissingClipError", "MissingZeroGradError", "PartialClipError", "StepBeforeBackwardError",
     "StepBypassesScalerError", "UnscaleTwiceError", "ZeroGradBeforeStepError", "guard", "install",
@@ -55,7 +57,7 @@ class _Installation:
         self.max_norm = max_norm
         self.check_every = check_every
         self.guards: list[Guard] = []
-        self.handle = torch.optim.optimizer.register_optimizer_step_pre_hook(self._attach)
+        self.handle = register_optimizer_step_pre_hook(self._attach)
 
     @torch.compiler.disable
     def _attach(self, optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:

@@ -28,6 +28,10 @@ class StepBeforeBackwardError(GradientOrderError):
     rule = "step-before-backward"
 
 
+class ClipInsideAccumulationError(GradientOrderError):
+    rule = "clip-inside-accumulation"
+
+
 class ZeroGradBeforeStepError(GradientOrderError):
     rule = "zero-grad-before-step"
 

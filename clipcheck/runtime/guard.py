@@ -130,6 +130,7 @@ class Guard:
 
     def after_zero(self) -> None:
         self._zeroed_since_step = True
+        self._stale_backward = None  # what the stale backward added is gone before any step
         self._clipped = None
 
     def before_clip(self, params: list[torch.Tensor], max_norm: float | None, location: str | None) -> None:
@@ -148,6 +149,12 @@ class Guard:
                 f"this clip runs after optimizer.step() (at {self._where.get('step')}) and before any "
                 "new backward(): that update already used unclipped gradients. Clip between "
                 "backward() and step().", step=self.steps, location=location)
+        if self._t_acc > self._t_clip > max(self._t_step, self._t_zero):
+            raise errors.ClipInsideAccumulationError(
+                f"gradients were already clipped since the last step (at {self._where.get('clip')}) "
+                "and a backward() has accumulated more since: clipping every micro-batch rescales "
+                "partial sums. Clip once, after the last backward() and right before step().",
+                step=self.steps + 1, location=location)
         if (self.scaler is not None and self.scaler.is_enabled() and backward_since_step
                 and not self._unscaled):
             raise errors.ClipScaledGradientsError(
