@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import runpy
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -115,3 +117,36 @@ def rules_command(rule: str | None) -> None:
         return
     for r in RULES:
         click.echo(f"{r.code}  {r.name:<26} {r.summary}")
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--max-norm", type=float, default=None,
+              help="Also require every step's gradient norm to be at most this (default: order only).")
+@click.option("--check-every", type=int, default=100, show_default=True,
+              help="Steps between reads of the on-device norm check (each read is one sync).")
+@click.argument("script", type=click.Path(exists=True, dir_okay=False))
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def run(max_norm: float | None, check_every: int, script: str, args: tuple[str, ...]) -> None:
+    """Run a training script with every optimizer guarded (needs torch: the `runtime` extra).
+
+    Each optimizer is guarded from its first step on; that first step is not checked.
+    Exit status: the script's own, or 1 when the guard found a mistake.
+    """
+    try:
+        from clipcheck import runtime
+    except ImportError as error:
+        raise click.UsageError(
+            f"clipcheck run needs torch ({error}): pip install 'clipcheck[runtime]'") from error
+    sys.argv = [script, *args]
+    sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
+    runtime.install(max_norm=max_norm, check_every=check_every)
+    try:
+        runpy.run_path(script, run_name="__main__")
+        runtime.uninstall(check=True)
+    except runtime.GradientOrderError as error:
+        runtime.uninstall(check=False)
+        click.echo(f"clipcheck: {error}", err=True)
+        sys.exit(1)
+    except BaseException:
+        runtime.uninstall(check=False)
+        raise

@@ -34,7 +34,8 @@ from clipcheck.runtime.errors import (
 from clipcheck.runtime.guard import Guard
 
 __all__ = [
-    "BackwardAfterUnscaleError", "ClipAfterStepError", "ClipBeforeBackwardError", "ClipInsideAccumulationError",
+    "BackwardAfterUnscaleError", "ClipAfterStepError", "ClipBeforeBackwardError",
+    "ClipInsideAccumulationError",
     "ClipScaledGradientsError", "GradientOrderError", "Guard", "MaxNormExceededError",
     "MissingClipError", "MissingZeroGradError", "PartialClipError", "StepBeforeBackwardError",
     "StepBypassesScalerError", "UnscaleTwiceError", "ZeroGradBeforeStepError", "guard", "install",

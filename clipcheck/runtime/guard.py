@@ -15,7 +15,7 @@ import contextlib
 import itertools
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -133,7 +133,7 @@ class Guard:
         self._stale_backward = None  # what the stale backward added is gone before any step
         self._clipped = None
 
-    def before_clip(self, params: list[torch.Tensor], max_norm: float | None, location: str | None) -> None:
+    def before_clip(self, params: Sequence[torch.Tensor], max_norm: float | None, location: str | None) -> None:
         backward_since_step = self._t_acc > self._t_step
         if self._unclipped_step is not None:
             step, step_location = self._unclipped_step
@@ -175,7 +175,7 @@ class Guard:
                 step=self.steps + 1, location=location)
         self._where["clip"] = location
 
-    def after_clip(self, params: list[torch.Tensor], max_norm: float | None) -> None:
+    def after_clip(self, max_norm: float | None) -> None:
         self._t_clip = next(_CLOCK)
         self._clip_max_norm = max_norm
         self._clipped = [(weakref.ref(p.grad), _version(p.grad)) for p in self.params
@@ -322,18 +322,12 @@ class Guard:
         if hasattr(norm, "full_tensor"):
             norm = norm.full_tensor()  # FSDP2 / DTensor: the global norm (a collective)
         norm = norm.float()
-        ok_to_skip = None
-        if self.scaler is not None and self.scaler.is_enabled() and not self._unscaled:
-            scale = getattr(self.scaler, "_scale", None)  # fused optimizers step on scaled grads
-            if scale is not None:
-                norm = norm / scale.to(norm.device)
-            found_inf = getattr(self.optimizer, "found_inf", None)
-            if isinstance(found_inf, torch.Tensor):
-                ok_to_skip = found_inf.to(norm.device) > 0
-        limit = self.max_norm * (1 + _tolerance(grads))
-        bad = ~(norm <= limit)
-        if ok_to_skip is not None:
-            bad = bad & ~ok_to_skip
+        # Reached only after a clip (a clip before unscale_ has already raised), so the
+        # gradients are unscaled here, on every path including fused optimizers.
+        bad = ~(norm <= self.max_norm * (1 + _tolerance(grads)))
+        found_inf = getattr(self.optimizer, "found_inf", None)
+        if isinstance(found_inf, torch.Tensor):  # a fused optimizer skips this step on device
+            bad = bad & (found_inf.to(norm.device) == 0)
         if self._violations is None:
             device = norm.device
             self._violations = torch.zeros((), dtype=torch.int32, device=device)

@@ -144,7 +144,7 @@ def _clip_with_norm(original: Callable[..., Any]) -> Callable[..., Any]:
             guard.before_clip(params, float(max_norm), location)
         original(params, max_norm, total_norm, foreach)
         for guard in guards:
-            guard.after_clip(params, float(max_norm))
+            guard.after_clip(float(max_norm))
 
     return clip
 
@@ -159,7 +159,7 @@ def _clip_value(original: Callable[..., Any]) -> Callable[..., Any]:
             guard.before_clip(params, None, location)
         original(params, clip_value, foreach)
         for guard in guards:
-            guard.after_clip(params, None)
+            guard.after_clip(None)
 
     return clip_grad_value_
 
@@ -174,7 +174,7 @@ def _fsdp_clip(original: Callable[..., Any]) -> Callable[..., Any]:
             guard.before_clip(params, float(max_norm), location)
         result = original(self, max_norm, *args, **kwargs)
         for guard in guards:
-            guard.after_clip(params, float(max_norm))
+            guard.after_clip(float(max_norm))
         return result
 
     return clip_grad_norm_

@@ -1,0 +1,43 @@
+"""``clipcheck run script.py``: the global mode, without editing the script."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+from conftest import run_clipcheck
+
+SCRIPT = """import sys
+import torch
+
+torch.manual_seed(0)
+model = torch.nn.Linear(4, 1)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+x, y = torch.randn(8, 4), torch.randn(8, 1)
+for _ in range(int(sys.argv[1])):
+    loss = torch.nn.functional.mse_loss(model(x), y)
+    loss.backward()
+    {mistake}
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    {zero}
+"""
+
+
+def test_run_reports_the_mistake_with_its_line(tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT.format(mistake="opt.zero_grad()", zero="pass"))
+    result = run_clipcheck("run", "--max-norm", "1.0", str(script), "4", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "[zero-grad-before-step]" in result.stderr
+    assert f"{script}:11" in result.stderr
+
+
+def test_run_passes_a_correct_script_its_arguments(tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT.format(mistake="pass", zero="opt.zero_grad()"))
+    result = run_clipcheck("run", "--max-norm", "1.0", "--check-every", "1", str(script), "5", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
