@@ -133,7 +133,9 @@ class Guard:
         self._stale_backward = None  # what the stale backward added is gone before any step
         self._clipped = None
 
-    def before_clip(self, params: Sequence[torch.Tensor], max_norm: float | None, location: str | None) -> None:
+    def before_clip(
+        self, params: Sequence[torch.Tensor], max_norm: float | None, location: str | None
+    ) -> None:
         backward_since_step = self._t_acc > self._t_step
         if self._unclipped_step is not None:
             step, step_location = self._unclipped_step
