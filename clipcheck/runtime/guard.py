@@ -110,7 +110,9 @@ class Guard:
 
     # -- events -------------------------------------------------------------------------------
     def _accumulate_hook(self, index: int) -> Callable[[torch.Tensor], None]:
-        @torch.compiler.disable
+        # Runs in the eager autograd engine, also for compiled models (AccumulateGrad is not
+        # traced), so it skips the cost of a torch.compiler.disable wrapper on every parameter.
+        # Compiled autograd, which would trace it, is not supported.
         def accumulated(param: torch.Tensor) -> None:
             self._t_acc = next(_CLOCK)
             used = self._used[index]
