@@ -134,17 +134,23 @@ def _module_zero_grad(original: Callable[..., Any]) -> Callable[..., Any]:
     return zero_grad
 
 
+def _clipping(params: list[torch.Tensor], max_norm: float | None, run: Callable[[], Any]) -> Any:
+    """Tell the guards owning ``params`` about a clip around ``run``, the clip itself."""
+    guards = guards_of(params)
+    location = user_location() if guards else None
+    for guard in guards:
+        guard.before_clip(params, max_norm, location)
+    result = run()
+    for guard in guards:
+        guard.after_clip(max_norm)
+    return result
+
+
 def _clip_with_norm(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def clip(parameters: Any, max_norm: float, total_norm: torch.Tensor, foreach: bool | None = None) -> None:
         params = _as_list(parameters)
-        guards = guards_of(params)
-        location = user_location() if guards else None
-        for guard in guards:
-            guard.before_clip(params, float(max_norm), location)
-        original(params, max_norm, total_norm, foreach)
-        for guard in guards:
-            guard.after_clip(float(max_norm))
+        _clipping(params, float(max_norm), lambda: original(params, max_norm, total_norm, foreach))
 
     return clip
 
@@ -153,13 +159,7 @@ def _clip_value(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def clip_grad_value_(parameters: Any, clip_value: float, foreach: bool | None = None) -> None:
         params = _as_list(parameters)
-        guards = guards_of(params)
-        location = user_location() if guards else None
-        for guard in guards:
-            guard.before_clip(params, None, location)
-        original(params, clip_value, foreach)
-        for guard in guards:
-            guard.after_clip(None)
+        _clipping(params, None, lambda: original(params, clip_value, foreach))
 
     return clip_grad_value_
 
@@ -167,15 +167,8 @@ def _clip_value(original: Callable[..., Any]) -> Callable[..., Any]:
 def _fsdp_clip(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def clip_grad_norm_(self: torch.nn.Module, max_norm: float, *args: Any, **kwargs: Any) -> Any:
-        params = list(self.parameters())
-        guards = guards_of(params)
-        location = user_location() if guards else None
-        for guard in guards:
-            guard.before_clip(params, float(max_norm), location)
-        result = original(self, max_norm, *args, **kwargs)
-        for guard in guards:
-            guard.after_clip(float(max_norm))
-        return result
+        return _clipping(list(self.parameters()), float(max_norm),
+                         lambda: original(self, max_norm, *args, **kwargs))
 
     return clip_grad_norm_
 
