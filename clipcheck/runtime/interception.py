@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch.utils.weak import WeakTensorKeyDictionary
 
 from clipcheck.runtime.location import user_location
 
@@ -23,8 +22,9 @@ if TYPE_CHECKING:
     from clipcheck.runtime.guard import Guard
 
 _optimizers: weakref.WeakKeyDictionary[torch.optim.Optimizer, Guard] = weakref.WeakKeyDictionary()
-# Tensors compare element-wise, so they need torch's identity-keyed weak dictionary.
-_params: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
+# A guard holds its parameters while registered, so their ids are stable keys (and a plain
+# dict lookup is several times cheaper than a weak tensor-keyed one on this hot path).
+_params: dict[int, Guard] = {}
 _undo: list[Callable[[], None]] = []
 
 
@@ -35,15 +35,15 @@ def register(guard: Guard) -> None:
         _patch_all()
     _optimizers[guard.optimizer] = guard
     for param in guard.params:
-        _params[param] = guard
+        _params[id(param)] = guard
 
 
 def unregister(guard: Guard) -> None:
     if _optimizers.get(guard.optimizer) is guard:
         del _optimizers[guard.optimizer]
     for param in guard.params:
-        if _params.get(param) is guard:
-            del _params[param]
+        if _params.get(id(param)) is guard:
+            del _params[id(param)]
     if not _optimizers:
         while _undo:
             _undo.pop()()
@@ -56,7 +56,7 @@ def guard_of(optimizer: object) -> Guard | None:
 def guards_of(params: Iterable[torch.Tensor]) -> list[Guard]:
     found: dict[int, Guard] = {}
     for param in params:
-        guard = _params.get(param)
+        guard = _params.get(id(param))
         if guard is not None:
             found[id(guard)] = guard
     return list(found.values())
