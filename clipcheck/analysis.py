@@ -11,7 +11,7 @@ import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider
 
 from clipcheck import vocabulary as vocab
-from clipcheck.cfg import CfgBuilder
+from clipcheck.cfg import Cfg, CfgBuilder
 from clipcheck.dataflow import ENTRY, ParamsState, around_loop, params_transfer, solve, transfer
 from clipcheck.events import (
     Binding,
@@ -32,7 +32,7 @@ from clipcheck.syntax import nested_statements, statements
 
 # Words without which a file cannot contain a training event: files lacking all of them are
 # only checked for syntax (by CPython's faster parser), never analysed.
-RELEVANT_WORDS = ("backward", "step", "grad", "parameters")
+RELEVANT_WORDS = ("backward", "step", "grad", "parameters", "scale")
 PSEUDO_OPTIMIZER = "*"
 
 
@@ -86,6 +86,8 @@ class ModuleAnalysis:
         self.units: list[Unit] = [Unit("<module>", module.body, self.module_scope)]
         self._discover(module.body, self.module_scope, None)
         self._init_params: dict[int, ParamsState] = {}
+        self._graphs: dict[cst.FunctionDef, Cfg] = {}
+        self._building: set[cst.FunctionDef] = set()
 
     # -- structure ------------------------------------------------------------------------------
     def _discover(self, body: Iterable[cst.CSTNode], parent: Scope, cls: ClassInfo | None) -> None:
@@ -129,12 +131,36 @@ class ModuleAnalysis:
             return Recognizer(self.module, self.names, self.bindings, caller.scope,
                               caller.arguments, chain)
         scope = self.scopes.get(inline.callee)
-        if scope is None:
+        if scope is None or not self._may_have_events(inline.callee):
             return None
         arguments = dict(inline.arguments)
         if scope.parent is not self.module_scope and scope.parent is not None:
             arguments = {**caller.arguments, **arguments}  # a closure sees its caller's names
-        return Recognizer(self.module, self.names, self.bindings, scope, arguments, chain)
+        return Recognizer(self.module, self.names, self.bindings, scope, arguments, chain,
+                          local_suffix=f"@{id(inline.call)}")
+
+    def _may_have_events(self, fn: cst.FunctionDef) -> bool:
+        """Whether a helper has training events of its own (or through what it calls);
+        expanding the others at every call would only cost time. A helper still being built
+        (a call cycle) adds nothing."""
+        if fn in self._building:
+            return False
+        return bool(self._graph(fn).events())
+
+    def _graph(self, fn: cst.FunctionDef) -> Cfg:
+        """The graph of a function on its own, built once."""
+        if fn not in self._graphs:
+            self._building.add(fn)
+            try:
+                self._graphs[fn] = self._build(self.scopes[fn], statements(fn.body))
+            finally:
+                self._building.discard(fn)
+        return self._graphs[fn]
+
+    def _build(self, scope: Scope, body: Sequence[cst.BaseStatement],
+               before: Sequence[Event] = (), after: Sequence[Event] = ()) -> Cfg:
+        recognizer = Recognizer(self.module, self.names, self.bindings, scope)
+        return CfgBuilder(recognizer, self._recognizer_for).build(body, before, after)
 
     def _lightning_events(self, unit: Unit) -> tuple[list[Event], list[Event]]:
         """Under automatic optimization Lightning zeroes before ``training_step`` and runs
@@ -160,10 +186,11 @@ class ModuleAnalysis:
         return [f for rule in self.rules for f in rule.check(facts)]
 
     def facts(self, unit: Unit) -> UnitFacts | None:
-        recognizer = Recognizer(self.module, self.names, self.bindings, unit.scope)
-        builder = CfgBuilder(recognizer, self._recognizer_for)
         before, after = self._lightning_events(unit)
-        cfg = builder.build(unit.body, before, after)
+        if unit.function is not None and not before and not after:
+            cfg = self._graph(unit.function)
+        else:
+            cfg = self._build(unit.scope, unit.body, before, after)
         events = cfg.events()
         if not events:
             return None

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import libcst as cst
 
-from clipcheck.events import Event, EventKind, Inline, Item, Recognizer
+from clipcheck.events import Branch, Event, EventKind, Inline, Item, Recognizer
 from clipcheck.syntax import statements
 
 MAX_INLINE_DEPTH = 4
@@ -104,6 +104,8 @@ class CfgBuilder:
         for item in items:
             if isinstance(item, Event):
                 frontier = [self._node(frontier, item)]
+            elif isinstance(item, Branch):
+                frontier = _merge(self._items(item.then, frontier), self._items(item.orelse, frontier))
             else:
                 frontier = self._inline(item, frontier)
         return frontier
@@ -129,7 +131,7 @@ class CfgBuilder:
         else:
             frontier = self._stmts(body, frontier)
         self.frames.pop()
-        frontier = self._items(list(after), frontier + function.returns)
+        frontier = self._items(list(after), _merge(frontier, function.returns))
         exit_node = self._node(frontier)
         return Cfg(self.nodes, entry, exit_node)
 
@@ -150,7 +152,7 @@ class CfgBuilder:
                 frontier = self._stmts(statements(item.callee.body), frontier)
             function = self.frames[0]
             assert isinstance(function, _Function)
-            return frontier + function.returns
+            return _merge(frontier, function.returns)
         finally:
             self.inlining.pop()
             self.recognizer, self.frames = saved
@@ -160,7 +162,7 @@ class CfgBuilder:
         for stmt in body:
             handlers = next((f for f in reversed(self.frames) if isinstance(f, _Handlers)), None)
             if handlers is not None and frontier:
-                handlers.raisers.extend(frontier)
+                handlers.raisers[:] = _merge(handlers.raisers, frontier)
             frontier = self._stmt(stmt, frontier)
         return frontier
 
@@ -198,10 +200,10 @@ class CfgBuilder:
         frontier = self._expr(stmt.test, frontier)
         then = self._suite(stmt.body, list(frontier))
         if stmt.orelse is None:
-            return then + frontier
+            return _merge(then, frontier)
         if isinstance(stmt.orelse, cst.If):
-            return then + self._If(stmt.orelse, frontier)
-        return then + self._suite(stmt.orelse.body, frontier)
+            return _merge(then, self._If(stmt.orelse, frontier))
+        return _merge(then, self._suite(stmt.orelse.body, frontier))
 
     def _loop(
         self,
@@ -216,7 +218,7 @@ class CfgBuilder:
     ) -> Frontier:
         header = self._node([] if runs_once else frontier)
         after_test = self._expr(test, [header])
-        body_entry = self._node(after_test + (frontier if runs_once else []))
+        body_entry = self._node(_merge(after_test, frontier if runs_once else []))
         loop = _Loop(header)
         first = len(self.nodes)
         self.frames.append(loop)
@@ -232,7 +234,7 @@ class CfgBuilder:
         exits = [] if endless else after_test
         if orelse is not None:
             exits = self._suite(orelse.body, exits)
-        return exits + loop.breaks
+        return _merge(exits, loop.breaks)
 
     def _bind_loop_target(
         self, target: cst.BaseExpression | None, iterable: cst.BaseExpression | None
@@ -279,12 +281,12 @@ class CfgBuilder:
         body = self._suite(stmt.body, frontier)
         if handlers is not None:
             self.frames.pop()
-            handlers.raisers.extend(body)
+            handlers.raisers[:] = _merge(handlers.raisers, body)
         out = self._suite(stmt.orelse.body, body) if stmt.orelse is not None else body
         if handlers is not None:
             entry = self._node(handlers.raisers)
             for handler in stmt.handlers:
-                out = out + self._suite(handler.body, [entry])
+                out = _merge(out, self._suite(handler.body, [entry]))
         if stmt.finalbody is not None:
             self.frames.pop()
             out = self._suite(stmt.finalbody.body, out)
@@ -297,7 +299,7 @@ class CfgBuilder:
         out = list(frontier)
         for case in stmt.cases:
             entry = self._expr(case.guard, list(frontier))
-            out += self._suite(case.body, entry)
+            out = _merge(out, self._suite(case.body, entry))
         return out
 
     # -- jumps --------------------------------------------------------------------------------
@@ -311,7 +313,8 @@ class CfgBuilder:
                 frontier = self._stmts(frame.body, frontier)
                 self.frames = frames
             elif isinstance(frame, kind):
-                getattr(frame, slot).extend(frontier)
+                targets = getattr(frame, slot)
+                targets[:] = _merge(targets, frontier)
                 return
 
     def _raise(self, frontier: Frontier) -> None:
@@ -323,10 +326,15 @@ class CfgBuilder:
                 frontier = self._stmts(frame.body, frontier)
                 self.frames = frames
             elif isinstance(frame, _Handlers):
-                frame.raisers.extend(frontier)
+                frame.raisers[:] = _merge(frame.raisers, frontier)
                 return
             elif isinstance(frame, _Function):
                 return
+
+
+def _merge(*frontiers: Frontier) -> Frontier:
+    """The union of frontiers, without duplicates: paths that join must not multiply."""
+    return list(dict.fromkeys(node for frontier in frontiers for node in frontier))
 
 
 def _is_param_groups(expr: cst.BaseExpression) -> bool:

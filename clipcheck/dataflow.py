@@ -60,7 +60,6 @@ class OptState:
 
 
 ENTRY = OptState()
-FRESH_START = OptState(grads=Grads.NONE)
 
 _BACKWARD = {
     Grads.UNKNOWN: Grads.FRESH, Grads.NONE: Grads.FRESH, Grads.FRESH: Grads.FRESH,
@@ -110,7 +109,9 @@ def transfer(node: int, event: Event, state: OptState) -> OptState:
         return replace(state, grads=Grads.USED, grads_at=node, killed_backward=NO_NODE,
                        clip=Clip.NONE, clip_at=NO_NODE)
     if kind is EventKind.CREATE_OPTIMIZER:
-        return replace(FRESH_START, looped=state.looped)
+        # A new optimizer over parameters whose gradients are unknown: none exist yet. Known
+        # gradients (a backward before the optimizer was built) stay what they are.
+        return replace(state, grads=Grads.NONE) if state.grads is Grads.UNKNOWN else state
     return state
 
 

@@ -173,7 +173,16 @@ class Inline:
     is_method: bool
 
 
-Item = Event | Inline
+@dataclass(frozen=True)
+class Branch:
+    """Items that run on only one of two paths: ``a if c else b``, the right side of
+    ``and``/``or``."""
+
+    then: list[Item]
+    orelse: list[Item]
+
+
+Item = Event | Inline | Branch
 
 
 def _call_name(call: cst.Call) -> str | None:
@@ -210,6 +219,7 @@ class Bindings:
     def __init__(self, names: ModuleNames) -> None:
         self.names = names
         self._builders: dict[str, bool] = {}
+        self._owners: dict[tuple[int, int, int], frozenset[str]] = {}
 
     def of_value(self, value: cst.BaseExpression, scope: Scope | None) -> Binding:
         if isinstance(value, cst.GeneratorExp):
@@ -273,9 +283,17 @@ class Bindings:
         return result
 
     def owners(self, expr: cst.CSTNode, scope: Scope | None, depth: int = 0) -> frozenset[str]:
-        """The modules whose ``.parameters()`` flow into ``expr`` (through local names too)."""
+        """The modules whose ``.parameters()`` flow into ``expr`` (through local names too).
+
+        Memoised per expression and scope: loops and helpers ask about the same iterables
+        again and again, and following names through their assigned values is a tree walk."""
+        memo_key = (id(expr), id(scope), depth)
+        known = self._owners.get(memo_key)
+        if known is not None:
+            return known
+        self._owners[memo_key] = frozenset()  # a name assigned from itself adds nothing
         found: set[str] = set()
-        for node in _walk(expr):
+        for node in walk_code(expr):
             if isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute):
                 if node.func.attr.value in vocab.PARAMETER_GENERATOR_METHODS:
                     owner = dotted(node.func.value)
@@ -288,14 +306,17 @@ class Bindings:
                     found |= binding.models
                     for value in binding.values:
                         found |= self.owners(value, scope, depth + 1)
-        return frozenset(found)
+        result = frozenset(found)
+        self._owners[memo_key] = result
+        return result
 
 
-def _walk(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
+def walk_code(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
+    """``node`` and everything inside it, except nested functions, lambdas and classes."""
     yield node
     for child in node.children:
         if not isinstance(child, (cst.Lambda, cst.FunctionDef, cst.ClassDef)):
-            yield from _walk(child)
+            yield from walk_code(child)
 
 
 def _returns(body: object) -> Iterator[cst.Return]:
@@ -384,6 +405,7 @@ class Recognizer:
         scope: Scope,
         arguments: dict[str, Argument] | None = None,
         chain: tuple[cst.CSTNode, ...] = (),
+        local_suffix: str = "",
     ) -> None:
         self.module = module
         self.names = names
@@ -391,6 +413,9 @@ class Recognizer:
         self.scope = scope
         self.arguments = arguments or {}
         self.chain = chain
+        # An expanded helper's own locals are new objects at each call: suffixing their keys
+        # keeps two calls' optimizers apart.
+        self.local_suffix = local_suffix
         self.loop_owners: dict[str, frozenset[str]] = {}
 
     # -- naming -----------------------------------------------------------------------------
@@ -400,6 +425,8 @@ class Recognizer:
             argument = self.arguments.get(expr.value)
             if argument is not None:
                 return argument.key
+            if self.local_suffix and expr.value in self.scope.names:
+                return expr.value + self.local_suffix
             return expr.value
         if isinstance(expr, cst.Attribute):
             base = self.key(expr.value)
@@ -425,14 +452,16 @@ class Recognizer:
         root = expr
         while isinstance(root, cst.Attribute):
             root = root.value
-        if isinstance(root, cst.Name) and expr is root and root.value in self.arguments:
-            argument = self.arguments[root.value]
+        argument = self.arguments.get(root.value) if isinstance(root, cst.Name) else None
+        is_argument = argument is not None
+        if argument is not None and isinstance(expr, cst.Name):
             if argument.kind not in (None, Kind.OTHER):
                 return argument.kind
-            return self._kind_by_name(root.value) or (
+            return self._kind_by_name(expr.value) or (
                 self._kind_by_name(argument.key) if argument.key else None
             )
-        key = self.key(expr)
+        # Bindings are looked up under this scope's own names, the caller's for arguments.
+        key = self.key(expr) if is_argument else dotted(expr)
         if key is None:
             return None
         binding = self.scope.lookup(key)
@@ -490,6 +519,14 @@ class Recognizer:
                 self._collect(value, out)
             out.extend(self._assignment(node))
             return
+        if isinstance(node, cst.IfExp):
+            self._collect(node.test, out)
+            self._branch(self.items(node.body), self.items(node.orelse), out)
+            return
+        if isinstance(node, cst.BooleanOperation):
+            self._collect(node.left, out)
+            self._branch(self.items(node.right), [], out)
+            return
         if isinstance(node, cst.Call):
             self._collect(node.func, out)
             for arg in node.args:
@@ -505,6 +542,11 @@ class Recognizer:
             return
         for child in node.children:
             self._collect(child, out)
+
+    @staticmethod
+    def _branch(then: list[Item], orelse: list[Item], out: list[Item]) -> None:
+        if then or orelse:
+            out.append(Branch(then, orelse))
 
     def iteration(self, iterable: cst.BaseExpression, node: cst.CSTNode) -> list[Item]:
         """Iterating a stored parameter generator consumes it."""

@@ -162,3 +162,15 @@ def test_fixture_tree_as_ci_sees_it() -> None:
                           "message", "fix"} for f in findings)
     assert findings == sorted(findings, key=lambda f: (f["path"], f["line"], f["column"]))
     json.dumps(findings)
+
+
+def test_long_chains_of_branches_and_helpers_stay_linear(tmp_path: Path) -> None:
+    """Joins must not multiply paths: 200 one-armed ifs and a deep helper chain."""
+    ifs = "".join(f"        if x > {i}:\n            pass\n" for i in range(200))
+    helpers = "".join(f"def h{i}(o):\n    h{i + 1}(o)\n\n\n" for i in range(30))
+    helpers += "def h30(o):\n    o.step()\n"
+    source = BAD.replace("        loss.backward()\n", "        loss.backward()\n" + ifs) + "\n\n" + helpers
+    write(tmp_path, "train.py", source)
+    code, findings = run_json("train.py", cwd=tmp_path)
+    assert code == 1
+    assert [f["rule"] for f in findings] == ["zero-grad-before-step"]
