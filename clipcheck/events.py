@@ -693,14 +693,15 @@ class Recognizer:
             None,
         )
         key = self.key(optimizer) if optimizer is not None else None
-        is_lightning = isinstance(receiver, cst.Name) and receiver.value == "self"
-        threshold = next(
-            (t for t in vocab.CLIP_GRADIENTS_THRESHOLDS
-             if _argument(call, t if is_lightning else replace(t, position=-1)) is not None),
-            None,
-        )
-        if threshold is not None and not is_lightning:
-            threshold = replace(threshold, position=-1)
+        # Lightning's ``self.clip_gradients(opt, 0.5)`` may pass the threshold by position;
+        # Fabric's ``fabric.clip_gradients(model, opt, max_norm=...)`` only by keyword.
+        lightning = isinstance(receiver, cst.Name) and receiver.value == "self"
+        threshold = None
+        for candidate in vocab.CLIP_GRADIENTS_THRESHOLDS:
+            candidate = candidate if lightning else replace(candidate, position=-1)
+            if _argument(call, candidate) is not None:
+                threshold = candidate
+                break
         return self._clip(call, threshold, optimizers=frozenset({key}) if key else None)
 
     def _step(self, call: cst.Call, func: cst.Attribute, positional: list[cst.BaseExpression]) -> list[Item]:
