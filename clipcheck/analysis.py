@@ -53,7 +53,6 @@ class Finding:
 class Unit:
     """A function (or the module's top level) analysed on its own."""
 
-    name: str
     body: Sequence[cst.BaseStatement]
     scope: Scope
     function: cst.FunctionDef | None = None
@@ -83,7 +82,7 @@ class ModuleAnalysis:
         collect_bindings(module.body, self.bindings, self.module_scope.names, None, self.module_scope)
         self.scopes: dict[cst.FunctionDef, Scope] = {}
         self.classes: dict[str, ClassInfo] = {}
-        self.units: list[Unit] = [Unit("<module>", module.body, self.module_scope)]
+        self.units: list[Unit] = [Unit(module.body, self.module_scope)]
         self._discover(module.body, self.module_scope, None)
         self._init_params: dict[int, ParamsState] = {}
         self._graphs: dict[cst.FunctionDef, Cfg] = {}
@@ -94,7 +93,7 @@ class ModuleAnalysis:
         for stmt in body:
             if isinstance(stmt, cst.FunctionDef):
                 scope = self._scope(stmt, parent, cls)
-                self.units.append(Unit(stmt.name.value, statements(stmt.body), scope, stmt, cls))
+                self.units.append(Unit(statements(stmt.body), scope, stmt, cls))
                 self._discover(statements(stmt.body), scope, cls)
             elif isinstance(stmt, cst.ClassDef):
                 info = self._class(stmt)
@@ -204,7 +203,7 @@ class ModuleAnalysis:
 
         states = {k: solve(cfg, [ENTRY], step_for(k), around_loop) for k in sorted(keys)}
         params = solve(cfg, [self._params_entry(unit)], params_transfer)
-        return UnitFacts(unit.name, cfg, self.names, targets, states, params, self.line_of)
+        return UnitFacts(cfg, self.names, targets, states, params, self.line_of)
 
     def _linkage(self, key: str, scope: Scope) -> frozenset[str]:
         binding = scope.lookup(key)
@@ -222,7 +221,7 @@ class ModuleAnalysis:
             return ParamsState()
         if id(init) not in self._init_params:
             self._init_params[id(init)] = ParamsState()  # recursion guard
-            facts = self.facts(Unit("__init__", statements(init.body), self.scopes[init], init, cls))
+            facts = self.facts(Unit(statements(init.body), self.scopes[init], init, cls))
             state = ParamsState()
             if facts is not None:
                 for s in facts.params[facts.cfg.exit]:

@@ -177,10 +177,10 @@ class CfgBuilder:
     def _simple(self, body: Sequence[cst.BaseSmallStatement], frontier: Frontier) -> Frontier:
         for small in body:
             if isinstance(small, cst.Return):
-                self._jump(_Function, self._expr(small.value, frontier))
+                self._jump(_Function, self._expr(small.value, frontier), "returns")
                 return []
             if isinstance(small, cst.Raise):
-                self._raise(self._expr(small.exc, frontier))
+                self._jump(_Handlers, self._expr(small.exc, frontier), "raisers")
                 return []
             if isinstance(small, cst.Break):
                 self._jump(_Loop, frontier, "breaks")
@@ -303,8 +303,9 @@ class CfgBuilder:
         return out
 
     # -- jumps --------------------------------------------------------------------------------
-    def _jump(self, kind: type, frontier: Frontier, slot: str = "returns") -> None:
-        """Leave through every enclosing ``finally`` up to the frame the jump targets."""
+    def _jump(self, kind: type, frontier: Frontier, slot: str) -> None:
+        """Leave through every enclosing ``finally`` up to the frame the jump targets. An
+        exception that meets no handler before the function's frame leaves the unit."""
         frames = self.frames
         for depth in range(len(frames) - 1, -1, -1):
             frame = frames[depth]
@@ -315,18 +316,6 @@ class CfgBuilder:
             elif isinstance(frame, kind):
                 targets = getattr(frame, slot)
                 targets[:] = _merge(targets, frontier)
-                return
-
-    def _raise(self, frontier: Frontier) -> None:
-        frames = self.frames
-        for depth in range(len(frames) - 1, -1, -1):
-            frame = frames[depth]
-            if isinstance(frame, _Finally):
-                self.frames = frames[:depth]
-                frontier = self._stmts(frame.body, frontier)
-                self.frames = frames
-            elif isinstance(frame, _Handlers):
-                frame.raisers[:] = _merge(frame.raisers, frontier)
                 return
             elif isinstance(frame, _Function):
                 return

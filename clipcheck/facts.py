@@ -17,7 +17,6 @@ from clipcheck.names import ModuleNames
 class UnitFacts:
     """The CFG of a unit, the optimizers it concerns and the states reaching each node."""
 
-    name: str
     cfg: Cfg
     names: ModuleNames
     targets: dict[int, frozenset[str]]

@@ -105,16 +105,22 @@ def _fsdp1_class() -> type | None:
     return FullyShardedDataParallel
 
 
+def _zeroing(guards: list[Guard], run: Callable[[], None]) -> None:
+    """Tell ``guards`` about a zero-grad around ``run``, the zero-grad itself."""
+    location = user_location() if guards else None
+    for guard in guards:
+        guard.before_zero(location)
+    run()
+    for guard in guards:
+        guard.after_zero()
+
+
 def _optimizer_zero_grad(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     @torch.compiler.disable
     def zero_grad(self: torch.optim.Optimizer, set_to_none: bool = True) -> None:
         guard = _optimizers.get(self)
-        if guard is not None:
-            guard.before_zero(user_location())
-        original(self, set_to_none)
-        if guard is not None:
-            guard.after_zero()
+        _zeroing([guard] if guard is not None else [], lambda: original(self, set_to_none))
 
     return zero_grad
 
@@ -124,12 +130,7 @@ def _module_zero_grad(original: Callable[..., Any]) -> Callable[..., Any]:
     @torch.compiler.disable
     def zero_grad(self: torch.nn.Module, set_to_none: bool = True) -> None:
         guards = guards_of(self.parameters()) if _params else []
-        location = user_location() if guards else None
-        for guard in guards:
-            guard.before_zero(location)
-        original(self, set_to_none)
-        for guard in guards:
-            guard.after_zero()
+        _zeroing(guards, lambda: original(self, set_to_none))
 
     return zero_grad
 
