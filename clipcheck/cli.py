@@ -9,16 +9,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import click
-import libcst as cst
 
 from clipcheck import __version__
-from clipcheck.analysis import Finding, analyse_source
 from clipcheck.docs import rule_doc
-from clipcheck.files import python_files
-from clipcheck.report import to_json, to_text
-from clipcheck.rules import RULES, Rule
-
-UNANALYSABLE = ("CC000", "unanalysable-file")
+from clipcheck.engine import check_paths
+from clipcheck.output import FORMATS
+from clipcheck.static.rules import RULES, Rule
 
 
 def _rule_by_id(identifier: str) -> Rule:
@@ -33,33 +29,6 @@ def _rule_ids(values: Sequence[str]) -> list[Rule]:
     return [_rule_by_id(part.strip()) for value in values for part in value.split(",") if part.strip()]
 
 
-def _unanalysable(path: str, reason: str, line: int = 1, column: int = 1) -> Finding:
-    return Finding(path, line, column, line, column, *UNANALYSABLE, reason)
-
-
-def check_file(path: Path, shown: str, rules: Sequence[Rule]) -> tuple[list[Finding], list[str]]:
-    """Findings for one file (or its CC000), and its lines for the text report."""
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        return [_unanalysable(shown, f"cannot read the file: {error.strerror or error}")], []
-    try:
-        source = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        return [_unanalysable(shown, f"not UTF-8: byte 0x{data[error.start]:02x} at offset "
-                                     f"{error.start} cannot be decoded")], []
-    try:
-        return analyse_source(source, shown, rules), source.splitlines()
-    except cst.ParserSyntaxError as error:
-        message = f"syntax error: {error.message}"
-        return [_unanalysable(shown, message, error.raw_line, error.raw_column + 1)], []
-    except SyntaxError as error:
-        message = f"syntax error: {error.msg}"
-        return [_unanalysable(shown, message, error.lineno or 1, error.offset or 1)], []
-    except RecursionError:
-        return [_unanalysable(shown, "the file nests too deeply to analyse")], []
-
-
 @click.group()
 @click.version_option(__version__, prog_name="clipcheck")
 def main() -> None:
@@ -68,7 +37,7 @@ def main() -> None:
 
 @main.command()
 @click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
-@click.option("--output-format", type=click.Choice(["text", "json"]), default="text",
+@click.option("--output-format", type=click.Choice(sorted(FORMATS)), default="text",
               show_default=True, help="Text for people, JSON for CI.")
 @click.option("--select", multiple=True, metavar="RULES",
               help="Only these rules (codes or names, comma-separated).")
@@ -86,23 +55,11 @@ def check(paths: tuple[Path, ...], output_format: str, select: tuple[str, ...],
     except click.BadParameter as error:
         raise click.UsageError(error.message) from error
     rules = [r for r in selected if r.code not in ignored]
-    findings: list[Finding] = []
-    sources: dict[str, list[str]] = {}
-    for root in paths or (Path("."),):
-        for path in python_files(root):
-            shown = str(path)
-            file_findings, lines = check_file(path, shown, rules)
-            findings.extend(file_findings)
-            if file_findings:
-                sources[shown] = lines
-    findings.sort(key=lambda f: (f.path, f.line, f.column, f.code))
-    if output_format == "json":
-        click.echo(to_json(findings))
-    else:
-        click.echo(to_text(findings, sources, color=sys.stdout.isatty()))
-    if any(f.code == UNANALYSABLE[0] for f in findings):
+    report = check_paths(paths or (Path("."),), rules)
+    click.echo(FORMATS[output_format](report.findings, report.sources, sys.stdout.isatty()))
+    if any(f.unanalysable for f in report.findings):
         sys.exit(2)
-    sys.exit(1 if findings else 0)
+    sys.exit(1 if report.findings else 0)
 
 
 @main.command("rules")

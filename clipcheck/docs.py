@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from clipcheck.rules import Rule
+from clipcheck.static.rules import Rule
 
 _PACKAGE = Path(__file__).resolve().parent
 # In a wheel the pages are copied into the package; in a source checkout they stay at the top.

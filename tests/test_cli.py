@@ -140,8 +140,8 @@ def test_the_checked_code_is_never_imported_or_run(tmp_path: Path) -> None:
 
 
 def test_static_pass_does_not_import_torch() -> None:
-    script = ("import sys, clipcheck.cli, clipcheck.analysis\n"
-              "from clipcheck.analysis import analyse_source\n"
+    script = ("import sys, clipcheck.cli, clipcheck.engine\n"
+              "from clipcheck.engine import analyse_source\n"
               f"analyse_source({BAD!r}, 'x.py')\n"
               "assert 'torch' not in sys.modules, 'torch was imported'\n")
     subprocess.run([__import__("sys").executable, "-c", script], check=True)

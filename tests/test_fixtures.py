@@ -50,7 +50,7 @@ def test_fixture(path: Path, reported: dict[str, Counter[tuple[int, str]]]) -> N
 
 
 def test_every_rule_has_bad_and_good_fixtures() -> None:
-    from clipcheck.rules import RULES
+    from clipcheck.static.rules import RULES
 
     for rule in RULES:
         folder = FIXTURES / rule.name

@@ -9,7 +9,7 @@ import pytest
 from conftest import run_json
 
 from clipcheck.docs import rule_doc
-from clipcheck.rules import RULES, Rule
+from clipcheck.static.rules import RULES, Rule
 
 SECTIONS = ("## What it does", "## Why it is bad", "## Example", "## Fix", "## When it stays silent")
 CODE = re.compile(r"```python\n(.*?)```", re.S)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import libcst as cst
 
+from clipcheck.static.syntax import assignment_targets
+
 
 def dotted(expr: cst.BaseExpression) -> str | None:
     """``a.b.c`` for a chain of names and attributes, ``None`` for anything else."""
@@ -70,17 +72,7 @@ class ModuleNames:
         return names
 
     def _module_assignment(self, small: cst.BaseSmallStatement, assigned: dict[str, int]) -> None:
-        if isinstance(small, cst.Assign):
-            targets = [t.target for t in small.targets]
-            value: cst.BaseExpression | None = small.value
-        elif isinstance(small, cst.AnnAssign):
-            targets = [small.target]
-            value = small.value
-        else:
-            return
-        if value is None:
-            return
-        for target in targets:
+        for target, value in assignment_targets(small):
             if not isinstance(target, cst.Name):
                 continue
             name = target.value

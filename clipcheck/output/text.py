@@ -1,18 +1,12 @@
-"""Turning findings into text for people and JSON for machines."""
+"""Text for people: each finding with its message and the offending line under a caret."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import asdict
 
 import click
 
-from clipcheck.analysis import Finding
-
-
-def to_json(findings: Sequence[Finding]) -> str:
-    return json.dumps([asdict(f) for f in findings], indent=2)
+from clipcheck.findings import Finding
 
 
 def to_text(findings: Sequence[Finding], sources: dict[str, list[str]], color: bool) -> str:
@@ -22,14 +16,14 @@ def to_text(findings: Sequence[Finding], sources: dict[str, list[str]], color: b
         lines.append(click.style(head, bold=True) if color else head)
         lines.append(f"  {f.message}")
         source = sources.get(f.path, [])
-        if f.code != "CC000" and 0 < f.line <= len(source):
+        if not f.unanalysable and 0 < f.line <= len(source):
             text = source[f.line - 1].rstrip("\n").expandtabs(1)
             width = (f.end_column if f.end_line == f.line else len(text) + 1) - f.column
             lines.append(f"  {f.line:>4} | {text}")
             caret = " " * (f.column - 1) + "^" * max(width, 1)
             lines.append("       | " + (click.style(caret, fg="red") if color else caret))
         lines.append("")
-    errors = sum(1 for f in findings if f.code == "CC000")
+    errors = sum(1 for f in findings if f.unanalysable)
     problems = len(findings) - errors
     summary = f"Found {problems} problem{'s' if problems != 1 else ''}"
     if errors:

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 
 import libcst as cst
 
-from clipcheck.cfg import Cfg
-from clipcheck.dataflow import OptState, ParamsState
-from clipcheck.events import Event, EventKind
-from clipcheck.names import ModuleNames
+from clipcheck.static.cfg import Cfg
+from clipcheck.static.dataflow import OptState, ParamsState
+from clipcheck.static.events import Event, EventKind
+from clipcheck.static.names import ModuleNames
 
 
 @dataclass

@@ -1,45 +1,14 @@
-"""The rules. Each reads the facts of a unit (:mod:`clipcheck.facts`) and yields findings;
-none of them walks syntax or runs the analysis itself. Their documentation pages live in
-``rules/<name>.md`` at the top of the repository (shipped as ``clipcheck/docs``)."""
+"""The ordering rules (CC1xx): where clip, zero-grad, backward and step stand relative to
+each other. Each reads the facts of a unit and yields findings; none walks syntax."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from typing import ClassVar
+from collections.abc import Iterator
 
-from clipcheck.dataflow import HAS_FRESH, STALE, Clip, Grads, OptState
-from clipcheck.events import Event, EventKind
-from clipcheck.facts import UnitFacts
-
-
-@dataclass(frozen=True)
-class RawFinding:
-    """A finding before positions: the event it points at and what to say."""
-
-    rule: Rule
-    event: Event
-    message: str
-
-
-class Rule:
-    code: ClassVar[str]
-    name: ClassVar[str]
-    summary: ClassVar[str]
-
-    def check(self, facts: UnitFacts) -> Iterable[RawFinding]:
-        raise NotImplementedError
-
-    def finding(self, event: Event, message: str) -> RawFinding:
-        return RawFinding(self, event, message)
-
-
-def _label(event: Event) -> str:
-    return f"`{event.label}`"
-
-
-def _origins(states: Iterable[OptState], attribute: str) -> list[int]:
-    return sorted({getattr(s, attribute) for s in states} - {-1})
+from clipcheck.static.dataflow import HAS_FRESH, STALE, Clip, Grads
+from clipcheck.static.events import Event, EventKind, Origin
+from clipcheck.static.facts import UnitFacts
+from clipcheck.static.rules.base import RawFinding, Rule, label, origins
 
 
 class ClipBeforeBackward(Rule):
@@ -53,24 +22,24 @@ class ClipBeforeBackward(Rule):
                                 and s.grads in HAS_FRESH - {Grads.UNKNOWN}):
                 continue
             states = [s for k in facts.targets[step] for s in facts.steady(step, k)]
-            for clip in _origins(states, "clip_at"):
+            for clip in origins(states, "clip_at"):
                 backward = max((s.grads_at for s in states if s.clip_at == clip), default=-1)
                 yield self.finding(facts.event(clip), self._message(facts, clip, backward, step_event))
 
     @staticmethod
     def _message(facts: UnitFacts, clip: int, backward: int, step: Event) -> str:
         clip_event = facts.event(clip)
-        if step.synthetic == "lightning":
+        if step.origin is Origin.LIGHTNING:
             return (
-                f"{_label(clip_event)} runs inside `training_step`, but under automatic "
+                f"{label(clip_event)} runs inside `training_step`, but under automatic "
                 "optimization Lightning runs backward only after `training_step` returns: the "
                 "clip sees no gradients for this batch and the step applies unclipped ones. "
                 "Set `gradient_clip_val` on the Trainer, or clip in `configure_gradient_clipping`."
             )
-        where = "its closure" if facts.event(backward).synthetic == "closure" else (
+        where = "its closure" if facts.event(backward).origin is Origin.UNSEEN_CLOSURE else (
             f"line {facts.line(backward)}")
         return (
-            f"{_label(clip_event)} clips at line {facts.line(clip)}, but the backward pass of this "
+            f"{label(clip_event)} clips at line {facts.line(clip)}, but the backward pass of this "
             f"update runs after it ({where}): the step at line {facts.line_of(step.location)} "
             "applies gradients that were never clipped. Clip after backward, right before step."
         )
@@ -85,10 +54,10 @@ class ClipAfterStep(Rule):
         for clip, event in facts.events(EventKind.CLIP):
             if not facts.always(clip, lambda s: s.grads is Grads.USED):
                 continue
-            steps = _origins((s for k in facts.targets[clip] for s in facts.steady(clip, k)), "grads_at")
+            steps = origins((s for k in facts.targets[clip] for s in facts.steady(clip, k)), "grads_at")
             lines = ", ".join(str(facts.line(s)) for s in steps)
             yield self.finding(event, (
-                f"{_label(event)} clips after the optimizer step at line {lines}: that update "
+                f"{label(event)} clips after the optimizer step at line {lines}: that update "
                 "already used the unclipped gradients, and the clipped ones are discarded by the "
                 "next zero-grad. Move the clip between backward and step."
             ))
@@ -111,7 +80,7 @@ class StepBeforeBackward(Rule):
                 continue
             line = min(facts.line(b) for b in later)
             yield self.finding(event, (
-                f"{_label(event)} steps before the backward pass at line {line} has produced "
+                f"{label(event)} steps before the backward pass at line {line} has produced "
                 "this update's gradients: it applies zeroed or already-used gradients, and the "
                 "fresh ones arrive after the step. Call backward first, then step."
             ))
@@ -127,10 +96,10 @@ class ZeroGradBeforeStep(Rule):
             if not facts.always(step, lambda s: s.grads is Grads.KILLED):
                 continue
             states = [s for k in facts.targets[step] for s in facts.steady(step, k)]
-            for zero in _origins(states, "grads_at"):
+            for zero in origins(states, "grads_at"):
                 backward = max(s.killed_backward for s in states if s.grads_at == zero)
                 yield self.finding(facts.event(zero), (
-                    f"{_label(facts.event(zero))} zeroes the gradients that the backward pass at "
+                    f"{label(facts.event(zero))} zeroes the gradients that the backward pass at "
                     f"line {facts.line(backward)} just computed, before the step at line "
                     f"{facts.line_of(event.location)} uses them: the update sees nothing. "
                     "Zero the gradients before backward (or after step), never between."
@@ -145,16 +114,16 @@ class MissingZeroGrad(Rule):
     def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
         for step, _ in facts.events(EventKind.STEP):
             for key in facts.targets[step]:
-                for backward in _origins((s for s in facts.before(step, key)
+                for backward in origins((s for s in facts.before(step, key)
                                           if s.grads in STALE), "grads_at"):
                     arriving = facts.before(backward, key)
                     if any(s.grads is Grads.ZEROED_USED for s in arriving):
                         continue  # a zero-grad can run on the way: conditional zeroing
-                    used_by = _origins((s for s in arriving if s.grads in (Grads.USED, Grads.USED_PREV)),
+                    used_by = origins((s for s in arriving if s.grads in (Grads.USED, Grads.USED_PREV)),
                                        "grads_at")
                     event = facts.event(backward)
                     yield self.finding(event, (
-                        f"{_label(event)} accumulates onto the gradients that the step at line "
+                        f"{label(event)} accumulates onto the gradients that the step at line "
                         f"{', '.join(str(facts.line(s)) for s in used_by)} already applied: "
                         "nothing zeroes them in between, so every update re-applies all earlier "
                         "gradients. Call `optimizer.zero_grad()` once per update."
@@ -174,73 +143,8 @@ class ClipInsideAccumulation(Rule):
             ):
                 continue
             yield self.finding(event, (
-                f"{_label(event)} runs on every micro-batch while gradients accumulate: each "
+                f"{label(event)} runs on every micro-batch while gradients accumulate: each "
                 "clip rescales a partial sum, so early micro-batches are shrunk again and again "
                 "and the step sees a distorted average. Clip once, after the last backward and "
                 "right before step (inside the branch that steps)."
             ))
-
-
-class NonPositiveMaxNorm(Rule):
-    code = "CC301"
-    name = "non-positive-max-norm"
-    summary = "a clipping threshold is zero or negative"
-
-    def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
-        for _, event in facts.events(EventKind.CLIP, EventKind.CLIP_CONFIG):
-            if event.chain or event.threshold is None:
-                continue
-            value = facts.names.number(event.threshold)
-            if value is None:
-                continue
-            lightning = event.threshold_name == "gradient_clip_val"
-            if lightning and value < 0:
-                yield self.finding(event, (
-                    f"`gradient_clip_val={value:g}` is negative: Lightning skips clipping for "
-                    "any value <= 0, so this run trains with no clipping at all. Use a positive "
-                    "threshold (for example 1.0), or leave it unset to disable clipping openly."
-                ))
-            elif not lightning and value <= 0:
-                effect = "wipes every gradient" if value == 0 else (
-                    "flips the sign of every gradient, turning descent into ascent"
-                    if event.threshold_name == "max_norm" else "leaves an empty clamp range")
-                yield self.finding(event, (
-                    f"`{event.threshold_name}={value:g}` in {_label(event)} {effect}: the model "
-                    "stops learning. Use a positive threshold (for example 1.0)."
-                ))
-
-
-class ExhaustedParameters(Rule):
-    code = "CC302"
-    name = "exhausted-parameters"
-    summary = "a parameter generator is reused after it was consumed"
-
-    def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
-        for node, event in facts.events(EventKind.PARAMS_USE):
-            if not event.consumer or event.chain:
-                continue
-            if not any(event.name in s.consumed for s in facts.params[node]):
-                continue
-            effect = (
-                "the clip sees no parameters: it clips nothing and reports a norm of 0"
-                if event.consumer == "clip" else
-                "the optimizer gets an empty parameter list (`ValueError: optimizer got an "
-                "empty parameter list`, or a parameter group that trains nothing)"
-            )
-            yield self.finding(event, (
-                f"`{event.name}` holds a generator (such as `model.parameters()`) that an "
-                f"earlier use already consumed, so {_label(event)} receives nothing: {effect}. "
-                "Store `list(model.parameters())`, or call `model.parameters()` again here."
-            ))
-
-
-RULES: tuple[Rule, ...] = (
-    ClipBeforeBackward(),
-    ClipAfterStep(),
-    StepBeforeBackward(),
-    ZeroGradBeforeStep(),
-    MissingZeroGrad(),
-    ClipInsideAccumulation(),
-    NonPositiveMaxNorm(),
-    ExhaustedParameters(),
-)

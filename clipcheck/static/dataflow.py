@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
-from clipcheck.cfg import Cfg
-from clipcheck.events import Event, EventKind
+from clipcheck.static.cfg import Cfg
+from clipcheck.static.events import Event, EventKind
 
 
 class Grads(enum.Enum):

@@ -1,12 +1,11 @@
-"""The training-event vocabulary, as data.
+"""PyTorch's own training vocabulary, as data: what clips, what runs backward, which classes
+are optimizers, schedulers and scalers.
 
-Recognition code in :mod:`clipcheck.events` reads these tables; teaching clipcheck a new
-framework means adding rows here, not branches there.
+The recognizer reads these rows; teaching clipcheck more of torch means adding rows here.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 
@@ -47,48 +46,10 @@ CLIP_METHODS_WITH_PARAMETERS: dict[str, Threshold] = {
 CLIP_METHODS_ON_MODULE: dict[str, Threshold] = {
     "clip_grad_norm_": Threshold("max_norm", 0),
 }
-# Lightning's ``self.clip_gradients(optimizer, gradient_clip_val=...)`` and Fabric's
-# ``fabric.clip_gradients(model, optimizer, max_norm=...)``: the optimizer is an argument.
-CLIP_GRADIENTS_METHOD = "clip_gradients"
-CLIP_GRADIENTS_THRESHOLDS = (
-    Threshold("gradient_clip_val", 1),
-    Threshold("max_norm", -1),
-    Threshold("clip_val", -1),
-)
-
 # In-place tensor methods that, called on ``p.grad`` (or ``p.grad.data``), clip it by hand.
 HAND_CLIP_METHODS = frozenset({"clamp_", "clip_", "mul_"})
 # ... and that zero it.
 HAND_ZERO_METHODS = frozenset({"zero_"})
-
-# Keyword arguments of trainer constructors that set a clipping threshold.
-TRAINER_CLIP_KEYWORDS = frozenset({"gradient_clip_val"})
-TRAINER_CLASSES = frozenset(
-    {
-        "lightning.Trainer",
-        "lightning.pytorch.Trainer",
-        "pytorch_lightning.Trainer",
-        "lightning.pytorch.trainer.Trainer",
-        "pytorch_lightning.trainer.Trainer",
-    }
-)
-
-LIGHTNING_MODULE_CLASSES = frozenset(
-    {
-        "lightning.LightningModule",
-        "lightning.pytorch.LightningModule",
-        "lightning.pytorch.core.LightningModule",
-        "lightning.pytorch.core.module.LightningModule",
-        "pytorch_lightning.LightningModule",
-        "pytorch_lightning.core.LightningModule",
-        "pytorch_lightning.core.module.LightningModule",
-        "pytorch_lightning.core.lightning.LightningModule",
-    }
-)
-# The LightningModule method after whose return Lightning runs backward and step itself.
-LIGHTNING_AUTOMATIC_STEP_METHOD = "training_step"
-# Calls a LightningModule makes to fetch its optimizers.
-OPTIMIZER_GETTERS = frozenset({"optimizers", "optimizer"})
 
 # Methods and functions that return a parameter generator (exhausted after one pass).
 PARAMETER_GENERATOR_METHODS = frozenset({"parameters", "named_parameters"})
@@ -97,31 +58,6 @@ PARAMETER_GENERATOR_FUNCTIONS = frozenset(
 )
 # Builtins that look at an object without iterating it.
 NON_CONSUMING_CALLS = frozenset({"id", "type", "isinstance", "print", "repr", "str", "callable"})
-
-_OPTIMIZER_TOKENS = frozenset(
-    {"opt", "optim", "optimizer", "optimiser", "optimizers", "optimisers", "opts", "optims"}
-)
-_NOT_OPTIMIZER_TOKENS = frozenset(
-    {"sched", "scheduler", "schedulers", "lr", "env", "envs", "progress", "pbar", "warmup",
-     "ema", "swa", "option", "options", "args", "cfg", "config"}
-)
-_SCALER_TOKENS = frozenset({"scaler", "grad_scaler", "gradscaler"})
-_TOKEN_SPLIT = re.compile(r"[_\d]+|(?<=[a-z])(?=[A-Z])")
-
-
-def name_tokens(name: str) -> list[str]:
-    """``opt_d`` -> ``[opt, d]``; ``optimizerG`` -> ``[optimizer, g]``."""
-    return [t.lower() for t in _TOKEN_SPLIT.split(name) if t]
-
-
-def name_says_optimizer(name: str) -> bool:
-    tokens = set(name_tokens(name))
-    return bool(tokens & _OPTIMIZER_TOKENS) and not tokens & _NOT_OPTIMIZER_TOKENS
-
-
-def name_says_scaler(name: str) -> bool:
-    return bool(set(name_tokens(name)) & _SCALER_TOKENS)
-
 
 def is_optimizer_class(qualified: str) -> bool:
     """``torch.optim.AdamW``, ``bitsandbytes.optim.AdamW8bit``, ``apex.optimizers.FusedAdam``."""

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 
 import libcst as cst
 
-from clipcheck.events import Branch, Event, EventKind, Inline, Item, Recognizer
-from clipcheck.syntax import statements
+from clipcheck.static.events import Event, EventKind
+from clipcheck.static.recognizer import Branch, Inline, Item, Recognizer
+from clipcheck.static.syntax import statements
 
 MAX_INLINE_DEPTH = 4
 MAX_NODES = 20_000
@@ -76,15 +77,15 @@ class _Function:
 
 _Frame = _Loop | _Finally | _Handlers | _Function
 
-# Makes the recognizer for a helper call: (inline request, recognizer of the caller).
-RecognizerFactory = Callable[[Inline, Recognizer], Recognizer | None]
+# The program's expansion policy: the recognizer for a helper call's body, or None to skip it.
+Expansion = Callable[[Inline, Recognizer], Recognizer | None]
 
 
 class CfgBuilder:
-    def __init__(self, recognizer: Recognizer, make_recognizer: RecognizerFactory) -> None:
+    def __init__(self, recognizer: Recognizer, expansion: Expansion) -> None:
         self.nodes: list[Node] = []
         self.recognizer = recognizer
-        self.make_recognizer = make_recognizer
+        self.expansion = expansion
         self.frames: list[_Frame] = []
         self.inlining: list[cst.CSTNode] = []
 
@@ -139,7 +140,7 @@ class CfgBuilder:
         if (len(self.inlining) >= MAX_INLINE_DEPTH or item.callee in self.inlining
                 or len(self.nodes) > MAX_NODES):
             return frontier
-        recognizer = self.make_recognizer(item, self.recognizer)
+        recognizer = self.expansion(item, self.recognizer)
         if recognizer is None:
             return frontier
         saved = (self.recognizer, self.frames)
@@ -222,9 +223,8 @@ class CfgBuilder:
         loop = _Loop(header)
         first = len(self.nodes)
         self.frames.append(loop)
-        owners = self._bind_loop_target(target, iterable)
-        body_end = self._suite(body, [body_entry])
-        self._unbind_loop_target(target, owners)
+        with self.recognizer.loop_target(target, iterable):
+            body_end = self._suite(body, [body_entry])
         self.frames.pop()
         trains = any(
             n.event is not None and n.event.kind in TRAINING_KINDS for n in self.nodes[first:]
@@ -235,23 +235,6 @@ class CfgBuilder:
         if orelse is not None:
             exits = self._suite(orelse.body, exits)
         return _merge(exits, loop.breaks)
-
-    def _bind_loop_target(
-        self, target: cst.BaseExpression | None, iterable: cst.BaseExpression | None
-    ) -> frozenset[str] | None:
-        if not isinstance(target, cst.Name) or iterable is None:
-            return None
-        saved = self.recognizer.loop_owners.get(target.value)
-        owners = self.recognizer.owners(iterable)
-        if owners is not None:
-            self.recognizer.loop_owners[target.value] = owners
-        return saved
-
-    def _unbind_loop_target(self, target: cst.BaseExpression | None, saved: frozenset[str] | None) -> None:
-        if isinstance(target, cst.Name):
-            self.recognizer.loop_owners.pop(target.value, None)
-            if saved is not None:
-                self.recognizer.loop_owners[target.value] = saved
 
     def _For(self, stmt: cst.For, frontier: Frontier) -> Frontier:
         frontier = self._expr(stmt.iter, frontier)

@@ -1,0 +1,1 @@
+"""The static pass: never imports torch or the code it checks."""

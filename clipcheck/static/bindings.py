@@ -1,0 +1,255 @@
+"""What names hold: optimizers, schedulers, scalers, parameter generators, and the modules
+whose parameters flow into them, derived from a module's assignments."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import libcst as cst
+
+from clipcheck.static.frameworks import lightning
+from clipcheck.static.frameworks import torch as vocab
+from clipcheck.static.names import ModuleNames, dotted
+from clipcheck.static.syntax import assignment_targets, nested_statements, statements
+
+
+class Kind(enum.Enum):
+    """What a name is bound to, when its assignments tell."""
+
+    OPTIMIZER = "optimizer"
+    SCHEDULER = "scheduler"
+    SCALER = "scaler"
+    PARAMETERS = "parameters"
+    OTHER = "other"
+
+
+@dataclass(frozen=True)
+class Binding:
+    kind: Kind
+    models: frozenset[str] = frozenset()
+    values: tuple[cst.BaseExpression, ...] = ()
+    constructed: bool = False
+
+    def merge(self, other: Binding) -> Binding:
+        if self.kind == other.kind or other.kind is Kind.OTHER:
+            kind = self.kind
+        elif self.kind is Kind.OTHER:
+            kind = other.kind
+        else:
+            kind = Kind.OTHER
+        return Binding(
+            kind,
+            self.models | other.models,
+            self.values + other.values,
+            self.constructed or other.constructed,
+        )
+
+
+@dataclass
+class ClassInfo:
+    node: cst.ClassDef
+    methods: dict[str, cst.FunctionDef]
+    attrs: dict[str, Binding] = field(default_factory=dict)
+    bases: list[ClassInfo] = field(default_factory=list)
+    is_lightning: bool = False
+    manual_optimization: bool = False
+
+    def lineage(self) -> Iterator[ClassInfo]:
+        """This class, then its bases of the same module, depth first (Python's lookup order
+        for single inheritance)."""
+        yield self
+        for base in self.bases:
+            yield from base.lineage()
+
+    def method(self, name: str) -> cst.FunctionDef | None:
+        return next((c.methods[name] for c in self.lineage() if name in c.methods), None)
+
+    def attr(self, key: str) -> Binding | None:
+        return next((c.attrs[key] for c in self.lineage() if key in c.attrs), None)
+
+
+@dataclass
+class Scope:
+    """The bindings visible in one function (or the module), innermost first."""
+
+    names: dict[str, Binding]
+    parent: Scope | None = None
+    cls: ClassInfo | None = None
+    functions: dict[str, cst.FunctionDef] = field(default_factory=dict)
+
+    def lookup(self, key: str) -> Binding | None:
+        if key.startswith("self.") and self.cls is not None:
+            found = self.cls.attr(key)
+            if found is not None:
+                return found
+        scope: Scope | None = self
+        while scope is not None:
+            if key in scope.names:
+                return scope.names[key]
+            scope = scope.parent
+        return None
+
+    def function(self, name: str) -> cst.FunctionDef | None:
+        scope: Scope | None = self
+        while scope is not None:
+            if name in scope.functions:
+                return scope.functions[name]
+            scope = scope.parent
+        return None
+
+
+class Bindings:
+    """Derives :class:`Binding` values from assignments."""
+
+    def __init__(self, names: ModuleNames) -> None:
+        self.names = names
+        self._builders: dict[str, bool] = {}
+        self._owners: dict[tuple[int, int, int], frozenset[str]] = {}
+
+    def of_value(self, value: cst.BaseExpression, scope: Scope | None) -> Binding:
+        if isinstance(value, cst.GeneratorExp):
+            return Binding(Kind.PARAMETERS, self.owners(value, scope), (value,))
+        if isinstance(value, cst.Subscript):
+            inner = self.of_value(value.value, scope)
+            if inner.kind is Kind.OPTIMIZER:
+                return Binding(Kind.OPTIMIZER, inner.models)
+            return Binding(Kind.OTHER, values=(value,))
+        if not isinstance(value, cst.Call):
+            return Binding(Kind.OTHER, values=(value,))
+        qualified = self.names.qualify(value.func) if self.names.is_imported(value.func) else None
+        if qualified is not None:
+            if vocab.is_scaler_class(qualified):
+                return Binding(Kind.SCALER, constructed=True)
+            if vocab.is_scheduler_class(qualified):
+                return Binding(Kind.SCHEDULER, constructed=True)
+            if vocab.is_optimizer_class(qualified):
+                return Binding(Kind.OPTIMIZER, self.owners(value, scope), constructed=True)
+            if qualified in vocab.PARAMETER_GENERATOR_FUNCTIONS:
+                return Binding(Kind.PARAMETERS, self.owners(value, scope), (value,))
+        func = value.func
+        if isinstance(func, cst.Name):
+            if func.value in vocab.PARAMETER_GENERATOR_FUNCTIONS and not self.names.is_imported(func):
+                return Binding(Kind.PARAMETERS, self.owners(value, scope), (value,))
+            if self.builds_optimizer(func.value):
+                return Binding(Kind.OPTIMIZER, self._argument_keys(value), constructed=True)
+        if isinstance(func, cst.Attribute):
+            method = func.attr.value
+            if method in vocab.PARAMETER_GENERATOR_METHODS:
+                owner = dotted(func.value)
+                return Binding(Kind.PARAMETERS, frozenset({owner} if owner else ()), (value,))
+            if method in lightning.OPTIMIZER_GETTERS:
+                return Binding(Kind.OPTIMIZER)
+        return Binding(Kind.OTHER, values=(value,))
+
+    def _argument_keys(self, call: cst.Call) -> frozenset[str]:
+        keys = (dotted(a.value) for a in call.args)
+        return frozenset(k for k in keys if k is not None)
+
+    def builds_optimizer(self, function_name: str) -> bool:
+        """A module-level function that returns an optimizer it constructs."""
+        if function_name in self._builders:
+            return self._builders[function_name]
+        self._builders[function_name] = False
+        fn = self.names.functions.get(function_name)
+        result = False
+        if fn is not None:
+            local: dict[str, Binding] = {}
+            collect_bindings(statements(fn.body), self, local, None, None)
+            for ret in _returns(statements(fn.body)):
+                if ret.value is None:
+                    continue
+                if isinstance(ret.value, cst.Name):
+                    binding = local.get(ret.value.value)
+                else:
+                    binding = self.of_value(ret.value, None)
+                if binding is not None and binding.kind is Kind.OPTIMIZER:
+                    result = True
+        self._builders[function_name] = result
+        return result
+
+    def owners(self, expr: cst.CSTNode, scope: Scope | None, depth: int = 0) -> frozenset[str]:
+        """The modules whose ``.parameters()`` flow into ``expr`` (through local names too).
+
+        Memoised per expression and scope: loops and helpers ask about the same iterables
+        again and again, and following names through their assigned values is a tree walk."""
+        memo_key = (id(expr), id(scope), depth)
+        known = self._owners.get(memo_key)
+        if known is not None:
+            return known
+        self._owners[memo_key] = frozenset()  # a name assigned from itself adds nothing
+        found: set[str] = set()
+        for node in walk_code(expr):
+            if isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute):
+                if node.func.attr.value in vocab.PARAMETER_GENERATOR_METHODS:
+                    owner = dotted(node.func.value)
+                    if owner is not None:
+                        found.add(owner)
+            elif isinstance(node, (cst.Name, cst.Attribute)) and scope is not None and depth < 3:
+                key = dotted(node)
+                binding = scope.lookup(key) if key else None
+                if binding is not None:
+                    found |= binding.models
+                    for value in binding.values:
+                        found |= self.owners(value, scope, depth + 1)
+        result = frozenset(found)
+        self._owners[memo_key] = result
+        return result
+
+
+def walk_code(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
+    """``node`` and everything inside it, except nested functions, lambdas and classes."""
+    yield node
+    for child in node.children:
+        if not isinstance(child, (cst.Lambda, cst.FunctionDef, cst.ClassDef)):
+            yield from walk_code(child)
+
+
+def _returns(body: object) -> Iterator[cst.Return]:
+    for stmt in body:  # type: ignore[attr-defined]
+        if isinstance(stmt, cst.SimpleStatementLine):
+            yield from (small for small in stmt.body if isinstance(small, cst.Return))
+        elif isinstance(stmt, cst.BaseCompoundStatement) and not isinstance(
+            stmt, (cst.FunctionDef, cst.ClassDef)
+        ):
+            yield from _returns(nested_statements(stmt))
+
+
+def collect_bindings(
+    body: object,
+    bindings: Bindings,
+    names: dict[str, Binding],
+    attrs: dict[str, Binding] | None,
+    scope: Scope | None,
+) -> None:
+    """Fill ``names`` (locals) and ``attrs`` (``self.x``) from the assignments in ``body``."""
+    for stmt in body:  # type: ignore[attr-defined]
+        if isinstance(stmt, (cst.FunctionDef, cst.ClassDef)):
+            continue
+        if isinstance(stmt, cst.SimpleStatementLine):
+            for small in stmt.body:
+                for target, value in assignment_targets(small):
+                    _bind(target, value, bindings, names, attrs, scope)
+            continue
+        if isinstance(stmt, cst.BaseCompoundStatement):
+            collect_bindings(nested_statements(stmt), bindings, names, attrs, scope)
+
+
+def _bind(
+    target: cst.BaseExpression,
+    value: cst.BaseExpression,
+    bindings: Bindings,
+    names: dict[str, Binding],
+    attrs: dict[str, Binding] | None,
+    scope: Scope | None,
+) -> None:
+    key = dotted(target)
+    if key is None:
+        return
+    binding = bindings.of_value(value, scope)
+    if key.startswith("self."):
+        if attrs is not None:
+            attrs[key] = attrs[key].merge(binding) if key in attrs else binding
+    elif "." not in key:
+        names[key] = names[key].merge(binding) if key in names else binding

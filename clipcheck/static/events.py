@@ -1,0 +1,76 @@
+"""The event IR: one thing that changes (or reads) the state of the gradients at one place.
+
+A backward pass, a clip, a step, a zero-grad, and the bookkeeping around them. The recognizer
+(:mod:`clipcheck.static.recognizer`) finds them; the CFG orders them; the dataflow reads them.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import libcst as cst
+
+
+class Origin(enum.Enum):
+    """Where an event comes from: the source text, or a framework that runs it unseen."""
+
+    SOURCE = "source"
+    LIGHTNING = "lightning"  # Lightning's automatic optimization around ``training_step``
+    UNSEEN_CLOSURE = "unseen-closure"  # ``step(closure)`` with a closure defined elsewhere
+
+
+class Consumer(enum.Enum):
+    """What receives a stored parameter generator, when the receiver matters to a rule."""
+
+    NONE = "none"
+    CLIP = "clip"
+    OPTIMIZER = "optimizer"
+
+
+class EventKind(enum.Enum):
+    CREATE_OPTIMIZER = "create-optimizer"
+    ZERO_GRAD = "zero-grad"
+    BACKWARD = "backward"
+    UNSCALE = "unscale"
+    CLIP = "clip"
+    STEP = "step"
+    SCALER_UPDATE = "scaler-update"
+    CLIP_CONFIG = "clip-config"
+    PARAMS_BIND = "params-bind"
+    PARAMS_USE = "params-use"
+
+
+@dataclass(frozen=True, eq=False)
+class Event:
+    """One training event at one place in the source.
+
+    ``chain`` holds the helper calls (outermost first) through which the event was reached
+    from the unit being analysed; findings point at ``location``, the first of them.
+    ``optimizers`` names the optimizers the event is about; when it is ``None``, ``models``
+    names the modules whose parameters it touches, and ``None`` there means "all of them".
+    ``optimizer_models`` are the modules the named optimizer was built from, when visible.
+    """
+
+    kind: EventKind
+    node: cst.CSTNode
+    label: str
+    chain: tuple[cst.CSTNode, ...] = ()
+    optimizers: frozenset[str] | None = None
+    optimizer_models: frozenset[str] = frozenset()
+    models: frozenset[str] | None = None
+    threshold: cst.BaseExpression | None = None
+    threshold_name: str = ""
+    name: str = ""
+    generator: bool = False
+    consumer: Consumer = Consumer.NONE
+    origin: Origin = Origin.SOURCE
+
+    @property
+    def location(self) -> cst.CSTNode:
+        return self.chain[0] if self.chain else self.node
+
+    @property
+    def identity(self) -> tuple[cst.CSTNode, ...]:
+        """The path from the unit down to the event: equal for the same mistake."""
+        return (*self.chain, self.node)

@@ -1,0 +1,71 @@
+"""Lightning and Fabric: trainer thresholds, LightningModule hooks, ``clip_gradients``, and the
+steps Lightning runs itself under automatic optimization."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import libcst as cst
+
+from clipcheck.static.events import Event, EventKind, Origin
+from clipcheck.static.frameworks.torch import Threshold
+
+if TYPE_CHECKING:
+    from clipcheck.static.bindings import ClassInfo
+
+# Lightning's ``self.clip_gradients(optimizer, gradient_clip_val=...)`` and Fabric's
+# ``fabric.clip_gradients(model, optimizer, max_norm=...)``: the optimizer is an argument.
+CLIP_GRADIENTS_METHOD = "clip_gradients"
+CLIP_GRADIENTS_THRESHOLDS = (
+    Threshold("gradient_clip_val", 1),
+    Threshold("max_norm", -1),
+    Threshold("clip_val", -1),
+)
+
+# Keyword arguments of trainer constructors that set a clipping threshold.
+TRAINER_CLIP_KEYWORDS = frozenset({"gradient_clip_val"})
+TRAINER_CLASSES = frozenset(
+    {
+        "lightning.Trainer",
+        "lightning.pytorch.Trainer",
+        "pytorch_lightning.Trainer",
+        "lightning.pytorch.trainer.Trainer",
+        "pytorch_lightning.trainer.Trainer",
+    }
+)
+
+LIGHTNING_MODULE_CLASSES = frozenset(
+    {
+        "lightning.LightningModule",
+        "lightning.pytorch.LightningModule",
+        "lightning.pytorch.core.LightningModule",
+        "lightning.pytorch.core.module.LightningModule",
+        "pytorch_lightning.LightningModule",
+        "pytorch_lightning.core.LightningModule",
+        "pytorch_lightning.core.module.LightningModule",
+        "pytorch_lightning.core.lightning.LightningModule",
+    }
+)
+# The LightningModule method after whose return Lightning runs backward and step itself.
+LIGHTNING_AUTOMATIC_STEP_METHOD = "training_step"
+# Calls a LightningModule makes to fetch its optimizers.
+OPTIMIZER_GETTERS = frozenset({"optimizers", "optimizer"})
+
+
+
+def automatic_optimization_events(
+    function: cst.FunctionDef | None, cls: ClassInfo | None
+) -> tuple[list[Event], list[Event]]:
+    """The events Lightning runs around ``training_step`` under automatic optimization: it
+    zeroes before the method and runs backward and step after it returns."""
+    if (function is None or cls is None or not cls.is_lightning or cls.manual_optimization
+            or function.name.value != LIGHTNING_AUTOMATIC_STEP_METHOD):
+        return [], []
+
+    def implied(kind: EventKind, label: str) -> Event:
+        return Event(kind, function, label, origin=Origin.LIGHTNING)
+
+    return (
+        [implied(EventKind.ZERO_GRAD, "optimizer.zero_grad()")],
+        [implied(EventKind.BACKWARD, "loss.backward()"), implied(EventKind.STEP, "optimizer.step()")],
+    )

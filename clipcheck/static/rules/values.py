@@ -1,0 +1,62 @@
+"""The value rules (CC3xx): what is passed to a clip or an optimizer, not when it runs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from clipcheck.static.events import Consumer, EventKind
+from clipcheck.static.facts import UnitFacts
+from clipcheck.static.rules.base import RawFinding, Rule, label
+
+
+class NonPositiveMaxNorm(Rule):
+    code = "CC301"
+    name = "non-positive-max-norm"
+    summary = "a clipping threshold is zero or negative"
+
+    def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
+        for _, event in facts.events(EventKind.CLIP, EventKind.CLIP_CONFIG):
+            if event.chain or event.threshold is None:
+                continue
+            value = facts.names.number(event.threshold)
+            if value is None:
+                continue
+            lightning = event.threshold_name == "gradient_clip_val"
+            if lightning and value < 0:
+                yield self.finding(event, (
+                    f"`gradient_clip_val={value:g}` is negative: Lightning skips clipping for "
+                    "any value <= 0, so this run trains with no clipping at all. Use a positive "
+                    "threshold (for example 1.0), or leave it unset to disable clipping openly."
+                ))
+            elif not lightning and value <= 0:
+                effect = "wipes every gradient" if value == 0 else (
+                    "flips the sign of every gradient, turning descent into ascent"
+                    if event.threshold_name == "max_norm" else "leaves an empty clamp range")
+                yield self.finding(event, (
+                    f"`{event.threshold_name}={value:g}` in {label(event)} {effect}: the model "
+                    "stops learning. Use a positive threshold (for example 1.0)."
+                ))
+
+
+class ExhaustedParameters(Rule):
+    code = "CC302"
+    name = "exhausted-parameters"
+    summary = "a parameter generator is reused after it was consumed"
+
+    def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
+        for node, event in facts.events(EventKind.PARAMS_USE):
+            if event.consumer is Consumer.NONE or event.chain:
+                continue
+            if not any(event.name in s.consumed for s in facts.params[node]):
+                continue
+            effect = (
+                "the clip sees no parameters: it clips nothing and reports a norm of 0"
+                if event.consumer is Consumer.CLIP else
+                "the optimizer gets an empty parameter list (`ValueError: optimizer got an "
+                "empty parameter list`, or a parameter group that trains nothing)"
+            )
+            yield self.finding(event, (
+                f"`{event.name}` holds a generator (such as `model.parameters()`) that an "
+                f"earlier use already consumed, so {label(event)} receives nothing: {effect}. "
+                "Store `list(model.parameters())`, or call `model.parameters()` again here."
+            ))
