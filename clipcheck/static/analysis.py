@@ -10,8 +10,17 @@ import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider
 
 from clipcheck.findings import Finding
-from clipcheck.static.dataflow import ENTRY, ParamsState, around_loop, params_transfer, solve, transfer
-from clipcheck.static.events import Event
+from clipcheck.static.dataflow import (
+    ENTRY,
+    OptState,
+    ParamsState,
+    Strength,
+    around_loop,
+    params_transfer,
+    solve,
+    transfer,
+)
+from clipcheck.static.events import Event, EventKind
 from clipcheck.static.facts import UnitFacts
 from clipcheck.static.program import Program, Unit
 from clipcheck.static.rules import RULES, RawFinding, Rule
@@ -37,13 +46,15 @@ class ModuleAnalysis:
         events = cfg.events()
         if not events:
             return None
-        keys = {k for _, e in events if e.optimizers for k in e.optimizers} or {PSEUDO_OPTIMIZER}
+        keys = frozenset(k for _, e in events if e.optimizers for k in e.optimizers) or {PSEUDO_OPTIMIZER}
         linkage = _linkage(events)
         targets = {node: _targets(event, frozenset(keys), linkage) for node, event in events}
 
         def step_for(key: str):
-            return lambda node, event, state: (
-                transfer(node, event, state) if key in targets[node] else state)
+            def step(node: int, event: Event, state: OptState) -> set[OptState]:
+                strength = targets[node].get(key)
+                return {state} if strength is None else transfer(node, event, state, strength)
+            return step
 
         states = {k: solve(cfg, [ENTRY], step_for(k), around_loop) for k in sorted(keys)}
         params = solve(cfg, [self._params_entry(unit)], params_transfer)
@@ -106,19 +117,43 @@ def _linkage(events: list[tuple[int, Event]]) -> dict[str, frozenset[str]]:
     return linkage
 
 
-def _targets(event: Event, keys: frozenset[str], linkage: dict[str, frozenset[str]]) -> frozenset[str]:
-    """The optimizers an event is about: named ones, those built from the modules it
-    touches (plus those whose modules are unknown), or all of them."""
+def _targets(event: Event, keys: frozenset[str], linkage: dict[str, frozenset[str]]) -> dict[str, Strength]:
+    """The optimizers an event applies to, and how surely.
+
+    A named optimizer: surely. An event on some modules' gradients (``model.zero_grad()``, a
+    ``.grad`` written by hand, a clip of ``model.parameters()``): surely for the optimizers
+    built from those modules, possibly for those whose parameters are unknown (surely when
+    there is only one optimizer), not for the others. A backward pass: surely, except for
+    optimizers over modules its loss visibly does not flow from (possibly). Events on
+    unknown tensors may touch any optimizer."""
     if event.optimizers:
-        return event.optimizers
-    if event.models:
-        related = frozenset(
-            k for k in keys
-            if not linkage.get(k) or any(_same_module(m, o) for m in event.models for o in linkage[k])
-        )
-        return related or keys
-    return keys
+        return dict.fromkeys(event.optimizers, Strength.MUST)
+    only = len(keys) == 1
+    if event.kind is EventKind.BACKWARD:
+        return {k: Strength.MUST if only or _related(event.models, linkage.get(k)) is not False
+                else Strength.MAY for k in keys}
+    if event.models is None:
+        return dict.fromkeys(keys, Strength.MUST)
+    targets: dict[str, Strength] = {}
+    for k in keys:
+        related = _related(event.models, linkage.get(k))
+        if related is True or (related is None and only and event.models):
+            targets[k] = Strength.MUST
+        elif related is None:
+            targets[k] = Strength.MAY
+    return targets
+
+
+def _related(models: frozenset[str] | None, linked: frozenset[str] | None) -> bool | None:
+    """Whether modules touched by an event are those an optimizer updates; ``None`` when
+    either side is unknown."""
+    if not models or not linked:
+        return None
+    return any(_same_module(m, o) for m in models for o in linked)
 
 
 def _same_module(a: str, b: str) -> bool:
+    """``model`` and ``model.encoder`` share parameters; ``self.model`` in a method is the
+    ``model`` that ``__init__`` stored."""
+    a, b = a.removeprefix("self."), b.removeprefix("self.")
     return a == b or a.startswith(b + ".") or b.startswith(a + ".")

@@ -169,6 +169,38 @@ class Bindings:
         self._builders[function_name] = result
         return result
 
+    def flows_from(self, expr: cst.CSTNode, scope: Scope | None, depth: int = 0) -> frozenset[str]:
+        """The dotted names a value is visibly computed from (called or passed), through local
+        names, not through ``.detach()``: the modules a loss may send gradients to."""
+        memo_key = (id(expr), id(scope), -1 - depth)
+        known = self._owners.get(memo_key)
+        if known is not None:
+            return known
+        self._owners[memo_key] = frozenset()
+        found: set[str] = set()
+        stack: list[cst.CSTNode] = [expr]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, (cst.Lambda, cst.FunctionDef, cst.ClassDef)):
+                continue
+            if (isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute)
+                    and node.func.attr.value in DETACHING_METHODS):
+                continue
+            if isinstance(node, (cst.Name, cst.Attribute)):
+                key = dotted(node)
+                if key is not None:
+                    found.add(key)
+                    binding = scope.lookup(key) if scope is not None and depth < 3 else None
+                    for value in binding.values if binding is not None else ():
+                        found |= self.flows_from(value, scope, depth + 1)
+                    if isinstance(node, cst.Attribute):
+                        stack.append(node.value)
+                    continue
+            stack.extend(node.children)
+        result = frozenset(found)
+        self._owners[memo_key] = result
+        return result
+
     def owners(self, expr: cst.CSTNode, scope: Scope | None, depth: int = 0) -> frozenset[str]:
         """The modules whose ``.parameters()`` flow into ``expr`` (through local names too).
 
@@ -196,6 +228,9 @@ class Bindings:
         result = frozenset(found)
         self._owners[memo_key] = result
         return result
+
+
+DETACHING_METHODS = frozenset({"detach", "detach_", "item", "tolist", "cpu", "numpy"})
 
 
 def walk_code(node: cst.CSTNode) -> Iterator[cst.CSTNode]:

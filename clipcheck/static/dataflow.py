@@ -82,9 +82,37 @@ STALE = frozenset({Grads.STALE, Grads.STALE_PREV})
 HAS_FRESH = frozenset({Grads.UNKNOWN, Grads.FRESH, Grads.FRESH_PREV, *STALE})
 
 
-def transfer(node: int, event: Event, state: OptState) -> OptState:
-    """The state after ``event`` (at CFG node ``node``) for an optimizer it applies to."""
+class Strength(enum.Enum):
+    """How surely an event applies to one optimizer's gradients."""
+
+    MUST = "must"  # it does: a strong update
+    MAY = "may"    # it might (which parameters it touches is unknown): a weak update
+
+
+def transfer(node: int, event: Event, state: OptState, strength: Strength = Strength.MUST) -> set[OptState]:
+    """The states after ``event`` (at CFG node ``node``) for an optimizer it applies to. A weak
+    update keeps the state it would have changed; a backward that only may have touched these
+    gradients leaves them unknown rather than fresh or stale, so no rule can build on it."""
+    if strength is Strength.MUST:
+        return {_strong(node, event, state)}
+    if event.kind is EventKind.BACKWARD:
+        return {state, _unknown(node, state)}
+    return {state, _strong(node, event, state)}
+
+
+def _unknown(node: int, state: OptState) -> OptState:
+    return replace(state, grads=Grads.UNKNOWN, grads_at=node, killed_backward=NO_NODE)
+
+
+def _strong(node: int, event: Event, state: OptState) -> OptState:
     kind = event.kind
+    if kind is EventKind.UNKNOWN_GRADS:
+        return _unknown(node, state)
+    if kind is EventKind.GRAD_WRITE:
+        # Gradients written by hand are exactly what the step will see: nothing stale or
+        # killed survives, and a clip before the write clipped something else.
+        return replace(state, grads=Grads.FRESH, grads_at=node, killed_backward=NO_NODE,
+                       clip=_clip_after_zero(state.clip))
     if kind is EventKind.BACKWARD:
         grads = _BACKWARD[state.grads]
         keeps_origin = grads is Grads.STALE and state.grads in STALE
@@ -109,9 +137,13 @@ def transfer(node: int, event: Event, state: OptState) -> OptState:
         return replace(state, grads=Grads.USED, grads_at=node, killed_backward=NO_NODE,
                        clip=Clip.NONE, clip_at=NO_NODE)
     if kind is EventKind.CREATE_OPTIMIZER:
-        # A new optimizer over parameters whose gradients are unknown: none exist yet. Known
-        # gradients (a backward before the optimizer was built) stay what they are.
-        return replace(state, grads=Grads.NONE) if state.grads is Grads.UNKNOWN else state
+        # A new optimizer: over parameters never seen, no gradients exist yet; over parameters
+        # an earlier update used, what they hold is not known (they may be new ones too).
+        if state.grads is Grads.UNKNOWN:
+            return replace(state, grads=Grads.NONE, grads_at=node)
+        if state.grads in (Grads.FRESH, Grads.FRESH_PREV):
+            return state
+        return _unknown(node, state)
     return state
 
 
@@ -135,10 +167,11 @@ S = TypeVar("S")
 def solve(
     cfg: Cfg,
     entry: Iterable[S],
-    step: Callable[[int, Event, S], S],
+    step: Callable[[int, Event, S], Iterable[S]],
     back: Callable[[S], S] = lambda s: s,
 ) -> list[frozenset[S]]:
-    """The set of states reaching each node (before its event), to a fixpoint."""
+    """The set of states reaching each node (before its event), to a fixpoint. ``step`` gives
+    the states after an event (more than one for a weak update)."""
     states: list[set[S]] = [set() for _ in cfg.nodes]
     states[cfg.entry] = set(entry)
     work = [cfg.entry]
@@ -146,7 +179,7 @@ def solve(
         node_id = work.pop()
         node = cfg.nodes[node_id]
         event = node.event
-        out = {step(node_id, event, s) for s in states[node_id]} if event else states[node_id]
+        out = {after for s in states[node_id] for after in step(node_id, event, s)} if event else states[node_id]
         for succ, is_back in node.succs:
             incoming = {back(s) for s in out} if is_back else out
             target = states[succ]
@@ -164,12 +197,12 @@ class ParamsState:
     consumed: frozenset[str] = frozenset()
 
 
-def params_transfer(node: int, event: Event, state: ParamsState) -> ParamsState:
+def params_transfer(node: int, event: Event, state: ParamsState) -> tuple[ParamsState]:
     if event.kind is EventKind.PARAMS_BIND:
         generators = state.generators - {event.name}
         if event.generator:
             generators |= {event.name}
-        return ParamsState(generators, state.consumed - {event.name})
+        return (ParamsState(generators, state.consumed - {event.name}),)
     if event.kind is EventKind.PARAMS_USE and event.name in state.generators:
-        return ParamsState(state.generators, state.consumed | {event.name})
-    return state
+        return (ParamsState(state.generators, state.consumed | {event.name}),)
+    return (state,)

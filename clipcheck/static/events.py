@@ -17,7 +17,6 @@ class Origin(enum.Enum):
 
     SOURCE = "source"
     LIGHTNING = "lightning"  # Lightning's automatic optimization around ``training_step``
-    UNSEEN_CLOSURE = "unseen-closure"  # ``step(closure)`` with a closure defined elsewhere
 
 
 class Consumer(enum.Enum):
@@ -31,6 +30,8 @@ class Consumer(enum.Enum):
 class EventKind(enum.Enum):
     CREATE_OPTIMIZER = "create-optimizer"
     ZERO_GRAD = "zero-grad"
+    GRAD_WRITE = "grad-write"        # ``p.grad`` overwritten by hand: what the step sees now
+    UNKNOWN_GRADS = "unknown-grads"  # code the engine cannot see may change the gradients
     BACKWARD = "backward"
     UNSCALE = "unscale"
     CLIP = "clip"

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import libcst as cst
 
 from clipcheck.static.cfg import Cfg
-from clipcheck.static.dataflow import OptState, ParamsState
+from clipcheck.static.dataflow import OptState, ParamsState, Strength
 from clipcheck.static.events import Event, EventKind
 from clipcheck.static.names import ModuleNames
 
@@ -19,7 +19,7 @@ class UnitFacts:
 
     cfg: Cfg
     names: ModuleNames
-    targets: dict[int, frozenset[str]]
+    targets: dict[int, dict[str, Strength]]
     states: dict[str, list[frozenset[OptState]]]
     params: list[frozenset[ParamsState]]
     line_of: Callable[[cst.CSTNode], int]
@@ -49,7 +49,7 @@ class UnitFacts:
 
     def always(self, node: int, test: Callable[[OptState], bool]) -> bool:
         """``test`` holds on every path, for every optimizer the event at ``node`` concerns."""
-        keys = self.targets.get(node, frozenset())
+        keys = self.targets.get(node, {})
         return bool(keys) and all(
             self.steady(node, k) and all(test(s) for s in self.steady(node, k)) for k in keys
         )

@@ -32,7 +32,8 @@ class Program:
         self.module = module
         self.names = ModuleNames.of(module)
         self.bindings = Bindings(self.names)
-        self.module_scope = Scope({}, functions=dict(self.names.functions))
+        # Every ``def`` of the top level, also inside ``if __name__ == "__main__":`` and the like.
+        self.module_scope = Scope({}, functions={f.name.value: f for f in _defs(module.body)})
         collect_bindings(module.body, self.bindings, self.module_scope.names, None, self.module_scope)
         self.scopes: dict[cst.FunctionDef, Scope] = {}
         self.classes: dict[str, ClassInfo] = {}
@@ -106,7 +107,7 @@ class Program:
             return None
         arguments = dict(inline.arguments)
         if scope.parent is not self.module_scope and scope.parent is not None:
-            arguments = {**caller.arguments, **arguments}  # a closure sees its caller's names
+            arguments = {**caller.arguments, **caller.enclosed(scope), **arguments}
         return Recognizer(self.module, self.names, self.bindings, scope, arguments, chain,
                           local_suffix=f"@{id(inline.call)}")
 

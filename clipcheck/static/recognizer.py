@@ -7,7 +7,7 @@ vocabulary of each framework (:mod:`clipcheck.static.frameworks`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
@@ -18,7 +18,7 @@ from clipcheck.static.events import Consumer, Event, EventKind, Origin
 from clipcheck.static.frameworks import lightning, naming
 from clipcheck.static.frameworks import torch as vocab
 from clipcheck.static.names import ModuleNames, dotted
-from clipcheck.static.syntax import assignment_targets
+from clipcheck.static.syntax import assignment_targets, statements
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,6 @@ class Inline:
     callee: cst.FunctionDef | cst.Lambda
     call: cst.CSTNode
     arguments: dict[str, Argument]
-    is_method: bool
 
 
 @dataclass(frozen=True)
@@ -50,6 +49,26 @@ class Branch:
 
 
 Item = Event | Inline | Branch
+
+
+# Expressions that cannot be a closure (``scheduler.step(val_loss)`` passes data, not code).
+_NOT_CALLABLE = (cst.Integer, cst.Float, cst.Imaginary, cst.BaseString, cst.Tuple, cst.List, cst.Dict,
+                 cst.Set, cst.ListComp, cst.DictComp, cst.SetComp, cst.GeneratorExp, cst.BinaryOperation,
+                 cst.UnaryOperation, cst.Comparison, cst.Subscript)
+
+
+def _loop_pairs(target: cst.BaseExpression | None,
+                iterable: cst.BaseExpression | None) -> list[tuple[str, cst.BaseExpression]]:
+    """Loop variables and the iterables they take items from: ``p`` from
+    ``model.parameters()``, and ``a, b`` element-wise from ``zip(xs, ys)``."""
+    if isinstance(target, cst.Name) and iterable is not None:
+        return [(target.value, iterable)]
+    if (isinstance(target, (cst.Tuple, cst.List)) and isinstance(iterable, cst.Call)
+            and isinstance(iterable.func, cst.Name) and iterable.func.value == "zip"
+            and len(target.elements) == len(iterable.args)):
+        return [(e.value.value, a.value) for e, a in zip(target.elements, iterable.args, strict=True)
+                if isinstance(e.value, cst.Name)]
+    return []
 
 
 def _call_name(call: cst.Call) -> str | None:
@@ -174,11 +193,25 @@ class Recognizer:
         return frozenset(self._rename_owner(o) for o in found)
 
     def _rename_owner(self, owner: str) -> str:
-        root, _, rest = owner.partition(".")
+        """A dotted name of this scope in the unit's terms, as :meth:`key` names receivers."""
+        root, dot, rest = owner.partition(".")
         argument = self.arguments.get(root)
-        if argument is None or argument.key is None:
-            return owner
-        return f"{argument.key}.{rest}" if rest else argument.key
+        if argument is not None:
+            root = argument.key if argument.key is not None else root
+        elif self.local_suffix and root in self.scope.names:
+            root += self.local_suffix
+        return root + dot + rest
+
+    def enclosed(self, inner: Scope) -> dict[str, Argument]:
+        """The free names of a nested function (``inner``) that are this unit's locals, keyed
+        as this recognizer keys them: a closure's ``optimizer.zero_grad()`` zeroes the
+        optimizer of the expanded call that defined it."""
+        if inner.parent is not self.scope or not self.local_suffix:
+            return {}
+        return {
+            name: self._argument_value(cst.Name(name))
+            for name in self.scope.names if name not in inner.names
+        }
 
     def _about(self, optimizer: cst.BaseExpression | None) -> dict[str, object]:
         """The ``optimizers`` and ``optimizer_models`` of an event on ``optimizer``."""
@@ -207,24 +240,26 @@ class Recognizer:
     def loop_target(self, target: cst.BaseExpression | None,
                     iterable: cst.BaseExpression | None) -> Iterator[None]:
         """Inside a ``for p in model.parameters()`` body, ``p.grad`` belongs to ``model``."""
-        if not isinstance(target, cst.Name) or iterable is None:
-            yield
-            return
-        saved = self.loop_owners.get(target.value)
-        owners = self.owners(iterable)
-        if owners is not None:
-            self.loop_owners[target.value] = owners
+        pairs = _loop_pairs(target, iterable)
+        saved = {name: self.loop_owners.get(name) for name, _ in pairs}
+        for name, source in pairs:
+            owners = self.owners(source)
+            if owners is not None:
+                self.loop_owners[name] = owners
         try:
             yield
         finally:
-            self.loop_owners.pop(target.value, None)
-            if saved is not None:
-                self.loop_owners[target.value] = saved
+            for name, previous in saved.items():
+                self.loop_owners.pop(name, None)
+                if previous is not None:
+                    self.loop_owners[name] = previous
 
-    def _grad_owner(self, param: cst.BaseExpression) -> frozenset[str] | None:
+    def _grad_owner(self, param: cst.BaseExpression) -> frozenset[str]:
+        """The modules owning ``param`` (a loop variable over their parameters); empty when
+        unknown: a hand-written ``.grad`` of an unknown tensor may belong to any optimizer."""
         if isinstance(param, cst.Name):
-            return self.loop_owners.get(param.value)
-        return None
+            return self.loop_owners.get(param.value, frozenset())
+        return frozenset()
 
     def _event(self, kind: EventKind, node: cst.CSTNode, label_node: cst.CSTNode, **kw: object) -> Event:
         label = self.module.code_for_node(label_node)
@@ -297,9 +332,10 @@ class Recognizer:
         out: list[Item] = []
         for target, value in assignment_targets(node):
             param = _is_grad(target)
-            if param is not None and isinstance(value, cst.Name) and value.value == "None":
-                out.append(self._event(EventKind.ZERO_GRAD, node, node,
-                                       models=self._grad_owner(param)))
+            if param is not None:
+                cleared = isinstance(value, cst.Name) and value.value == "None"
+                out.append(self._event(EventKind.ZERO_GRAD if cleared else EventKind.GRAD_WRITE,
+                                       node, node, models=self._grad_owner(param)))
                 continue
             key = self.key(target)
             if key is None:
@@ -335,8 +371,10 @@ class Recognizer:
                 params = call.args[0].value if call.args else None
                 out.append(self._clip(call, vocab.CLIP_FUNCTIONS[qualified], models=self.owners(params)))
                 return out
+            if qualified in vocab.CONTEXT_BACKWARD_FUNCTIONS:
+                return out  # gradients kept in a distributed autograd context, not in .grad
             if qualified in vocab.BACKWARD_FUNCTIONS:
-                out.append(self._event(EventKind.BACKWARD, call, func))
+                out.append(self._backward(call, func, *(a.value for a in call.args[:1])))
                 return out
             if qualified in lightning.TRAINER_CLASSES:
                 out.extend(self._trainer(call))
@@ -348,6 +386,12 @@ class Recognizer:
             if target is not None:
                 out.extend(self._inline(target, call, is_method=False))
         return out
+
+    def _backward(self, call: cst.Call, func: cst.BaseExpression, *losses: cst.BaseExpression) -> Event:
+        """A backward pass, with the names its loss visibly flows from (``None`` if none)."""
+        names = frozenset(n for loss in losses for n in self.bindings.flows_from(loss, self.scope))
+        models = frozenset(self._rename_owner(n) for n in names) or None
+        return self._event(EventKind.BACKWARD, call, func, models=models)
 
     def _is_consumer(self, call: cst.Call, qualified: str | None) -> bool:
         name = qualified or (call.func.value if isinstance(call.func, cst.Name) else None)
@@ -373,8 +417,12 @@ class Recognizer:
             method_def = self.scope.cls.method(method)
             if method_def is not None:
                 return self._inline(method_def, call, is_method=True)
+        wrapper = self._local_class_method(receiver, method)
+        if wrapper is not None:
+            return self._inline(wrapper, call, is_method=True)
         if method in vocab.BACKWARD_METHODS:
-            return [self._event(EventKind.BACKWARD, call, func)]
+            # ``loss.backward()``, ``accelerator.backward(loss)``, ``self.manual_backward(loss)``
+            return [self._backward(call, func, receiver, *positional[:1])]
         if method == "step":
             return self._step(call, func, positional)
         if method == "zero_grad":
@@ -409,6 +457,8 @@ class Recognizer:
             return [self._clip(call, None, models=self._grad_owner(param))]
         if param is not None and method in vocab.HAND_ZERO_METHODS:
             return [self._event(EventKind.ZERO_GRAD, call, func, models=self._grad_owner(param))]
+        if param is not None and method in vocab.HAND_WRITE_METHODS:
+            return [self._event(EventKind.GRAD_WRITE, call, func, models=self._grad_owner(param))]
         return []
 
     def _clip_gradients(self, call: cst.Call, receiver: cst.BaseExpression) -> Event:
@@ -440,38 +490,76 @@ class Recognizer:
             None,
         )
         if closure is not None:
-            out.extend(self._closure(closure))
+            out.extend(self._closure(closure, func.value))
         out.append(self._event(EventKind.STEP, call, func, **self._about(func.value)))
         return out
 
-    def _closure(self, closure: cst.BaseExpression) -> list[Item]:
-        """``optimizer.step(closure)`` runs the closure, and with it a backward pass, first."""
+    def _closure(self, closure: cst.BaseExpression, optimizer: cst.BaseExpression) -> list[Item]:
+        """``optimizer.step(closure)`` runs the closure first. A closure the engine resolves (a
+        ``def`` of the module, a lambda, ``functools.partial`` of one) is expanded; a literal is
+        no closure at all; anything else (a parameter, a mock) may change the gradients in ways
+        not visible here."""
         if isinstance(closure, cst.Lambda):
-            return [Inline(closure, closure, {}, is_method=False)]
-        target: cst.FunctionDef | None = None
-        is_method = False
-        if isinstance(closure, cst.Name):
-            target = self.scope.function(closure.value)
-        elif (isinstance(closure, cst.Attribute) and isinstance(closure.value, cst.Name)
-              and closure.value.value == "self" and self.scope.cls is not None):
-            target = self.scope.cls.method(closure.attr.value)
-            is_method = True
-        if target is not None:
-            return [Inline(target, closure, {}, is_method=is_method)]
-        return [self._event(EventKind.BACKWARD, closure, closure, origin=Origin.UNSEEN_CLOSURE)]
+            return [Inline(closure, closure, {})]
+        if isinstance(closure, _NOT_CALLABLE) or (isinstance(closure, cst.Name) and closure.value == "None"):
+            return []
+        if isinstance(closure, cst.Call) and self._is_partial(closure) and closure.args:
+            target = self._function(closure.args[0].value)
+            if target is not None:
+                return self._inline(target[0], closure, is_method=target[1], args=closure.args[1:])
+        else:
+            target = self._function(closure)
+            if target is not None:
+                return [Inline(target[0], closure, {})]
+        return [self._event(EventKind.UNKNOWN_GRADS, closure, closure, **self._about(optimizer))]
 
-    def _inline(self, target: cst.FunctionDef, call: cst.Call, is_method: bool) -> list[Item]:
+    def _local_class_method(self, receiver: cst.BaseExpression, method: str) -> cst.FunctionDef | None:
+        """``method`` of the module's class that ``receiver`` is visibly an instance of: a
+        wrapper's ``step(loss)`` is a call of the wrapper, not ``Optimizer.step(closure)``."""
+        key = dotted(receiver)
+        binding = self.scope.lookup(key) if key else None
+        if binding is None or isinstance(receiver, cst.Name) and receiver.value in self.arguments:
+            return None
+        for value in binding.values:
+            if isinstance(value, cst.Call) and isinstance(value.func, cst.Name):
+                cls = self.names.classes.get(value.func.value)
+                body = statements(cls.body) if cls is not None else ()
+                found = next((f for f in body if isinstance(f, cst.FunctionDef) and f.name.value == method), None)
+                if found is not None:
+                    return found
+        return None
+
+    def _is_partial(self, call: cst.Call) -> bool:
+        return (self.names.qualify(call.func) if self.names.is_imported(call.func) else None) in (
+            "functools.partial",)
+
+    def _function(self, expr: cst.BaseExpression) -> tuple[cst.FunctionDef, bool] | None:
+        """The ``def`` a name or ``self.method`` stands for, and whether it is a method."""
+        if isinstance(expr, cst.Name):
+            found = self.scope.function(expr.value)
+            return (found, False) if found is not None else None
+        if (isinstance(expr, cst.Attribute) and isinstance(expr.value, cst.Name)
+                and expr.value.value == "self" and self.scope.cls is not None):
+            method = self.scope.cls.method(expr.attr.value)
+            return (method, True) if method is not None else None
+        return None
+
+    def _inline(self, target: cst.FunctionDef, call: cst.Call, is_method: bool,
+                args: Sequence[cst.Arg] | None = None) -> list[Item]:
+        """A call of a helper of the module, its parameters bound to what the call passes
+        (``args``: those of a ``functools.partial``, when not the call's own)."""
+        args = call.args if args is None else args
         params = [p for p in target.params.params]
         if is_method and params and params[0].name.value in ("self", "cls"):
             params = params[1:]
         arguments: dict[str, Argument] = {}
-        positional = [a.value for a in call.args if a.keyword is None and not a.star]
+        positional = [a.value for a in args if a.keyword is None and not a.star]
         for param, value in zip(params, positional, strict=False):
             arguments[param.name.value] = self._argument_value(value)
-        for arg in call.args:
+        for arg in args:
             if arg.keyword is not None:
                 arguments[arg.keyword.value] = self._argument_value(arg.value)
         for param in [*target.params.params, *target.params.kwonly_params]:
             if param.name.value not in arguments and param.default is not None:
                 arguments[param.name.value] = Argument(None, None)
-        return [Inline(target, call, arguments, is_method)]
+        return [Inline(target, call, arguments)]

@@ -31,6 +31,9 @@ CLIP_FUNCTIONS: dict[str, Threshold] = {
 
 # Functions that run a backward pass, by qualified name.
 BACKWARD_FUNCTIONS = frozenset({"torch.autograd.backward"})
+# ... and those whose gradients stay in a distributed autograd context (one per iteration,
+# read by ``DistributedOptimizer.step(context_id)``), never in ``.grad``.
+CONTEXT_BACKWARD_FUNCTIONS = frozenset({"torch.distributed.autograd.backward"})
 
 # Methods that run a backward pass on whatever they are called on (a loss, an
 # ``accelerator``, a DeepSpeed engine, a LightningModule under manual optimization).
@@ -48,8 +51,10 @@ CLIP_METHODS_ON_MODULE: dict[str, Threshold] = {
 }
 # In-place tensor methods that, called on ``p.grad`` (or ``p.grad.data``), clip it by hand.
 HAND_CLIP_METHODS = frozenset({"clamp_", "clip_", "mul_"})
-# ... and that zero it.
+# ... that zero it.
 HAND_ZERO_METHODS = frozenset({"zero_"})
+# ... and that overwrite it with values of their own.
+HAND_WRITE_METHODS = frozenset({"fill_", "copy_"})
 
 # Methods and functions that return a parameter generator (exhausted after one pass).
 PARAMETER_GENERATOR_METHODS = frozenset({"parameters", "named_parameters"})

@@ -36,11 +36,9 @@ class ClipBeforeBackward(Rule):
                 "clip sees no gradients for this batch and the step applies unclipped ones. "
                 "Set `gradient_clip_val` on the Trainer, or clip in `configure_gradient_clipping`."
             )
-        where = "its closure" if facts.event(backward).origin is Origin.UNSEEN_CLOSURE else (
-            f"line {facts.line(backward)}")
         return (
             f"{label(clip_event)} clips at line {facts.line(clip)}, but the backward pass of this "
-            f"update runs after it ({where}): the step at line {facts.line_of(step.location)} "
+            f"update runs after it (line {facts.line(backward)}): the step at line {facts.line_of(step.location)} "
             "applies gradients that were never clipped. Clip after backward, right before step."
         )
 
@@ -137,7 +135,7 @@ class ClipInsideAccumulation(Rule):
 
     def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
         for clip, event in facts.events(EventKind.CLIP):
-            keys = facts.targets.get(clip, frozenset())
+            keys = facts.targets.get(clip, {})
             if not keys or not all(
                 any(s.clip is Clip.STALE for s in facts.before(clip, k)) for k in keys
             ):
