@@ -12,7 +12,7 @@ import libcst as cst
 from clipcheck.static.frameworks import lightning
 from clipcheck.static.frameworks import torch as vocab
 from clipcheck.static.names import ModuleNames, dotted
-from clipcheck.static.syntax import assignment_targets, nested_statements, statements
+from clipcheck.static.syntax import assignment_targets, nested_statements, returns, statements
 
 
 class Kind(enum.Enum):
@@ -157,7 +157,7 @@ class Bindings:
         if fn is not None:
             local: dict[str, Binding] = {}
             collect_bindings(statements(fn.body), self, local, None, None)
-            for ret in _returns(statements(fn.body)):
+            for ret in returns(statements(fn.body)):
                 if ret.value is None:
                     continue
                 if isinstance(ret.value, cst.Name):
@@ -239,16 +239,6 @@ def walk_code(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
     for child in node.children:
         if not isinstance(child, (cst.Lambda, cst.FunctionDef, cst.ClassDef)):
             yield from walk_code(child)
-
-
-def _returns(body: object) -> Iterator[cst.Return]:
-    for stmt in body:  # type: ignore[attr-defined]
-        if isinstance(stmt, cst.SimpleStatementLine):
-            yield from (small for small in stmt.body if isinstance(small, cst.Return))
-        elif isinstance(stmt, cst.BaseCompoundStatement) and not isinstance(
-            stmt, (cst.FunctionDef, cst.ClassDef)
-        ):
-            yield from _returns(nested_statements(stmt))
 
 
 def collect_bindings(

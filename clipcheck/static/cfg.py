@@ -11,16 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import libcst as cst
 
 from clipcheck.static.events import Event, EventKind
-from clipcheck.static.recognizer import Branch, Inline, Item, Recognizer
+from clipcheck.static.recognizer import BoundaryTest, Branch, Inline, Item, Recognizer
 from clipcheck.static.syntax import statements
 
 MAX_INLINE_DEPTH = 4
 MAX_NODES = 20_000
 TRAINING_KINDS = frozenset({EventKind.BACKWARD, EventKind.STEP})
+UPDATE_KINDS = frozenset({EventKind.STEP, EventKind.ZERO_GRAD})
 
 
 @dataclass
@@ -35,6 +37,8 @@ class Cfg:
     nodes: list[Node]
     entry: int
     exit: int
+    # Nodes that run only when this micro-batch updates (behind an accumulation boundary test).
+    boundary: frozenset[int] = frozenset()
 
     def events(self) -> list[tuple[int, Event]]:
         return [(n.id, n.event) for n in self.nodes if n.event is not None]
@@ -88,6 +92,7 @@ class CfgBuilder:
         self.expansion = expansion
         self.frames: list[_Frame] = []
         self.inlining: list[cst.CSTNode] = []
+        self.boundary: set[int] = set()
 
     # -- graph primitives ---------------------------------------------------------------------
     def _node(self, frontier: Frontier, event: Event | None = None) -> int:
@@ -134,7 +139,7 @@ class CfgBuilder:
         self.frames.pop()
         frontier = self._items(list(after), _merge(frontier, function.returns))
         exit_node = self._node(frontier)
-        return Cfg(self.nodes, entry, exit_node)
+        return Cfg(self.nodes, entry, exit_node, frozenset(self.boundary))
 
     def _inline(self, item: Inline, frontier: Frontier) -> Frontier:
         if (len(self.inlining) >= MAX_INLINE_DEPTH or item.callee in self.inlining
@@ -160,12 +165,42 @@ class CfgBuilder:
 
     # -- statements -----------------------------------------------------------------------------
     def _stmts(self, body: Sequence[cst.BaseStatement], frontier: Frontier) -> Frontier:
-        for stmt in body:
+        for index, stmt in enumerate(body):
             handlers = next((f for f in reversed(self.frames) if isinstance(f, _Handlers)), None)
             if handlers is not None and frontier:
                 handlers.raisers[:] = _merge(handlers.raisers, frontier)
             frontier = self._stmt(stmt, frontier)
+            skip = self._skips_to_boundary(stmt)
+            if skip is not None:
+                # ``if not boundary: continue``: the rest of the block runs only on updates.
+                return self._guarded(partial(self._stmts, body[index + 1:]), frontier, skip)
         return frontier
+
+    def _skips_to_boundary(self, stmt: cst.BaseStatement) -> BoundaryTest | None:
+        """The boundary test of ``if not boundary: continue`` (or ``return``)."""
+        if not isinstance(stmt, cst.If) or stmt.orelse is not None:
+            return None
+        test, body = stmt.test, statements(stmt.body)
+        if not (isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not)
+                and len(body) == 1 and isinstance(body[0], cst.SimpleStatementLine)
+                and isinstance(body[0].body[-1], (cst.Continue, cst.Return))):
+            return None
+        return self.recognizer.is_boundary_test(test.expression)
+
+    def _guarded(self, build: Callable[[Frontier], Frontier], frontier: Frontier,
+                 test: BoundaryTest | None) -> Frontier:
+        """Build a branch; when ``test`` is an accumulation boundary and the branch updates
+        (steps or zeroes, or the test is the framework's own sync flag), mark its nodes."""
+        first = len(self.nodes)
+        out = build(frontier)
+        if test is not None:
+            made = range(first, len(self.nodes))
+            if test is BoundaryTest.SYNC_FLAG or any(
+                self.nodes[n].event is not None and self.nodes[n].event.kind in UPDATE_KINDS  # type: ignore[union-attr]
+                for n in made
+            ):
+                self.boundary.update(made)
+        return out
 
     def _stmt(self, stmt: cst.BaseStatement, frontier: Frontier) -> Frontier:
         if isinstance(stmt, cst.SimpleStatementLine):
@@ -199,7 +234,8 @@ class CfgBuilder:
 
     def _If(self, stmt: cst.If, frontier: Frontier) -> Frontier:
         frontier = self._expr(stmt.test, frontier)
-        then = self._suite(stmt.body, list(frontier))
+        then = self._guarded(lambda f: self._suite(stmt.body, f), list(frontier),
+                             self.recognizer.is_boundary_test(stmt.test))
         if stmt.orelse is None:
             return _merge(then, frontier)
         if isinstance(stmt.orelse, cst.If):

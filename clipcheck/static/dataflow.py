@@ -179,7 +179,9 @@ def solve(
         node_id = work.pop()
         node = cfg.nodes[node_id]
         event = node.event
-        out = {after for s in states[node_id] for after in step(node_id, event, s)} if event else states[node_id]
+        out = states[node_id]
+        if event is not None:
+            out = {after for s in out for after in step(node_id, event, s)}
         for succ, is_back in node.succs:
             incoming = {back(s) for s in out} if is_back else out
             target = states[succ]

@@ -54,6 +54,10 @@ class UnitFacts:
             self.steady(node, k) and all(test(s) for s in self.steady(node, k)) for k in keys
         )
 
+    def at_boundary(self, node: int) -> bool:
+        """The event runs only on the micro-batch that updates (behind a boundary test)."""
+        return node in self.cfg.boundary
+
     def line(self, node: int) -> int:
         return self.line_of(self.event(node).location)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import libcst as cst
 
-from clipcheck.static.bindings import Binding, Bindings, ClassInfo, Scope, collect_bindings
+from clipcheck.static.bindings import Bindings, ClassInfo, Scope, collect_bindings
 from clipcheck.static.cfg import Cfg, CfgBuilder
 from clipcheck.static.events import Event
 from clipcheck.static.frameworks import lightning
@@ -73,7 +73,8 @@ class Program:
             info.is_lightning |= qualified in lightning.LIGHTNING_MODULE_CLASSES
         for method in methods.values():
             collect_bindings(statements(method.body), self.bindings, {}, info.attrs, None)
-        info.manual_optimization = _is_false(info.attr("self.automatic_optimization"))
+        info.manual_optimization = lightning.declares_manual_optimization(
+            info.attr("self.automatic_optimization"), methods.get(lightning.AUTOMATIC_OPTIMIZATION))
         self.classes[node.name.value] = info
         return info
 
@@ -141,8 +142,3 @@ def _defs(body: Iterable[cst.CSTNode]) -> Iterator[cst.FunctionDef]:
             yield stmt
         elif isinstance(stmt, cst.BaseCompoundStatement) and not isinstance(stmt, cst.ClassDef):
             yield from _defs(nested_statements(stmt))
-
-
-def _is_false(binding: Binding | None) -> bool:
-    return binding is not None and any(
-        isinstance(v, cst.Name) and v.value == "False" for v in binding.values)

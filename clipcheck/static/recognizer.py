@@ -7,6 +7,7 @@ vocabulary of each framework (:mod:`clipcheck.static.frameworks`).
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -14,8 +15,8 @@ from dataclasses import dataclass, replace
 import libcst as cst
 
 from clipcheck.static.bindings import Bindings, Kind, Scope
-from clipcheck.static.events import Consumer, Event, EventKind, Origin
-from clipcheck.static.frameworks import lightning, naming
+from clipcheck.static.events import Consumer, Event, EventKind
+from clipcheck.static.frameworks import accelerate, lightning, naming
 from clipcheck.static.frameworks import torch as vocab
 from clipcheck.static.names import ModuleNames, dotted
 from clipcheck.static.syntax import assignment_targets, statements
@@ -51,10 +52,21 @@ class Branch:
 Item = Event | Inline | Branch
 
 
+class BoundaryTest(enum.Enum):
+    """A test that is true only on the micro-batch that updates (gradient accumulation)."""
+
+    MODULO = "modulo"        # ``(i + 1) % accum_steps == 0``, or a name assigned from one
+    SYNC_FLAG = "sync-flag"  # accelerate's ``accelerator.sync_gradients``
+
+
 # Expressions that cannot be a closure (``scheduler.step(val_loss)`` passes data, not code).
 _NOT_CALLABLE = (cst.Integer, cst.Float, cst.Imaginary, cst.BaseString, cst.Tuple, cst.List, cst.Dict,
                  cst.Set, cst.ListComp, cst.DictComp, cst.SetComp, cst.GeneratorExp, cst.BinaryOperation,
                  cst.UnaryOperation, cst.Comparison, cst.Subscript)
+
+
+def _is_zero(expr: cst.BaseExpression) -> bool:
+    return isinstance(expr, cst.Integer) and expr.value == "0"
 
 
 def _loop_pairs(target: cst.BaseExpression | None,
@@ -201,6 +213,29 @@ class Recognizer:
         elif self.local_suffix and root in self.scope.names:
             root += self.local_suffix
         return root + dot + rest
+
+    def is_boundary_test(self, test: cst.BaseExpression, depth: int = 0) -> BoundaryTest | None:
+        """Whether ``test`` holds only on accumulation boundaries: a modulo test against zero,
+        the sync flag, a conjunction with either, a disjunction of them (with a last-batch test),
+        or a local name assigned from one."""
+        if isinstance(test, cst.Attribute) and test.attr.value in accelerate.SYNC_FLAGS:
+            return BoundaryTest.SYNC_FLAG
+        if isinstance(test, cst.BooleanOperation):
+            sides = (self.is_boundary_test(test.left, depth), self.is_boundary_test(test.right, depth))
+            return next((side for side in sides if side is not None), None)
+        if isinstance(test, cst.Comparison) and len(test.comparisons) == 1:
+            compared = test.comparisons[0]
+            left = test.left
+            if (isinstance(compared.operator, cst.Equal) and _is_zero(compared.comparator)
+                    and isinstance(left, cst.BinaryOperation) and isinstance(left.operator, cst.Modulo)):
+                return BoundaryTest.MODULO
+        if isinstance(test, cst.Name) and depth < 2:
+            binding = self.scope.lookup(test.value)
+            for value in binding.values if binding is not None else ():
+                found = self.is_boundary_test(value, depth + 1)
+                if found is not None:
+                    return found
+        return None
 
     def enclosed(self, inner: Scope) -> dict[str, Argument]:
         """The free names of a nested function (``inner``) that are this unit's locals, keyed
@@ -518,13 +553,14 @@ class Recognizer:
         wrapper's ``step(loss)`` is a call of the wrapper, not ``Optimizer.step(closure)``."""
         key = dotted(receiver)
         binding = self.scope.lookup(key) if key else None
-        if binding is None or isinstance(receiver, cst.Name) and receiver.value in self.arguments:
+        if binding is None or (isinstance(receiver, cst.Name) and receiver.value in self.arguments):
             return None
         for value in binding.values:
             if isinstance(value, cst.Call) and isinstance(value.func, cst.Name):
                 cls = self.names.classes.get(value.func.value)
                 body = statements(cls.body) if cls is not None else ()
-                found = next((f for f in body if isinstance(f, cst.FunctionDef) and f.name.value == method), None)
+                found = next(
+                    (f for f in body if isinstance(f, cst.FunctionDef) and f.name.value == method), None)
                 if found is not None:
                     return found
         return None

@@ -50,3 +50,13 @@ def assignment_targets(stmt: cst.CSTNode) -> list[tuple[cst.BaseExpression, cst.
         else:
             pairs.append((target, value))
     return pairs
+
+
+def returns(body: object) -> Iterator[cst.Return]:
+    for stmt in body:  # type: ignore[attr-defined]
+        if isinstance(stmt, cst.SimpleStatementLine):
+            yield from (small for small in stmt.body if isinstance(small, cst.Return))
+        elif isinstance(stmt, cst.BaseCompoundStatement) and not isinstance(
+            stmt, (cst.FunctionDef, cst.ClassDef)
+        ):
+            yield from returns(nested_statements(stmt))

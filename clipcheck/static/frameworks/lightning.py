@@ -9,9 +9,11 @@ import libcst as cst
 
 from clipcheck.static.events import Event, EventKind, Origin
 from clipcheck.static.frameworks.torch import Threshold
+from clipcheck.static.syntax import returns as _returns
+from clipcheck.static.syntax import statements
 
 if TYPE_CHECKING:
-    from clipcheck.static.bindings import ClassInfo
+    from clipcheck.static.bindings import Binding, ClassInfo
 
 # Lightning's ``self.clip_gradients(optimizer, gradient_clip_val=...)`` and Fabric's
 # ``fabric.clip_gradients(model, optimizer, max_norm=...)``: the optimizer is an argument.
@@ -48,6 +50,8 @@ LIGHTNING_MODULE_CLASSES = frozenset(
 )
 # The LightningModule method after whose return Lightning runs backward and step itself.
 LIGHTNING_AUTOMATIC_STEP_METHOD = "training_step"
+# The switch between automatic and manual optimization: an attribute or a property.
+AUTOMATIC_OPTIMIZATION = "automatic_optimization"
 # Calls a LightningModule makes to fetch its optimizers.
 OPTIMIZER_GETTERS = frozenset({"optimizers", "optimizer"})
 
@@ -69,3 +73,19 @@ def automatic_optimization_events(
         [implied(EventKind.ZERO_GRAD, "optimizer.zero_grad()")],
         [implied(EventKind.BACKWARD, "loss.backward()"), implied(EventKind.STEP, "optimizer.step()")],
     )
+
+
+def declares_manual_optimization(attribute: Binding | None, method: cst.FunctionDef | None) -> bool:
+    """``self.automatic_optimization = False``, or a property override that returns ``False``."""
+    if attribute is not None and any(_is_false(v) for v in attribute.values):
+        return True
+    if method is None or not any(
+        isinstance(d.decorator, cst.Name) and d.decorator.value == "property" for d in method.decorators
+    ):
+        return False
+    returns = [r for r in _returns(statements(method.body)) if r.value is not None]
+    return bool(returns) and all(_is_false(r.value) for r in returns)  # type: ignore[arg-type]
+
+
+def _is_false(value: cst.BaseExpression) -> bool:
+    return isinstance(value, cst.Name) and value.value == "False"

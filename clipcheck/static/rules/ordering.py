@@ -38,8 +38,9 @@ class ClipBeforeBackward(Rule):
             )
         return (
             f"{label(clip_event)} clips at line {facts.line(clip)}, but the backward pass of this "
-            f"update runs after it (line {facts.line(backward)}): the step at line {facts.line_of(step.location)} "
-            "applies gradients that were never clipped. Clip after backward, right before step."
+            f"update runs after it (line {facts.line(backward)}): the step at line "
+            f"{facts.line_of(step.location)} applies gradients that were never clipped. Clip after "
+            "backward, right before step."
         )
 
 
@@ -136,6 +137,8 @@ class ClipInsideAccumulation(Rule):
     def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
         for clip, event in facts.events(EventKind.CLIP):
             keys = facts.targets.get(clip, {})
+            if facts.at_boundary(clip):
+                continue  # clips once per window, on the micro-batch that updates
             if not keys or not all(
                 any(s.clip is Clip.STALE for s in facts.before(clip, k)) for k in keys
             ):
