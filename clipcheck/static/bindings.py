@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import libcst as cst
 
-from clipcheck.static.frameworks import lightning
+from clipcheck.static.frameworks import accelerate, lightning
 from clipcheck.static.frameworks import torch as vocab
 from clipcheck.static.names import ModuleNames, dotted
 from clipcheck.static.syntax import assignment_targets, nested_statements, returns, statements
@@ -105,7 +105,7 @@ class Bindings:
 
     def __init__(self, names: ModuleNames) -> None:
         self.names = names
-        self._builders: dict[str, bool] = {}
+        self._returned: dict[str, list[tuple[Binding, ...]]] = {}
         self._owners: dict[tuple[int, int, int], frozenset[str]] = {}
 
     def of_value(self, value: cst.BaseExpression, scope: Scope | None) -> Binding:
@@ -149,25 +149,71 @@ class Bindings:
 
     def builds_optimizer(self, function_name: str) -> bool:
         """A module-level function that returns an optimizer it constructs."""
-        if function_name in self._builders:
-            return self._builders[function_name]
-        self._builders[function_name] = False
+        return any(len(r) == 1 and r[0].kind is Kind.OPTIMIZER for r in self.returned(function_name))
+
+    def returned(self, function_name: str) -> list[tuple[Binding, ...]]:
+        """What a module-level function returns, per ``return``: one binding per element of a
+        returned tuple (one for any other value), with the modules named as the function
+        names them. Memoised; a function that calls itself adds nothing."""
+        if function_name in self._returned:
+            return self._returned[function_name]
+        self._returned[function_name] = []
         fn = self.names.functions.get(function_name)
-        result = False
+        found: list[tuple[Binding, ...]] = []
         if fn is not None:
             local: dict[str, Binding] = {}
             collect_bindings(statements(fn.body), self, local, None, None)
             for ret in returns(statements(fn.body)):
                 if ret.value is None:
                     continue
-                if isinstance(ret.value, cst.Name):
-                    binding = local.get(ret.value.value)
-                else:
-                    binding = self.of_value(ret.value, None)
-                if binding is not None and binding.kind is Kind.OPTIMIZER:
-                    result = True
-        self._builders[function_name] = result
-        return result
+                values = [e.value for e in ret.value.elements] if isinstance(
+                    ret.value, (cst.Tuple, cst.List)) else [ret.value]
+                found.append(tuple(self._local_binding(v, local) for v in values))
+        self._returned[function_name] = found
+        return found
+
+    def _local_binding(self, value: cst.BaseExpression, local: dict[str, Binding]) -> Binding:
+        if isinstance(value, cst.Name) and value.value in local:
+            return local[value.value]
+        return self.of_value(value, None)
+
+    def unpacked(self, targets: list[cst.BaseExpression], value: cst.BaseExpression,
+                 known: dict[str, Binding], scope: Scope | None) -> list[Binding] | None:
+        """Bindings by position for ``a, b, c = call(...)`` when positions keep their kinds:
+        accelerate's ``prepare(model, opt, ...)`` returns its arguments in order; a module
+        function returns a tuple whose elements are known (its module names renamed to the
+        targets and arguments at the same positions)."""
+        if not isinstance(value, cst.Call):
+            return None
+        positional = [a.value for a in value.args if a.keyword is None and not a.star]
+        func = value.func
+        if isinstance(func, cst.Attribute) and func.attr.value in accelerate.PREPARE_METHODS:
+            if len(positional) != len(targets):
+                return None
+            return [self._visible(arg, known, scope) for arg in positional]
+        if not isinstance(func, cst.Name) or func.value not in self.names.functions:
+            return None
+        shapes = [r for r in self.returned(func.value) if len(r) == len(targets)]
+        fn = self.names.functions[func.value]
+        if not shapes:  # only returns of the unpacked arity can reach this assignment
+            return None
+        renames = {p.name.value: dotted(a) for p, a in zip(fn.params.params, positional, strict=False)}
+        for ret in returns(statements(fn.body)):
+            if isinstance(ret.value, (cst.Tuple, cst.List)) and len(ret.value.elements) == len(targets):
+                for element, target in zip(ret.value.elements, targets, strict=True):
+                    if isinstance(element.value, cst.Name):
+                        renames[element.value.value] = dotted(target)
+        merged = [shapes[0][i] for i in range(len(targets))]
+        for shape in shapes[1:]:
+            merged = [m.merge(b) for m, b in zip(merged, shape, strict=True)]
+        return [replace(b, models=frozenset(_renamed(m, renames) for m in b.models)) for b in merged]
+
+    def _visible(self, expr: cst.BaseExpression, known: dict[str, Binding], scope: Scope | None) -> Binding:
+        key = dotted(expr)
+        found = known.get(key) if key else None
+        if found is None and key is not None and scope is not None:
+            found = scope.lookup(key)
+        return found if found is not None else self.of_value(expr, scope)
 
     def flows_from(self, expr: cst.CSTNode, scope: Scope | None, depth: int = 0) -> frozenset[str]:
         """The dotted names a value is visibly computed from (called or passed), through local
@@ -254,11 +300,35 @@ def collect_bindings(
             continue
         if isinstance(stmt, cst.SimpleStatementLine):
             for small in stmt.body:
+                positions = _unpacking(small, bindings, names, scope)
+                if positions is not None:
+                    for target, binding in positions:
+                        _store(target, binding, names, attrs)
+                    continue
                 for target, value in assignment_targets(small):
                     _bind(target, value, bindings, names, attrs, scope)
             continue
         if isinstance(stmt, cst.BaseCompoundStatement):
             collect_bindings(nested_statements(stmt), bindings, names, attrs, scope)
+
+
+def _unpacking(small: cst.BaseSmallStatement, bindings: Bindings, names: dict[str, Binding],
+               scope: Scope | None) -> list[tuple[cst.BaseExpression, Binding]] | None:
+    """``a, b = call(...)`` with bindings by position, when the call tells them."""
+    if not isinstance(small, cst.Assign) or len(small.targets) != 1:
+        return None
+    target = small.targets[0].target
+    if not isinstance(target, (cst.Tuple, cst.List)):
+        return None
+    elements = [e.value for e in target.elements]
+    found = bindings.unpacked(elements, small.value, names, scope)
+    return None if found is None else list(zip(elements, found, strict=True))
+
+
+def _renamed(name: str, renames: dict[str, str | None]) -> str:
+    root, dot, rest = name.partition(".")
+    new = renames.get(root)
+    return name if new is None else new + dot + rest
 
 
 def _bind(
@@ -269,10 +339,14 @@ def _bind(
     attrs: dict[str, Binding] | None,
     scope: Scope | None,
 ) -> None:
+    _store(target, bindings.of_value(value, scope), names, attrs)
+
+
+def _store(target: cst.BaseExpression, binding: Binding, names: dict[str, Binding],
+           attrs: dict[str, Binding] | None) -> None:
     key = dotted(target)
     if key is None:
         return
-    binding = bindings.of_value(value, scope)
     if key.startswith("self."):
         if attrs is not None:
             attrs[key] = attrs[key].merge(binding) if key in attrs else binding
