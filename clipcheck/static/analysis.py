@@ -58,7 +58,8 @@ class ModuleAnalysis:
 
         states = {k: solve(cfg, [ENTRY], step_for(k), around_loop) for k in sorted(keys)}
         params = solve(cfg, [self._params_entry(unit)], params_transfer)
-        return UnitFacts(cfg, self.program.names, targets, states, params, self.line_of)
+        return UnitFacts(cfg, self.program.names, targets, states, params, self.line_of,
+                         self.module.code_for_node)
 
     def _params_entry(self, unit: Unit) -> ParamsState:
         """Methods start with the parameter generators ``__init__`` stored and consumed."""
@@ -88,13 +89,13 @@ class ModuleAnalysis:
 
     def findings(self, path: str) -> list[Finding]:
         raw = [f for unit in self.program.units for f in self.raw_findings(unit)]
-        reported = {(f.rule.code, f.event.identity) for f in raw}
+        reported = {f.event.identity for f in raw}
         seen: set[tuple[str, int]] = set()
         out: list[Finding] = []
         for f in raw:
             identity = f.event.identity
-            if any((f.rule.code, identity[i:]) in reported for i in range(1, len(identity))):
-                continue  # the helper itself shows this mistake, and reports it there
+            if any(identity[i:] in reported for i in range(1, len(identity))):
+                continue  # the helper itself shows a mistake at this event, and reports it there
             location = f.event.location
             if (f.rule.code, id(location)) in seen:
                 continue

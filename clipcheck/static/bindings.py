@@ -22,6 +22,7 @@ class Kind(enum.Enum):
     SCHEDULER = "scheduler"
     SCALER = "scaler"
     PARAMETERS = "parameters"
+    ABSENT = "absent"  # the literal ``None``: a helper called without an optimizer, say
     OTHER = "other"
 
 

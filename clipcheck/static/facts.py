@@ -23,6 +23,7 @@ class UnitFacts:
     states: dict[str, list[frozenset[OptState]]]
     params: list[frozenset[ParamsState]]
     line_of: Callable[[cst.CSTNode], int]
+    code_of: Callable[[cst.CSTNode], str]
     _reachable: dict[int, set[int]] = field(default_factory=dict)
 
     def event(self, node: int) -> Event:
@@ -59,7 +60,8 @@ class UnitFacts:
         return node in self.cfg.boundary
 
     def line(self, node: int) -> int:
-        return self.line_of(self.event(node).location)
+        """The line of the event at ``node`` itself (inside a helper when it was expanded)."""
+        return self.line_of(self.event(node).node)
 
     def reachable_from(self, node: int) -> set[int]:
         if node not in self._reachable:

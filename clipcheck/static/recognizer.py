@@ -65,6 +65,10 @@ _NOT_CALLABLE = (cst.Integer, cst.Float, cst.Imaginary, cst.BaseString, cst.Tupl
                  cst.UnaryOperation, cst.Comparison, cst.Subscript)
 
 
+def _is_none(expr: cst.BaseExpression) -> bool:
+    return isinstance(expr, cst.Name) and expr.value == "None"
+
+
 def _is_zero(expr: cst.BaseExpression) -> bool:
     return isinstance(expr, cst.Integer) and expr.value == "0"
 
@@ -267,6 +271,8 @@ class Recognizer:
         return frozenset(self._rename_owner(m) for m in binding.models)
 
     def _argument_value(self, value: cst.BaseExpression) -> Argument:
+        if _is_none(value):
+            return Argument(None, Kind.ABSENT)
         kind = self.kind(value)
         models = self.optimizer_models(value) if kind is Kind.OPTIMIZER else frozenset()
         return Argument(self.key(value), kind, models)
@@ -368,7 +374,7 @@ class Recognizer:
         for target, value in assignment_targets(node):
             param = _is_grad(target)
             if param is not None:
-                cleared = isinstance(value, cst.Name) and value.value == "None"
+                cleared = _is_none(value)
                 out.append(self._event(EventKind.ZERO_GRAD if cleared else EventKind.GRAD_WRITE,
                                        node, node, models=self._grad_owner(param)))
                 continue
@@ -464,7 +470,7 @@ class Recognizer:
             kind = self.kind(receiver)
             if kind is Kind.OPTIMIZER:
                 return [self._event(EventKind.ZERO_GRAD, call, func, **self._about(receiver))]
-            if kind in (Kind.SCHEDULER, Kind.SCALER):
+            if kind in (Kind.SCHEDULER, Kind.SCALER, Kind.ABSENT):
                 return []
             key = self.key(receiver)
             return [self._event(EventKind.ZERO_GRAD, call, func,
@@ -536,7 +542,7 @@ class Recognizer:
         not visible here."""
         if isinstance(closure, cst.Lambda):
             return [Inline(closure, closure, {})]
-        if isinstance(closure, _NOT_CALLABLE) or (isinstance(closure, cst.Name) and closure.value == "None"):
+        if isinstance(closure, _NOT_CALLABLE) or _is_none(closure):
             return []
         if isinstance(closure, cst.Call) and self._is_partial(closure) and closure.args:
             target = self._function(closure.args[0].value)
@@ -597,5 +603,5 @@ class Recognizer:
                 arguments[arg.keyword.value] = self._argument_value(arg.value)
         for param in [*target.params.params, *target.params.kwonly_params]:
             if param.name.value not in arguments and param.default is not None:
-                arguments[param.name.value] = Argument(None, None)
+                arguments[param.name.value] = Argument(None, Kind.ABSENT if _is_none(param.default) else None)
         return [Inline(target, call, arguments)]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from clipcheck.static.dataflow import OptState
-from clipcheck.static.events import Event
+from clipcheck.static.events import Event, Origin
 from clipcheck.static.facts import UnitFacts
 
 
@@ -35,6 +35,25 @@ class Rule:
 
 def label(event: Event) -> str:
     return f"`{event.label}`"
+
+
+def subject(facts: UnitFacts, event: Event) -> str:
+    """The event a finding is about; at a helper's call, where inside the helper it runs."""
+    if not event.chain or event.origin is not Origin.SOURCE:
+        return label(event)
+    return f"{label(event)} (line {facts.line_of(event.node)}, reached through this call)"
+
+
+def lines(numbers: Iterable[int]) -> str:
+    """``line 16``, ``lines 16 and 23``, ``lines 16, 23 and 31``."""
+    ordered = [str(n) for n in sorted(set(numbers))]
+    if len(ordered) == 1:
+        return f"line {ordered[0]}"
+    return f"lines {', '.join(ordered[:-1])} and {ordered[-1]}"
+
+
+def plural(count: int, word: str) -> str:
+    return word if count == 1 else word + "s"
 
 
 def origins(states: Iterable[OptState], attribute: str) -> list[int]:

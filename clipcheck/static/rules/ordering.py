@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from clipcheck.static.dataflow import HAS_FRESH, STALE, Clip, Grads
 from clipcheck.static.events import Event, EventKind, Origin
 from clipcheck.static.facts import UnitFacts
-from clipcheck.static.rules.base import RawFinding, Rule, label, origins
+from clipcheck.static.rules.base import RawFinding, Rule, label, lines, origins, plural, subject
 
 
 class ClipBeforeBackward(Rule):
@@ -37,10 +37,9 @@ class ClipBeforeBackward(Rule):
                 "Set `gradient_clip_val` on the Trainer, or clip in `configure_gradient_clipping`."
             )
         return (
-            f"{label(clip_event)} clips at line {facts.line(clip)}, but the backward pass of this "
-            f"update runs after it (line {facts.line(backward)}): the step at line "
-            f"{facts.line_of(step.location)} applies gradients that were never clipped. Clip after "
-            "backward, right before step."
+            f"{subject(facts, clip_event)} clips before the backward pass of this update "
+            f"({lines([facts.line(backward)])}): the step at {lines([facts.line_of(step.node)])} "
+            "applies gradients that were never clipped. Clip after backward, right before step."
         )
 
 
@@ -54,11 +53,11 @@ class ClipAfterStep(Rule):
             if not facts.always(clip, lambda s: s.grads is Grads.USED):
                 continue
             steps = origins((s for k in facts.targets[clip] for s in facts.steady(clip, k)), "grads_at")
-            lines = ", ".join(str(facts.line(s)) for s in steps)
             yield self.finding(event, (
-                f"{label(event)} clips after the optimizer step at line {lines}: that update "
-                "already used the unclipped gradients, and the clipped ones are discarded by the "
-                "next zero-grad. Move the clip between backward and step."
+                f"{subject(facts, event)} clips after the optimizer {plural(len(steps), 'step')} at "
+                f"{lines(facts.line(s) for s in steps)}: that update already used the unclipped "
+                "gradients, and the clipped ones are discarded by the next zero-grad. Move the clip "
+                "between backward and step."
             ))
 
 
@@ -79,7 +78,7 @@ class StepBeforeBackward(Rule):
                 continue
             line = min(facts.line(b) for b in later)
             yield self.finding(event, (
-                f"{label(event)} steps before the backward pass at line {line} has produced "
+                f"{subject(facts, event)} steps before the backward pass at line {line} has produced "
                 "this update's gradients: it applies zeroed or already-used gradients, and the "
                 "fresh ones arrive after the step. Call backward first, then step."
             ))
@@ -91,16 +90,16 @@ class ZeroGradBeforeStep(Rule):
     summary = "gradients are zeroed between backward and step"
 
     def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
-        for step, event in facts.events(EventKind.STEP):
+        for step, _ in facts.events(EventKind.STEP):
             if not facts.always(step, lambda s: s.grads is Grads.KILLED):
                 continue
             states = [s for k in facts.targets[step] for s in facts.steady(step, k)]
             for zero in origins(states, "grads_at"):
                 backward = max(s.killed_backward for s in states if s.grads_at == zero)
                 yield self.finding(facts.event(zero), (
-                    f"{label(facts.event(zero))} zeroes the gradients that the backward pass at "
-                    f"line {facts.line(backward)} just computed, before the step at line "
-                    f"{facts.line_of(event.location)} uses them: the update sees nothing. "
+                    f"{subject(facts, facts.event(zero))} zeroes the gradients that the backward pass "
+                    f"at line {facts.line(backward)} just computed, before the step at line "
+                    f"{facts.line(step)} uses them: the update sees nothing. "
                     "Zero the gradients before backward (or after step), never between."
                 ))
 
@@ -122,8 +121,9 @@ class MissingZeroGrad(Rule):
                                        "grads_at")
                     event = facts.event(backward)
                     yield self.finding(event, (
-                        f"{label(event)} accumulates onto the gradients that the step at line "
-                        f"{', '.join(str(facts.line(s)) for s in used_by)} already applied: "
+                        f"{subject(facts, event)} accumulates onto the gradients that the "
+                        f"{plural(len(used_by), 'step')} at {lines(facts.line(s) for s in used_by)} "
+                        "already applied: "
                         "nothing zeroes them in between, so every update re-applies all earlier "
                         "gradients. Call `optimizer.zero_grad()` once per update."
                     ))
@@ -144,7 +144,7 @@ class ClipInsideAccumulation(Rule):
             ):
                 continue
             yield self.finding(event, (
-                f"{label(event)} runs on every micro-batch while gradients accumulate: each "
+                f"{subject(facts, event)} runs on every micro-batch while gradients accumulate: each "
                 "clip rescales a partial sum, so early micro-batches are shrunk again and again "
                 "and the step sees a distorted average. Clip once, after the last backward and "
                 "right before step (inside the branch that steps)."

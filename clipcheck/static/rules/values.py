@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import libcst as cst
+
 from clipcheck.static.events import Consumer, EventKind
 from clipcheck.static.facts import UnitFacts
 from clipcheck.static.rules.base import RawFinding, Rule, label
@@ -22,9 +24,13 @@ class NonPositiveMaxNorm(Rule):
             if value is None:
                 continue
             lightning = event.threshold_name == "gradient_clip_val"
+            # As written: ``max_norm=0.0``; a module constant with its value, ``(= -1.0)``.
+            written = f"`{event.threshold_name}={facts.code_of(event.threshold)}`"
+            if isinstance(event.threshold, cst.Name):
+                written += f" (= {value!r})"
             if lightning and value < 0:
                 yield self.finding(event, (
-                    f"`gradient_clip_val={value:g}` is negative: Lightning skips clipping for "
+                    f"{written} is negative: Lightning skips clipping for "
                     "any value <= 0, so this run trains with no clipping at all. Use a positive "
                     "threshold (for example 1.0), or leave it unset to disable clipping openly."
                 ))
@@ -33,7 +39,7 @@ class NonPositiveMaxNorm(Rule):
                     "flips the sign of every gradient, turning descent into ascent"
                     if event.threshold_name == "max_norm" else "leaves an empty clamp range")
                 yield self.finding(event, (
-                    f"`{event.threshold_name}={value:g}` in {label(event)} {effect}: the model "
+                    f"{written} in {label(event)} {effect}: the model "
                     "stops learning. Use a positive threshold (for example 1.0)."
                 ))
 
