@@ -1,7 +1,7 @@
 """The ecosystem check: clipcheck over pinned public training repositories, every finding
 compared with a committed verdict.
 
-    python bench/ecosystem.py [--mirrors DIR] [--work DIR] [--repo NAME ...] [--write-new]
+    python bench/ecosystem.py [--mirrors DIR] [--work DIR] [--repo NAME ...] [--write-new] [--prune]
 
 Each repository in ``bench/ecosystem_repos.toml`` is read from a local git snapshot (get one
 with the ``fetch`` tool, or ``git clone --mirror``: ``<mirrors>/<owner>+<name>/repo``) and its
@@ -13,8 +13,9 @@ finding: repo, path, line, rule, TRUE or FALSE, a one-line reason).
 It prints per-repository counts, the findings still to triage, the verdict rows that no longer
 fire, and the precision over triaged findings. Exit status 0 only when every finding is
 triaged and no verdict row has disappeared. ``--write-new`` appends untriaged findings to the
-verdicts file with verdict ``?`` so they can be filled in. Not part of CI: it needs the
-snapshots.
+verdicts file with verdict ``?`` so they can be filled in; ``--prune`` drops the rows of
+findings that are gone (say why in the commit: a fixed false alarm, or a lost true finding).
+Not part of CI: it needs the snapshots.
 """
 
 from __future__ import annotations
@@ -113,6 +114,7 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/clipcheck-ecosystem"))
     parser.add_argument("--repo", action="append", default=[], help="only these (owner/name)")
     parser.add_argument("--write-new", action="store_true", help="append untriaged findings as '?'")
+    parser.add_argument("--prune", action="store_true", help="drop verdict rows of findings that are gone")
     args = parser.parse_args()
 
     repos = [r for r in load_repos() if not args.repo or r.name in args.repo]
@@ -165,14 +167,14 @@ def main() -> int:
     precision = f"{totals['TRUE'] / triaged:.0%}" if triaged else "n/a"
     print(f"\n{totals['TRUE']} true, {totals['FALSE']} false, {len(untriaged)} untriaged, "
           f"{len(gone)} gone; precision {precision}")
-    if args.write_new and new:
-        fresh = not VERDICTS_FILE.exists()
-        with VERDICTS_FILE.open("a", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            if fresh:
-                writer.writerow(FIELDS)
-            for (name, path, line, rule), _ in sorted(new):
-                writer.writerow([name, path, line, rule, "?", ""])
+    if args.write_new or args.prune:
+        rows = {k: v for k, v in verdicts.items() if not (args.prune and k in gone)}
+        if args.write_new:
+            rows.update({k: dict(zip(FIELDS, [*map(str, k), "?", ""], strict=True)) for k, _ in new})
+        with VERDICTS_FILE.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, FIELDS, quoting=csv.QUOTE_MINIMAL, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows[k] for k in sorted(rows))
     return 0 if not untriaged and not gone else 1
 
 

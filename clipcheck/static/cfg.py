@@ -262,8 +262,12 @@ class CfgBuilder:
         with self.recognizer.loop_target(target, iterable):
             body_end = self._suite(body, [body_entry])
         self.frames.pop()
+        # ``for opt in optimizers: opt.step()`` steps each optimizer once: not a training loop.
+        element = self.recognizer.key(target) if isinstance(target, cst.Name) else None
         trains = any(
-            n.event is not None and n.event.kind in TRAINING_KINDS for n in self.nodes[first:]
+            n.event is not None and n.event.kind in TRAINING_KINDS
+            and not (element is not None and n.event.optimizers == frozenset({element}))
+            for n in self.nodes[first:]
         )
         for src in body_end + loop.continues:
             self._edge(src, header, back=trains)
