@@ -26,9 +26,10 @@ import json
 import subprocess
 import sys
 import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+
+import tomllib
 
 BENCH = Path(__file__).resolve().parent
 REPOS_FILE = BENCH / "ecosystem_repos.toml"
@@ -86,7 +87,7 @@ def extract(repo: Repo, mirrors: Path, work: Path) -> tuple[Path, int]:
         if not entry:
             continue
         meta, path = entry.split(b"\t", 1)
-        mode, kind, sha = meta.split()
+        _mode, kind, sha = meta.split()
         if kind == b"blob" and path.endswith(b".py"):
             blobs[sha.decode()] = path.decode()
     checked = git(git_dir, "cat-file", "--batch-check", data="\n".join(blobs).encode() + b"\n")
@@ -123,7 +124,8 @@ def main() -> int:
     new: list[tuple[Key, str]] = []
     unanalysable: list[str] = []
     totals = {"TRUE": 0, "FALSE": 0}
-    print(f"{'repository':<36} {'files':>6} {'findings':>8} {'true':>5} {'false':>5} {'new':>4} {'seconds':>8}")
+    header = ("repository", "files", "findings", "true", "false", "new", "seconds")
+    print("{:<36} {:>6} {:>8} {:>5} {:>5} {:>4} {:>8}".format(*header))
     for repo in repos:
         tree, missing = extract(repo, args.mirrors, args.work)
         files = sum(1 for _ in tree.rglob("*.py"))

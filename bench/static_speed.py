@@ -33,8 +33,8 @@ def default_target() -> Path:
 def timed_run(source_root: Path, target: Path) -> float:
     env = {**os.environ, "PYTHONPATH": str(source_root)}
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "clipcheck", "check", "--output-format", "json", str(target)],
-                            env=env, cwd=source_root, capture_output=True, check=False)
+    command = [sys.executable, "-m", "clipcheck", "check", "--output-format", "json", str(target)]
+    result = subprocess.run(command, env=env, cwd=source_root, capture_output=True, check=False)
     elapsed = time.perf_counter() - started
     if result.returncode not in (0, 1, 2):
         raise SystemExit(f"clipcheck from {source_root} failed:\n{result.stderr.decode()[-2000:]}")
@@ -51,15 +51,15 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as folder:
         worktree = Path(folder) / "baseline"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(worktree), args.baseline],
-                       check=True)
+        git = ["git", "-C", str(ROOT), "worktree"]
+        subprocess.run([*git, "add", "--detach", "-q", str(worktree), args.baseline], check=True)
         try:
             base, current = [], []
             for _ in range(args.rounds):
                 base.append(timed_run(worktree, target))
                 current.append(timed_run(ROOT, target))
         finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(worktree)], check=False)
+            subprocess.run([*git, "remove", "--force", str(worktree)], check=False)
     files = sum(1 for _ in target.rglob("*.py"))
     b, c = statistics.median(base), statistics.median(current)
     print(f"target: {target} ({files} files), {args.rounds} rounds")
