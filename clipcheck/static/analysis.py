@@ -119,6 +119,13 @@ def _linkage(events: list[tuple[int, Event]]) -> dict[str, frozenset[str]]:
 
 
 def _targets(event: Event, keys: frozenset[str], linkage: dict[str, frozenset[str]]) -> dict[str, Strength]:
+    """The optimizers an event applies to, and how surely; an uncertain event only may."""
+    targets = _event_targets(event, keys, linkage)
+    return targets if event.certain else dict.fromkeys(targets, Strength.MAY)
+
+
+def _event_targets(event: Event, keys: frozenset[str], linkage: dict[str, frozenset[str]]
+                   ) -> dict[str, Strength]:
     """The optimizers an event applies to, and how surely.
 
     A named optimizer: surely. An event on some modules' gradients (``model.zero_grad()``, a

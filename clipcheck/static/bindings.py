@@ -108,6 +108,7 @@ class Bindings:
         self.names = names
         self._returned: dict[str, list[tuple[Binding, ...]]] = {}
         self._owners: dict[tuple[int, int, int], frozenset[str]] = {}
+        self._flows: dict[tuple[int, int, int], frozenset[str]] = {}
 
     def of_value(self, value: cst.BaseExpression, scope: Scope | None) -> Binding:
         if isinstance(value, cst.GeneratorExp):
@@ -219,11 +220,11 @@ class Bindings:
     def flows_from(self, expr: cst.CSTNode, scope: Scope | None, depth: int = 0) -> frozenset[str]:
         """The dotted names a value is visibly computed from (called or passed), through local
         names, not through ``.detach()``: the modules a loss may send gradients to."""
-        memo_key = (id(expr), id(scope), -1 - depth)
-        known = self._owners.get(memo_key)
+        memo_key = (id(expr), id(scope), depth)
+        known = self._flows.get(memo_key)
         if known is not None:
             return known
-        self._owners[memo_key] = frozenset()
+        self._flows[memo_key] = frozenset()  # a name assigned from itself adds nothing
         found: set[str] = set()
         stack: list[cst.CSTNode] = [expr]
         while stack:
@@ -245,7 +246,7 @@ class Bindings:
                     continue
             stack.extend(node.children)
         result = frozenset(found)
-        self._owners[memo_key] = result
+        self._flows[memo_key] = result
         return result
 
     def owners(self, expr: cst.CSTNode, scope: Scope | None, depth: int = 0) -> frozenset[str]:

@@ -66,6 +66,7 @@ class Event:
     generator: bool = False
     consumer: Consumer = Consumer.NONE
     origin: Origin = Origin.SOURCE
+    certain: bool = True  # False: code the engine cannot see may do this (a weak update)
 
     @property
     def location(self) -> cst.CSTNode:

@@ -407,6 +407,7 @@ class Recognizer:
                 if key is not None:
                     out.append(self._event(EventKind.PARAMS_USE, call, func, name=key,
                                            consumer=consumer_kind))
+        recognised = len(out)
         if qualified is not None:
             if qualified in vocab.CLIP_FUNCTIONS:
                 params = call.args[0].value if call.args else None
@@ -426,6 +427,18 @@ class Recognizer:
             target = self.scope.function(func.value)
             if target is not None:
                 out.extend(self._inline(target, call, is_method=False))
+        if len(out) == recognised and not vocab.leaves_gradients(qualified or dotted(func)):
+            out.extend(self._opaque(call))
+        return out
+
+    def _opaque(self, call: cst.Call) -> list[Item]:
+        """A call the engine cannot see into, handed a module's parameters, may reset their
+        gradients (``zero_grad(self.master_params)`` from another file): a may-event."""
+        out: list[Item] = []
+        for arg in call.args:
+            owners = self.owners(arg.value)
+            if owners is not None:
+                out.append(self._event(EventKind.ZERO_GRAD, call, call.func, models=owners, certain=False))
         return out
 
     def _backward(self, call: cst.Call, func: cst.BaseExpression, *losses: cst.BaseExpression) -> Event:

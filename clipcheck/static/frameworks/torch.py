@@ -62,6 +62,24 @@ PARAMETER_GENERATOR_METHODS = frozenset({"parameters", "named_parameters"})
 PARAMETER_GENERATOR_FUNCTIONS = frozenset(
     {"filter", "map", "itertools.chain", "itertools.chain.from_iterable", "itertools.islice"}
 )
+# Calls known to leave gradients alone, whatever they are passed: builtins that build or read
+# collections, and the constructors of optimizers and schedulers (by class, see below).
+_GRADIENT_NEUTRAL_CALLS = frozenset({
+    "list", "tuple", "set", "dict", "sum", "len", "zip", "enumerate", "iter", "next", "sorted",
+    "reversed", "filter", "map", "any", "all", "min", "max", "id", "type", "isinstance", "print",
+    "repr", "str", "callable", "hasattr", "getattr", "itertools.chain", "itertools.chain.from_iterable",
+    "itertools.islice",
+})
+
+
+def leaves_gradients(qualified: str | None) -> bool:
+    """Whether a call, by its (qualified) name, is known not to touch any ``.grad``."""
+    if qualified is None:
+        return False
+    return (qualified in _GRADIENT_NEUTRAL_CALLS or is_optimizer_class(qualified)
+            or is_scheduler_class(qualified) or is_scaler_class(qualified))
+
+
 # Builtins that look at an object without iterating it.
 NON_CONSUMING_CALLS = frozenset({"id", "type", "isinstance", "print", "repr", "str", "callable"})
 
