@@ -3,9 +3,11 @@
     python bench/static_speed.py [--baseline REV] [--rounds N] [TARGET]
 
 TARGET defaults to the installed torch package's sources (several thousand files of real,
-varied Python). The baseline is checked out with ``git worktree`` into a temporary folder and
-run from there with the same interpreter; rounds alternate baseline and current so that machine
-noise hits both. Prints each side's median seconds and their ratio (current / baseline).
+varied Python); its Python files are copied to a temporary folder first, so that no
+``.gitignore`` around it (a virtual environment's) hides them. The baseline is checked out
+with ``git worktree`` into a temporary folder and run from there with the same interpreter;
+rounds alternate baseline and current so that machine noise hits both. Prints each side's
+median seconds and their ratio (current / baseline).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -41,6 +44,10 @@ def timed_run(source_root: Path, target: Path) -> float:
     return elapsed
 
 
+def _not_python(folder: str, names: list[str]) -> list[str]:
+    return [n for n in names if not n.endswith(".py") and not (Path(folder) / n).is_dir()]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("target", nargs="?", type=Path, default=None)
@@ -50,6 +57,9 @@ def main() -> int:
     target = args.target or default_target()
 
     with tempfile.TemporaryDirectory() as folder:
+        copy = Path(folder) / "target"
+        shutil.copytree(target, copy, ignore=_not_python)
+        target = copy
         worktree = Path(folder) / "baseline"
         git = ["git", "-C", str(ROOT), "worktree"]
         subprocess.run([*git, "add", "--detach", "-q", str(worktree), args.baseline], check=True)
@@ -60,7 +70,7 @@ def main() -> int:
                 current.append(timed_run(ROOT, target))
         finally:
             subprocess.run([*git, "remove", "--force", str(worktree)], check=False)
-    files = sum(1 for _ in target.rglob("*.py"))
+        files = sum(1 for _ in target.rglob("*.py"))
     b, c = statistics.median(base), statistics.median(current)
     print(f"target: {target} ({files} files), {args.rounds} rounds")
     print(f"baseline {args.baseline}: {b:.1f} s   current: {c:.1f} s   ratio: x{c / b:.2f}")
