@@ -80,25 +80,22 @@ class Scope:
     cls: ClassInfo | None = None
     functions: dict[str, cst.FunctionDef] = field(default_factory=dict)
 
+    def chain(self) -> Iterator[Scope]:
+        """This scope, then the enclosing ones out to the module."""
+        scope: Scope | None = self
+        while scope is not None:
+            yield scope
+            scope = scope.parent
+
     def lookup(self, key: str) -> Binding | None:
         if key.startswith("self.") and self.cls is not None:
             found = self.cls.attr(key)
             if found is not None:
                 return found
-        scope: Scope | None = self
-        while scope is not None:
-            if key in scope.names:
-                return scope.names[key]
-            scope = scope.parent
-        return None
+        return next((s.names[key] for s in self.chain() if key in s.names), None)
 
     def function(self, name: str) -> cst.FunctionDef | None:
-        scope: Scope | None = self
-        while scope is not None:
-            if name in scope.functions:
-                return scope.functions[name]
-            scope = scope.parent
-        return None
+        return next((s.functions[name] for s in self.chain() if name in s.functions), None)
 
 
 class Bindings:
