@@ -26,6 +26,8 @@ from clipcheck.static.program import Program, Unit
 from clipcheck.static.rules import RULES, RawFinding, Rule
 
 PSEUDO_OPTIMIZER = "*"
+# Events that name the modules whose gradients they touch.
+MODULE_EVENTS = frozenset({EventKind.ZERO_GRAD, EventKind.GRAD_WRITE, EventKind.CLIP})
 
 
 class ModuleAnalysis:
@@ -46,8 +48,9 @@ class ModuleAnalysis:
         events = cfg.events()
         if not events:
             return None
-        keys = frozenset(k for _, e in events if e.optimizers for k in e.optimizers) or {PSEUDO_OPTIMIZER}
-        linkage = _linkage(events)
+        keys = frozenset(k for _, e in events if e.optimizers for k in e.optimizers) or frozenset(
+            {PSEUDO_OPTIMIZER})
+        linkage = _linkage(events, keys)
         targets = {node: _targets(event, frozenset(keys), linkage) for node, event in events}
 
         def step_for(key: str):
@@ -109,12 +112,17 @@ class ModuleAnalysis:
         return sorted(out, key=lambda x: (x.line, x.column, x.code))
 
 
-def _linkage(events: list[tuple[int, Event]]) -> dict[str, frozenset[str]]:
-    """The modules each optimizer was built from, as the events that name it recorded."""
+def _linkage(events: list[tuple[int, Event]], keys: frozenset[str]) -> dict[str, frozenset[str]]:
+    """The modules each optimizer was built from, as the events that name it recorded. When
+    the unit has one optimizer, built from what it cannot see, and its module events all name
+    the same modules, those are the optimizer's: the unit trains one model."""
     linkage: dict[str, frozenset[str]] = {}
     for _, event in events:
         for key in event.optimizers or ():
             linkage[key] = linkage.get(key, frozenset()) | event.optimizer_models
+    named = {e.models for _, e in events if e.models and e.kind in MODULE_EVENTS and e.certain}
+    if len(keys) == 1 and not any(linkage.values()) and len(named) == 1:
+        return dict.fromkeys(keys, named.pop())
     return linkage
 
 
@@ -128,40 +136,40 @@ def _event_targets(event: Event, keys: frozenset[str], linkage: dict[str, frozen
                    ) -> dict[str, Strength]:
     """The optimizers an event applies to, and how surely.
 
-    A named optimizer: surely. An event on some modules' gradients (``model.zero_grad()``, a
-    ``.grad`` written by hand, a clip of ``model.parameters()``): surely for the optimizers
-    built from those modules, possibly for those whose parameters are unknown (surely when
-    there is only one optimizer), not for the others. A backward pass: surely, except for
-    optimizers over modules its loss visibly does not flow from (possibly). Events on
-    unknown tensors may touch any optimizer."""
+    A named optimizer: surely. A backward pass: surely, except for optimizers over modules
+    its loss visibly does not flow from (possibly), and surely for the only optimizer there
+    is. An event on some modules' gradients (``model.zero_grad()``, a ``.grad`` written by
+    hand, a clip of ``model.parameters()``): surely for an optimizer over those modules (or
+    parts of them); possibly for every other optimizer, since names alone cannot prove two
+    modules apart and a submodule is only part of a model's gradients."""
     if event.optimizers:
         return dict.fromkeys(event.optimizers, Strength.MUST)
-    only = len(keys) == 1
     if event.kind is EventKind.BACKWARD:
+        only = len(keys) == 1
         return {k: Strength.MUST if only or _related(event.models, linkage.get(k)) is not False
                 else Strength.MAY for k in keys}
     if event.models is None:
         return dict.fromkeys(keys, Strength.MUST)
-    targets: dict[str, Strength] = {}
-    for k in keys:
-        related = _related(event.models, linkage.get(k))
-        if related is True or (related is None and only and event.models):
-            targets[k] = Strength.MUST
-        elif related is None:
-            targets[k] = Strength.MAY
-    return targets
+    return {k: Strength.MUST if _covers(event.models, linkage.get(k)) else Strength.MAY for k in keys}
 
 
 def _related(models: frozenset[str] | None, linked: frozenset[str] | None) -> bool | None:
-    """Whether modules touched by an event are those an optimizer updates; ``None`` when
-    either side is unknown."""
+    """Whether modules touched by an event share parameters with those an optimizer updates;
+    ``None`` when either side is unknown."""
     if not models or not linked:
         return None
-    return any(_same_module(m, o) for m in models for o in linked)
+    return any(_within(m, o) or _within(o, m) for m in models for o in linked)
 
 
-def _same_module(a: str, b: str) -> bool:
-    """``model`` and ``model.encoder`` share parameters; ``self.model`` in a method is the
-    ``model`` that ``__init__`` stored."""
-    a, b = a.removeprefix("self."), b.removeprefix("self.")
-    return a == b or a.startswith(b + ".") or b.startswith(a + ".")
+def _covers(models: frozenset[str], linked: frozenset[str] | None) -> bool:
+    """Whether the event's modules hold every module the optimizer updates."""
+    return bool(models and linked) and all(any(_within(o, m) for m in models) for o in linked or ())
+
+
+def _within(inner: str, outer: str) -> bool:
+    """``model.encoder`` is within ``model``; ``self.model`` in a method is the ``model`` that
+    ``__init__`` stored, and everything of ``self`` is within ``self``."""
+    if outer == "self":
+        return inner == "self" or inner.startswith("self.")
+    inner, outer = inner.removeprefix("self."), outer.removeprefix("self.")
+    return inner == outer or inner.startswith(outer + ".")

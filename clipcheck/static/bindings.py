@@ -275,7 +275,7 @@ class Bindings:
         return result
 
 
-DETACHING_METHODS = frozenset({"detach", "detach_", "item", "tolist", "cpu", "numpy"})
+DETACHING_METHODS = frozenset({"detach", "detach_", "item", "tolist", "numpy"})
 
 
 def walk_code(node: cst.CSTNode) -> Iterator[cst.CSTNode]:

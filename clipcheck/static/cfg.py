@@ -144,7 +144,9 @@ class CfgBuilder:
     def _inline(self, item: Inline, frontier: Frontier) -> Frontier:
         if (len(self.inlining) >= MAX_INLINE_DEPTH or item.callee in self.inlining
                 or len(self.nodes) > MAX_NODES):
-            return frontier
+            # Not followed: whatever the helper does to the gradients is unknown here.
+            unseen = Event(EventKind.UNKNOWN_GRADS, item.call, "", chain=self.recognizer.chain, certain=False)
+            return [self._node(frontier, unseen)]
         recognizer = self.expansion(item, self.recognizer)
         if recognizer is None:
             return frontier
@@ -190,12 +192,12 @@ class CfgBuilder:
     def _guarded(self, build: Callable[[Frontier], Frontier], frontier: Frontier,
                  test: BoundaryTest | None) -> Frontier:
         """Build a branch; when ``test`` is an accumulation boundary and the branch updates
-        (steps or zeroes, or the test is the framework's own sync flag), mark its nodes."""
+        (steps or zeroes) or the test is a flag made for it, mark its nodes."""
         first = len(self.nodes)
         out = build(frontier)
         if test is not None:
             made = range(first, len(self.nodes))
-            if test is BoundaryTest.SYNC_FLAG or any(
+            if test in (BoundaryTest.SYNC_FLAG, BoundaryTest.NAMED_FLAG) or any(
                 self.nodes[n].event is not None and self.nodes[n].event.kind in UPDATE_KINDS  # type: ignore[union-attr]
                 for n in made
             ):

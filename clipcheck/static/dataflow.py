@@ -49,6 +49,8 @@ class OptState:
     ``grads_at`` is the node that caused ``grads`` (the backward, the zero-grad or the step);
     ``killed_backward`` the backward whose gradients a zero-grad discarded; ``clip_at`` the
     clip behind ``clip``. ``looped`` says the path went round a training loop at least once.
+    ``guessed`` says the path assumes that an event which only may have applied did not reset
+    the gradients (or that a clip which only may have applied did): no finding rests on it.
     """
 
     grads: Grads = Grads.UNKNOWN
@@ -57,6 +59,7 @@ class OptState:
     clip: Clip = Clip.NONE
     clip_at: int = NO_NODE
     looped: bool = False
+    guessed: bool = False
 
 
 ENTRY = OptState()
@@ -97,7 +100,14 @@ def transfer(node: int, event: Event, state: OptState, strength: Strength = Stre
         return {_strong(node, event, state)}
     if event.kind is EventKind.BACKWARD:
         return {state, _unknown(node, state)}
-    return {state, _strong(node, event, state)}
+    if event.kind is EventKind.CLIP:
+        return {state, replace(_strong(node, event, state), guessed=True)}
+    return {replace(state, guessed=True), _strong(node, event, state)}
+
+
+# Events that, when they surely apply, settle the gradients whatever was guessed before.
+RESETS = frozenset({EventKind.ZERO_GRAD, EventKind.GRAD_WRITE, EventKind.STEP, EventKind.UNKNOWN_GRADS,
+                    EventKind.CREATE_OPTIMIZER})
 
 
 def _unknown(node: int, state: OptState) -> OptState:
@@ -106,6 +116,8 @@ def _unknown(node: int, state: OptState) -> OptState:
 
 def _strong(node: int, event: Event, state: OptState) -> OptState:
     kind = event.kind
+    if kind in RESETS:
+        state = replace(state, guessed=False)
     if kind is EventKind.UNKNOWN_GRADS:
         return _unknown(node, state)
     if kind is EventKind.GRAD_WRITE:

@@ -48,9 +48,14 @@ class UnitFacts:
         looped = frozenset(s for s in states if s.looped)
         return looped or states
 
+    def surely(self, node: int) -> list[str]:
+        """The optimizers the event at ``node`` surely concerns (not those it only may)."""
+        return [k for k, strength in self.targets.get(node, {}).items() if strength is Strength.MUST]
+
     def always(self, node: int, test: Callable[[OptState], bool]) -> bool:
-        """``test`` holds on every path, for every optimizer the event at ``node`` concerns."""
-        keys = self.targets.get(node, {})
+        """``test`` holds on every path, for every optimizer the event at ``node`` surely
+        concerns (and there is one)."""
+        keys = self.surely(node)
         return bool(keys) and all(
             self.steady(node, k) and all(test(s) for s in self.steady(node, k)) for k in keys
         )

@@ -102,7 +102,7 @@ class Program:
         chain = (*caller.chain, inline.call)
         if isinstance(inline.callee, cst.Lambda):
             return Recognizer(self.module, self.names, self.bindings, caller.scope,
-                              caller.arguments, chain)
+                              caller.arguments, chain, caller.local_suffix)
         scope = self.scopes.get(inline.callee)
         if scope is None or not self._may_have_events(inline.callee):
             return None

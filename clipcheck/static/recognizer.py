@@ -55,8 +55,9 @@ Item = Event | Inline | Branch
 class BoundaryTest(enum.Enum):
     """A test that is true only on the micro-batch that updates (gradient accumulation)."""
 
-    MODULO = "modulo"        # ``(i + 1) % accum_steps == 0``, or a name assigned from one
-    SYNC_FLAG = "sync-flag"  # accelerate's ``accelerator.sync_gradients``
+    MODULO = "modulo"          # ``(i + 1) % accum_steps == 0`` (also used for logging)
+    NAMED_FLAG = "named-flag"  # a name assigned from such a test: ``is_update = ...``
+    SYNC_FLAG = "sync-flag"    # accelerate's ``accelerator.sync_gradients``
 
 
 # Expressions that cannot be a closure (``scheduler.step(val_loss)`` passes data, not code).
@@ -220,8 +221,8 @@ class Recognizer:
 
     def is_boundary_test(self, test: cst.BaseExpression, depth: int = 0) -> BoundaryTest | None:
         """Whether ``test`` holds only on accumulation boundaries: a modulo test against zero,
-        the sync flag, a conjunction with either, a disjunction of them (with a last-batch test),
-        or a local name assigned from one."""
+        the sync flag, a local name assigned from either, or an ``and``/``or`` with one of them
+        on either side (a disjunction is usually the last-batch test)."""
         if isinstance(test, cst.Attribute) and test.attr.value in accelerate.SYNC_FLAGS:
             return BoundaryTest.SYNC_FLAG
         if isinstance(test, cst.BooleanOperation):
@@ -236,9 +237,8 @@ class Recognizer:
         if isinstance(test, cst.Name) and depth < 2:
             binding = self.scope.lookup(test.value)
             for value in binding.values if binding is not None else ():
-                found = self.is_boundary_test(value, depth + 1)
-                if found is not None:
-                    return found
+                if self.is_boundary_test(value, depth + 1) is not None:
+                    return BoundaryTest.NAMED_FLAG
         return None
 
     def enclosed(self, inner: Scope) -> dict[str, Argument]:
@@ -256,7 +256,7 @@ class Recognizer:
         """The ``optimizers`` and ``optimizer_models`` of an event on ``optimizer``."""
         key = self.key(optimizer) if optimizer is not None else None
         if key is None or optimizer is None:
-            return {}
+            return {"certain": False}  # an optimizer, but which one is unknown
         return {"optimizers": frozenset({key}), "optimizer_models": self.optimizer_models(optimizer)}
 
     def optimizer_models(self, optimizer: cst.BaseExpression) -> frozenset[str]:
@@ -266,9 +266,22 @@ class Recognizer:
             return self.arguments[optimizer.value].models
         key = dotted(optimizer)
         binding = self.scope.lookup(key) if key else None
-        if binding is None or binding.kind is not Kind.OPTIMIZER:
+        if binding is None:
             return frozenset()
-        return frozenset(self._rename_owner(m) for m in binding.models)
+        if binding.kind is Kind.OPTIMIZER:
+            models = binding.models
+        else:  # built by a factory the engine cannot see: what it was handed
+            models = frozenset(m for v in binding.values if isinstance(v, cst.Call) for m in self._handed(v))
+        return frozenset(self._rename_owner(m) for m in models)
+
+    def _handed(self, call: cst.Call) -> frozenset[str]:
+        """The modules a call is handed: the owners of parameters it receives, else the plain
+        names it receives (``build_optimizer(cfg, student)``)."""
+        owners = frozenset(o for a in call.args for o in self.bindings.owners(a.value, self.scope))
+        if owners:
+            return owners
+        return frozenset(k for a in call.args if isinstance(a.value, (cst.Name, cst.Attribute))
+                         for k in (dotted(a.value),) if k is not None)
 
     def _argument_value(self, value: cst.BaseExpression) -> Argument:
         if _is_none(value):
@@ -436,10 +449,28 @@ class Recognizer:
         gradients (``zero_grad(self.master_params)`` from another file): a may-event."""
         out: list[Item] = []
         for arg in call.args:
-            owners = self.owners(arg.value)
-            if owners is not None:
-                out.append(self._event(EventKind.ZERO_GRAD, call, call.func, models=owners, certain=False))
+            if self.kind(arg.value) is Kind.OPTIMIZER:
+                out.append(self._event(EventKind.ZERO_GRAD, call, call.func,
+                                       **{**self._about(arg.value), "certain": False}))
+            elif self._is_parameter_collection(arg.value):
+                out.append(self._event(EventKind.ZERO_GRAD, call, call.func, models=self.owners(arg.value),
+                                       certain=False))
         return out
+
+    def _is_parameter_collection(self, expr: cst.BaseExpression) -> bool:
+        """``model.parameters()``, or a name holding parameters (``self.params = list(...)``);
+        not any expression that mentions them (``sum(p.numel() for p in ...)``)."""
+        if isinstance(expr, cst.Call):
+            func = expr.func
+            return isinstance(func, cst.Attribute) and func.attr.value in vocab.PARAMETER_GENERATOR_METHODS
+        key = dotted(expr)
+        binding = self.scope.lookup(key) if key else None
+        if binding is None:
+            return False
+        return binding.kind is Kind.PARAMETERS or any(
+            isinstance(v, cst.Call) and isinstance(v.func, cst.Name) and v.func.value in ("list", "tuple")
+            and v.args and self._is_parameter_collection(v.args[0].value)
+            for v in binding.values)
 
     def _backward(self, call: cst.Call, func: cst.BaseExpression, *losses: cst.BaseExpression) -> Event:
         """A backward pass, with the names its loss visibly flows from (``None`` if none)."""
@@ -609,12 +640,17 @@ class Recognizer:
             params = params[1:]
         arguments: dict[str, Argument] = {}
         positional = [a.value for a in args if a.keyword is None and not a.star]
+        if any(a.star == "*" for a in args):
+            positional = []  # positions after an unpacked sequence are unknown
         for param, value in zip(params, positional, strict=False):
             arguments[param.name.value] = self._argument_value(value)
         for arg in args:
             if arg.keyword is not None:
                 arguments[arg.keyword.value] = self._argument_value(arg.value)
+        starred = any(a.star for a in args)  # ``f(*a, **kw)``: what binds where is unknown
         for param in [*target.params.params, *target.params.kwonly_params]:
-            if param.name.value not in arguments and param.default is not None:
-                arguments[param.name.value] = Argument(None, Kind.ABSENT if _is_none(param.default) else None)
+            if param.name.value in arguments or (param.default is None and not starred):
+                continue
+            absent = not starred and _is_none(param.default)  # type: ignore[arg-type]
+            arguments[param.name.value] = Argument(None, Kind.ABSENT if absent else None)
         return [Inline(target, call, arguments)]

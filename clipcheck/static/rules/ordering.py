@@ -52,7 +52,7 @@ class ClipAfterStep(Rule):
         for clip, event in facts.events(EventKind.CLIP):
             if not facts.always(clip, lambda s: s.grads is Grads.USED):
                 continue
-            steps = origins((s for k in facts.targets[clip] for s in facts.steady(clip, k)), "grads_at")
+            steps = origins((s for k in facts.surely(clip) for s in facts.steady(clip, k)), "grads_at")
             yield self.finding(event, (
                 f"{subject(facts, event)} clips after the optimizer {plural(len(steps), 'step')} at "
                 f"{lines(facts.line(s) for s in steps)}: that update already used the unclipped "
@@ -113,10 +113,10 @@ class MissingZeroGrad(Rule):
         for step, _ in facts.events(EventKind.STEP):
             for key in facts.targets[step]:
                 for backward in origins((s for s in facts.before(step, key)
-                                          if s.grads in STALE), "grads_at"):
+                                          if s.grads in STALE and not s.guessed), "grads_at"):
                     arriving = facts.before(backward, key)
-                    if any(s.grads is Grads.ZEROED_USED for s in arriving):
-                        continue  # a zero-grad can run on the way: conditional zeroing
+                    if any(s.grads is Grads.ZEROED_USED or s.guessed for s in arriving):
+                        continue  # a zero-grad can (or may) run on the way
                     used_by = origins((s for s in arriving if s.grads in (Grads.USED, Grads.USED_PREV)),
                                        "grads_at")
                     event = facts.event(backward)
@@ -136,11 +136,11 @@ class ClipInsideAccumulation(Rule):
 
     def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
         for clip, event in facts.events(EventKind.CLIP):
-            keys = facts.targets.get(clip, {})
+            keys = facts.surely(clip)
             if facts.at_boundary(clip):
                 continue  # clips once per window, on the micro-batch that updates
             if not keys or not all(
-                any(s.clip is Clip.STALE for s in facts.before(clip, k)) for k in keys
+                any(s.clip is Clip.STALE and not s.guessed for s in facts.before(clip, k)) for k in keys
             ):
                 continue
             yield self.finding(event, (
