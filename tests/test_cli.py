@@ -174,3 +174,17 @@ def test_long_chains_of_branches_and_helpers_stay_linear(tmp_path: Path) -> None
     code, findings = run_json("train.py", cwd=tmp_path)
     assert code == 1
     assert [f["rule"] for f in findings] == ["zero-grad-before-step"]
+
+
+def test_many_uncertain_events_in_one_loop_stay_bounded(tmp_path: Path) -> None:
+    """Weak updates multiply states; widening must keep a long loop of them analysable."""
+    body = "".join(
+        f"    out{i}.sum().backward()\n    part{i}.zero_grad()\n"
+        f"    torch.nn.utils.clip_grad_norm_(head{i}.parameters(), 1.0)\n"
+        for i in range(150)
+    )
+    source = ("import torch\n\nfirst = build_optimizer()\nsecond = build_optimizer()\n"
+              "for batch in loader:\n" + body + "    first.step()\n    second.step()\n")
+    write(tmp_path, "train.py", source)
+    code, findings = run_json("train.py", cwd=tmp_path)
+    assert (code, findings) == (0, [])

@@ -19,6 +19,7 @@ from clipcheck.static.dataflow import (
     params_transfer,
     solve,
     transfer,
+    widened,
 )
 from clipcheck.static.events import Event, EventKind
 from clipcheck.static.facts import UnitFacts
@@ -59,7 +60,7 @@ class ModuleAnalysis:
                 return {state} if strength is None else transfer(node, event, state, strength)
             return step
 
-        states = {k: solve(cfg, [ENTRY], step_for(k), around_loop) for k in sorted(keys)}
+        states = {k: solve(cfg, [ENTRY], step_for(k), around_loop, widened) for k in sorted(keys)}
         params = solve(cfg, [self._params_entry(unit)], params_transfer)
         return UnitFacts(cfg, self.program.names, targets, states, params, self.line_of,
                          self.module.code_for_node)
@@ -127,9 +128,13 @@ def _linkage(events: list[tuple[int, Event]], keys: frozenset[str]) -> dict[str,
 
 
 def _targets(event: Event, keys: frozenset[str], linkage: dict[str, frozenset[str]]) -> dict[str, Strength]:
-    """The optimizers an event applies to, and how surely; an uncertain event only may."""
+    """The optimizers an event applies to, and how surely. An uncertain event (code the engine
+    cannot see, handed some modules' parameters) only may, and only for optimizers that can
+    share parameters with what it was handed."""
     targets = _event_targets(event, keys, linkage)
-    return targets if event.certain else dict.fromkeys(targets, Strength.MAY)
+    if event.certain:
+        return targets
+    return {k: Strength.MAY for k in targets if _related(event.models, linkage.get(k)) is not False}
 
 
 def _event_targets(event: Event, keys: frozenset[str], linkage: dict[str, frozenset[str]]

@@ -82,6 +82,7 @@ _AROUND_LOOP = {
     Grads.KILLED: Grads.NONE,
 }
 STALE = frozenset({Grads.STALE, Grads.STALE_PREV})
+USED = frozenset({Grads.USED, Grads.USED_PREV})
 HAS_FRESH = frozenset({Grads.UNKNOWN, Grads.FRESH, Grads.FRESH_PREV, *STALE})
 
 
@@ -174,6 +175,12 @@ def around_loop(state: OptState) -> OptState:
 
 
 S = TypeVar("S")
+MAX_STATES = 64
+
+
+def widened(state: OptState) -> OptState:
+    """What survives a widening: nothing about the gradients, and no finding rests on it."""
+    return OptState(looped=state.looped, guessed=True)
 
 
 def solve(
@@ -181,24 +188,36 @@ def solve(
     entry: Iterable[S],
     step: Callable[[int, Event, S], Iterable[S]],
     back: Callable[[S], S] = lambda s: s,
+    widen: Callable[[S], S] | None = None,
 ) -> list[frozenset[S]]:
     """The set of states reaching each node (before its event), to a fixpoint. ``step`` gives
-    the states after an event (more than one for a weak update)."""
+    the states after an event (more than one for a weak update). Each state is pushed through a
+    node once: only states new at a node travel on (states are independent of each other).
+    Past ``MAX_STATES`` at one node, ``widen`` (when given) replaces what arrives by what is
+    known without the details: many weak updates in a row cannot blow the analysis up."""
     states: list[set[S]] = [set() for _ in cfg.nodes]
+    pending: list[set[S]] = [set() for _ in cfg.nodes]
     states[cfg.entry] = set(entry)
+    pending[cfg.entry] = set(entry)
     work = [cfg.entry]
     while work:
         node_id = work.pop()
+        fresh, pending[node_id] = pending[node_id], set()
+        if not fresh:
+            continue
         node = cfg.nodes[node_id]
         event = node.event
-        out = states[node_id]
+        out = fresh
         if event is not None:
-            out = {after for s in out for after in step(node_id, event, s)}
+            out = {after for s in fresh for after in step(node_id, event, s)}
         for succ, is_back in node.succs:
             incoming = {back(s) for s in out} if is_back else out
-            target = states[succ]
-            if not incoming <= target:
-                target |= incoming
+            new = incoming - states[succ]
+            if new and widen is not None and len(states[succ]) + len(new) > MAX_STATES:
+                new = {widen(s) for s in new} - states[succ]
+            if new:
+                states[succ] |= new
+                pending[succ] |= new
                 work.append(succ)
     return [frozenset(s) for s in states]
 

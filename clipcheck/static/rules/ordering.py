@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from clipcheck.static.dataflow import HAS_FRESH, STALE, Clip, Grads
+from clipcheck.static.dataflow import HAS_FRESH, STALE, USED, Clip, Grads
 from clipcheck.static.events import Event, EventKind, Origin
 from clipcheck.static.facts import UnitFacts
 from clipcheck.static.rules.base import RawFinding, Rule, label, lines, origins, plural, subject
@@ -115,9 +115,10 @@ class MissingZeroGrad(Rule):
                 for backward in origins((s for s in facts.before(step, key)
                                           if s.grads in STALE and not s.guessed), "grads_at"):
                     arriving = facts.before(backward, key)
-                    if any(s.grads is Grads.ZEROED_USED or s.guessed for s in arriving):
-                        continue  # a zero-grad can (or may) run on the way
-                    used_by = origins((s for s in arriving if s.grads in (Grads.USED, Grads.USED_PREV)),
+                    if any(s.grads is Grads.ZEROED_USED or (s.guessed and s.grads in USED)
+                           for s in arriving):
+                        continue  # a zero-grad can (or may) run between the step and here
+                    used_by = origins((s for s in arriving if s.grads in USED),
                                        "grads_at")
                     event = facts.event(backward)
                     yield self.finding(event, (
