@@ -36,7 +36,7 @@ class ModuleAnalysis:
         self.module = module
         self.rules = rules
         self.program = Program(module)
-        self._init_params: dict[int, ParamsState] = {}
+        self._init_params: dict[cst.FunctionDef, ParamsState] = {}
 
     def raw_findings(self, unit: Unit) -> list[RawFinding]:
         facts = self.facts(unit)
@@ -70,9 +70,8 @@ class ModuleAnalysis:
         init = self.program.init_unit(unit)
         if init is None or init.function is None:
             return ParamsState()
-        memo = id(init.function)
+        memo = init.function
         if memo not in self._init_params:
-            self._init_params[memo] = ParamsState()  # recursion guard
             facts = self.facts(init)
             state = ParamsState()
             if facts is not None:

@@ -221,7 +221,6 @@ class Bindings:
         known = self._flows.get(memo_key)
         if known is not None:
             return known
-        self._flows[memo_key] = frozenset()  # a name assigned from itself adds nothing
         found: set[str] = set()
         stack: list[cst.CSTNode] = [expr]
         while stack:
@@ -255,7 +254,6 @@ class Bindings:
         known = self._owners.get(memo_key)
         if known is not None:
             return known
-        self._owners[memo_key] = frozenset()  # a name assigned from itself adds nothing
         found: set[str] = set()
         for node in walk_code(expr):
             if isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute):
