@@ -188,3 +188,15 @@ def test_many_uncertain_events_in_one_loop_stay_bounded(tmp_path: Path) -> None:
     write(tmp_path, "train.py", source)
     code, findings = run_json("train.py", cwd=tmp_path)
     assert (code, findings) == (0, [])
+
+
+def test_names_assigned_from_themselves_are_analysed(tmp_path: Path) -> None:
+    """``params = list(params)`` and friends must not send name resolution round in circles."""
+    source = ("import torch\n\n\ndef fit(model, params, loader, sync):\n"
+              "    params = list(params)\n    params = tuple(params)\n"
+              "    opt = torch.optim.SGD(params, lr=0.1)\n"
+              "    for x in loader:\n        model(x).sum().backward()\n        sync(params)\n"
+              "        opt.step()\n        opt.zero_grad()\n")
+    write(tmp_path, "train.py", source)
+    code, findings = run_json("train.py", cwd=tmp_path)
+    assert (code, findings) == (0, [])

@@ -457,19 +457,20 @@ class Recognizer:
                                        certain=False))
         return out
 
-    def _is_parameter_collection(self, expr: cst.BaseExpression) -> bool:
+    def _is_parameter_collection(self, expr: cst.BaseExpression, depth: int = 0) -> bool:
         """``model.parameters()``, or a name holding parameters (``self.params = list(...)``);
-        not any expression that mentions them (``sum(p.numel() for p in ...)``)."""
+        not any expression that mentions them (``sum(p.numel() for p in ...)``). Names are
+        followed a few assignments deep (``params = list(params)`` refers to itself)."""
         if isinstance(expr, cst.Call):
             func = expr.func
             return isinstance(func, cst.Attribute) and func.attr.value in vocab.PARAMETER_GENERATOR_METHODS
         key = dotted(expr)
-        binding = self.scope.lookup(key) if key else None
+        binding = self.scope.lookup(key) if key and depth < 3 else None
         if binding is None:
             return False
         return binding.kind is Kind.PARAMETERS or any(
             isinstance(v, cst.Call) and isinstance(v.func, cst.Name) and v.func.value in ("list", "tuple")
-            and v.args and self._is_parameter_collection(v.args[0].value)
+            and v.args and self._is_parameter_collection(v.args[0].value, depth + 1)
             for v in binding.values)
 
     def _backward(self, call: cst.Call, func: cst.BaseExpression, *losses: cst.BaseExpression) -> Event:
