@@ -115,14 +115,16 @@ class ModuleAnalysis:
 def _linkage(events: list[tuple[int, Event]], keys: frozenset[str]) -> dict[str, frozenset[str]]:
     """The modules each optimizer was built from, as the events that name it recorded. When
     the unit has one optimizer, built from what it cannot see, and its module events all name
-    the same modules, those are the optimizer's: the unit trains one model."""
+    the same whole modules, those are the optimizer's: the unit trains one model."""
     linkage: dict[str, frozenset[str]] = {}
     for _, event in events:
         for key in event.optimizers or ():
             linkage[key] = linkage.get(key, frozenset()) | event.optimizer_models
     named = {e.models for _, e in events if e.models and e.kind in MODULE_EVENTS and e.certain}
     if len(keys) == 1 and not any(linkage.values()) and len(named) == 1:
-        return dict.fromkeys(keys, named.pop())
+        models = named.pop()
+        if all("." not in m.removeprefix("self.") for m in models):  # whole models, not parts
+            return dict.fromkeys(keys, models)
     return linkage
 
 
@@ -144,8 +146,9 @@ def _event_targets(event: Event, keys: frozenset[str], linkage: dict[str, frozen
     its loss visibly does not flow from (possibly), and surely for the only optimizer there
     is. An event on some modules' gradients (``model.zero_grad()``, a ``.grad`` written by
     hand, a clip of ``model.parameters()``): surely for an optimizer over those modules (or
-    parts of them); possibly for every other optimizer, since names alone cannot prove two
-    modules apart and a submodule is only part of a model's gradients."""
+    parts of them; for a clip, any of them); possibly for every other optimizer, since names
+    alone cannot prove two modules apart, and zeroing a submodule or a filtered selection of
+    parameters only resets part of a model's gradients."""
     if event.optimizers:
         return dict.fromkeys(event.optimizers, Strength.MUST)
     if event.kind is EventKind.BACKWARD:
@@ -154,6 +157,8 @@ def _event_targets(event: Event, keys: frozenset[str], linkage: dict[str, frozen
                 else Strength.MAY for k in keys}
     if event.models is None:
         return dict.fromkeys(keys, Strength.MUST)
+    if event.kind is EventKind.CLIP:  # a clip of some of an optimizer's parameters is a clip
+        return {k: Strength.MUST if _related(event.models, linkage.get(k)) else Strength.MAY for k in keys}
     return {k: Strength.MUST if _covers(event.models, linkage.get(k)) else Strength.MAY for k in keys}
 
 

@@ -268,9 +268,31 @@ class Bindings:
                     found |= binding.models
                     for value in binding.values:
                         found |= self.owners(value, scope, depth + 1)
+        if _filters(expr):
+            found = {part_of(owner) for owner in found}
         result = frozenset(found)
         self._owners[memo_key] = result
         return result
+
+
+# A module name with this suffix stands for some of its parameters (a filtered selection).
+PART = ".<part>"
+
+
+def part_of(owner: str) -> str:
+    return owner if owner.endswith(PART) else owner + PART
+
+
+def _filters(expr: cst.CSTNode) -> bool:
+    """A selection of what it iterates: ``[p for n, p in ... if "bn" in n]``, ``filter(...)``."""
+    if isinstance(expr, (cst.ListComp, cst.SetComp, cst.GeneratorExp)):
+        comp: cst.CompFor | None = expr.for_in
+        while comp is not None:
+            if comp.ifs:
+                return True
+            comp = comp.inner_for_in
+        return False
+    return isinstance(expr, cst.Call) and isinstance(expr.func, cst.Name) and expr.func.value == "filter"
 
 
 DETACHING_METHODS = frozenset({"detach", "detach_", "item", "tolist", "numpy"})

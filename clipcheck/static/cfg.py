@@ -15,7 +15,9 @@ from functools import partial
 
 import libcst as cst
 
+from clipcheck.static.bindings import walk_code
 from clipcheck.static.events import Event, EventKind
+from clipcheck.static.names import dotted
 from clipcheck.static.recognizer import BoundaryTest, Branch, Inline, Item, Recognizer
 from clipcheck.static.syntax import statements
 
@@ -39,6 +41,8 @@ class Cfg:
     exit: int
     # Nodes that run only when this micro-batch updates (behind an accumulation boundary test).
     boundary: frozenset[int] = frozenset()
+    # For event nodes inside ``if`` statements: the names their tests read (``if MAX > 0:``).
+    guards: dict[int, frozenset[str]] = field(default_factory=dict)
 
     def events(self) -> list[tuple[int, Event]]:
         return [(n.id, n.event) for n in self.nodes if n.event is not None]
@@ -93,11 +97,15 @@ class CfgBuilder:
         self.frames: list[_Frame] = []
         self.inlining: list[cst.CSTNode] = []
         self.boundary: set[int] = set()
+        self.tests: list[frozenset[str]] = []
+        self.guards: dict[int, frozenset[str]] = {}
 
     # -- graph primitives ---------------------------------------------------------------------
     def _node(self, frontier: Frontier, event: Event | None = None) -> int:
         node = Node(len(self.nodes), event)
         self.nodes.append(node)
+        if event is not None and self.tests:
+            self.guards[node.id] = frozenset().union(*self.tests)
         for pred in frontier:
             self._edge(pred, node.id)
         return node.id
@@ -139,7 +147,7 @@ class CfgBuilder:
         self.frames.pop()
         frontier = self._items(list(after), _merge(frontier, function.returns))
         exit_node = self._node(frontier)
-        return Cfg(self.nodes, entry, exit_node, frozenset(self.boundary))
+        return Cfg(self.nodes, entry, exit_node, frozenset(self.boundary), self.guards)
 
     def _inline(self, item: Inline, frontier: Frontier) -> Frontier:
         if (len(self.inlining) >= MAX_INLINE_DEPTH or item.callee in self.inlining
@@ -236,13 +244,18 @@ class CfgBuilder:
 
     def _If(self, stmt: cst.If, frontier: Frontier) -> Frontier:
         frontier = self._expr(stmt.test, frontier)
-        then = self._guarded(lambda f: self._suite(stmt.body, f), list(frontier),
-                             self.recognizer.is_boundary_test(stmt.test))
-        if stmt.orelse is None:
-            return _merge(then, frontier)
-        if isinstance(stmt.orelse, cst.If):
-            return _merge(then, self._If(stmt.orelse, frontier))
-        return _merge(then, self._suite(stmt.orelse.body, frontier))
+        self.tests.append(frozenset(n for n in map(dotted, _names(stmt.test)) if n is not None))
+        try:
+            then = self._guarded(lambda f: self._suite(stmt.body, f), list(frontier),
+                                 self.recognizer.is_boundary_test(stmt.test))
+            if stmt.orelse is None:
+                # ``if p.grad is not None: p.grad.zero_()``: nothing to skip when there is no grad.
+                return then if _has_grad_test(stmt.test) else _merge(then, frontier)
+            if isinstance(stmt.orelse, cst.If):
+                return _merge(then, self._If(stmt.orelse, frontier))
+            return _merge(then, self._suite(stmt.orelse.body, frontier))
+        finally:
+            self.tests.pop()
 
     def _loop(
         self,
@@ -281,7 +294,8 @@ class CfgBuilder:
     def _For(self, stmt: cst.For, frontier: Frontier) -> Frontier:
         frontier = self._expr(stmt.iter, frontier)
         frontier = self._items(self.recognizer.iteration(stmt.iter, stmt.iter), frontier)
-        runs_once = self.recognizer.owners(stmt.iter) is not None or _is_param_groups(stmt.iter)
+        runs_once = (self.recognizer.owners(stmt.iter) is not None or _is_param_groups(stmt.iter)
+                     or _updates_element(stmt))
         return self._loop(frontier, None, stmt.body, stmt.orelse, runs_once=runs_once,
                           endless=False, target=stmt.target, iterable=stmt.iter)
 
@@ -344,6 +358,40 @@ class CfgBuilder:
                 return
             elif isinstance(frame, _Function):
                 return
+
+
+def _updates_element(stmt: cst.For) -> bool:
+    """``for opt in optimizers: opt.step()`` (or ``for name, opt in optimizers.items()``): a
+    collection of optimizers is never empty."""
+    target = stmt.target
+    if isinstance(target, cst.Name):
+        elements = {target.value}
+    elif isinstance(target, (cst.Tuple, cst.List)):
+        elements = {e.value.value for e in target.elements if isinstance(e.value, cst.Name)}
+    else:
+        return False
+    return any(
+        isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute)
+        and node.func.attr.value in ("step", "zero_grad")
+        and isinstance(node.func.value, cst.Name) and node.func.value.value in elements
+        for node in walk_code(stmt.body)
+    )
+
+
+def _has_grad_test(test: cst.BaseExpression) -> bool:
+    """``p.grad is not None``."""
+    return (isinstance(test, cst.Comparison) and len(test.comparisons) == 1
+            and isinstance(test.comparisons[0].operator, cst.IsNot)
+            and isinstance(test.comparisons[0].comparator, cst.Name)
+            and test.comparisons[0].comparator.value == "None"
+            and isinstance(test.left, cst.Attribute) and test.left.attr.value == "grad")
+
+
+def _names(test: cst.CSTNode) -> list[cst.BaseExpression]:
+    """The names and attributes a test reads."""
+    if isinstance(test, (cst.Name, cst.Attribute)):
+        return [test]
+    return [n for child in test.children for n in _names(child)]
 
 
 def _merge(*frontiers: Frontier) -> Frontier:

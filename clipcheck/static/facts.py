@@ -60,6 +60,10 @@ class UnitFacts:
             self.steady(node, k) and all(test(s) for s in self.steady(node, k)) for k in keys
         )
 
+    def checked_before(self, node: int, name: str) -> bool:
+        """An ``if`` around the event at ``node`` reads ``name`` (``if MAX_NORM > 0: clip``)."""
+        return name in self.cfg.guards.get(node, frozenset())
+
     def at_boundary(self, node: int) -> bool:
         """The event runs only on the micro-batch that updates (behind a boundary test)."""
         return node in self.cfg.boundary

@@ -8,11 +8,12 @@ module-level assignments itself.
 from __future__ import annotations
 
 import ast
+import math
 from dataclasses import dataclass, field
 
 import libcst as cst
 
-from clipcheck.static.syntax import assignment_targets
+from clipcheck.static.syntax import assignment_targets, nested_statements
 
 
 def dotted(expr: cst.BaseExpression) -> str | None:
@@ -31,10 +32,23 @@ def _module_path(node: cst.BaseExpression | None) -> str:
     return dotted(node) or ""
 
 
+INFINITY_MODULES = frozenset({"math", "torch", "np", "numpy"})
+
+
 def numeric_literal(expr: cst.BaseExpression) -> float | None:
-    """The value of a number literal, possibly negated, or ``None``."""
+    """The value of a number literal, possibly negated, or ``None``; ``float("inf")`` and
+    ``math.inf`` (``torch.inf``, ``np.inf``) are infinite."""
     if isinstance(expr, (cst.Integer, cst.Float)):
         return float(ast.literal_eval(expr.value))
+    if (isinstance(expr, cst.Attribute) and expr.attr.value == "inf" and isinstance(expr.value, cst.Name)
+            and expr.value.value in INFINITY_MODULES):
+        return math.inf
+    if (isinstance(expr, cst.Call) and isinstance(expr.func, cst.Name) and expr.func.value == "float"
+            and len(expr.args) == 1 and isinstance(expr.args[0].value, cst.SimpleString)):
+        try:
+            return float(expr.args[0].value.evaluated_value)
+        except ValueError:
+            return None
     if isinstance(expr, cst.UnaryOperation) and isinstance(expr.operator, (cst.Minus, cst.Plus)):
         inner = numeric_literal(expr.expression)
         if inner is None:
@@ -57,7 +71,7 @@ class ModuleNames:
         names = cls()
         collector = _ImportCollector(names.aliases)
         module.visit(collector)
-        assigned: dict[str, int] = {}
+        assigned = dict.fromkeys(collector.rebound, 2)  # ``global X`` in a function rebinds X
         for stmt in module.body:
             if isinstance(stmt, cst.FunctionDef):
                 names.functions[stmt.name.value] = stmt
@@ -66,10 +80,24 @@ class ModuleNames:
             elif isinstance(stmt, cst.SimpleStatementLine):
                 for small in stmt.body:
                     names._module_assignment(small, assigned)
+            else:
+                names._count_nested(stmt, assigned)
         for name, count in assigned.items():
             if count > 1:
                 names.constants.pop(name, None)
         return names
+
+    def _count_nested(self, stmt: cst.CSTNode, assigned: dict[str, int]) -> None:
+        """Assignments inside module-level ``if``/``for``/``with``/``try`` blocks rebind names
+        too (``if __name__ == "__main__": MAX_NORM = args.max_norm``)."""
+        for inner in nested_statements(stmt):
+            if isinstance(inner, cst.SimpleStatementLine):
+                for small in inner.body:
+                    for target, _ in assignment_targets(small):
+                        if isinstance(target, cst.Name):
+                            assigned[target.value] = assigned.get(target.value, 0) + 2
+            elif not isinstance(inner, (cst.FunctionDef, cst.ClassDef)):
+                self._count_nested(inner, assigned)
 
     def _module_assignment(self, small: cst.BaseSmallStatement, assigned: dict[str, int]) -> None:
         for target, value in assignment_targets(small):
@@ -112,6 +140,11 @@ class _ImportCollector(cst.CSTVisitor):
 
     def __init__(self, aliases: dict[str, str]) -> None:
         self.aliases = aliases
+        self.rebound: set[str] = set()
+
+    def visit_Global(self, node: cst.Global) -> bool:
+        self.rebound.update(n.name.value for n in node.names)
+        return False
 
     def visit_Import(self, node: cst.Import) -> bool:
         for alias in node.names:
@@ -137,4 +170,4 @@ class _ImportCollector(cst.CSTVisitor):
 
     # Only statements can hold imports; expressions are never entered.
     def visit_SimpleStatementLine(self, node: cst.SimpleStatementLine) -> bool:
-        return any(isinstance(s, (cst.Import, cst.ImportFrom)) for s in node.body)
+        return any(isinstance(s, (cst.Import, cst.ImportFrom, cst.Global)) for s in node.body)

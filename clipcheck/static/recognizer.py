@@ -8,6 +8,7 @@ vocabulary of each framework (:mod:`clipcheck.static.frameworks`).
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -424,7 +425,7 @@ class Recognizer:
         if qualified is not None:
             if qualified in vocab.CLIP_FUNCTIONS:
                 params = call.args[0].value if call.args else None
-                out.append(self._clip(call, vocab.CLIP_FUNCTIONS[qualified], models=self.owners(params)))
+                out.extend(self._clip(call, vocab.CLIP_FUNCTIONS[qualified], models=self.owners(params)))
                 return out
             if qualified in vocab.CONTEXT_BACKWARD_FUNCTIONS:
                 return out  # gradients kept in a distributed autograd context, not in .grad
@@ -483,10 +484,14 @@ class Recognizer:
         name = qualified or (call.func.value if isinstance(call.func, cst.Name) else None)
         return name not in vocab.NON_CONSUMING_CALLS
 
-    def _clip(self, call: cst.Call, threshold: vocab.Threshold | None, **kw: object) -> Event:
+    def _clip(self, call: cst.Call, threshold: vocab.Threshold | None, **kw: object) -> list[Item]:
+        """A clip; none when the threshold is infinite (``clip_grad_norm_(ps, float("inf"))``
+        only measures the norm, the gradients stay as they are)."""
         value = _argument(call, threshold) if threshold else None
-        return self._event(EventKind.CLIP, call, call.func, threshold=value,
-                           threshold_name=threshold.keyword if threshold else "", **kw)
+        if value is not None and self.names.number(value) == math.inf:
+            return []
+        return [self._event(EventKind.CLIP, call, call.func, threshold=value,
+                            threshold_name=threshold.keyword if threshold else "", **kw)]
 
     def _trainer(self, call: cst.Call) -> list[Item]:
         for arg in call.args:
@@ -526,28 +531,28 @@ class Recognizer:
             return [self._event(EventKind.UNSCALE, call, func,
                                 **self._about(positional[0] if positional else None))]
         if method == lightning.CLIP_GRADIENTS_METHOD:
-            return [self._clip_gradients(call, receiver)]
+            return self._clip_gradients(call, receiver)
         if method in vocab.CLIP_METHODS_WITH_PARAMETERS:
             takes_params = len(positional) >= 2 or any(
                 a.keyword is not None and a.keyword.value == "parameters" for a in call.args
             )
             if takes_params or method not in vocab.CLIP_METHODS_ON_MODULE:
                 params = positional[0] if positional else None
-                return [self._clip(call, vocab.CLIP_METHODS_WITH_PARAMETERS[method],
-                                   models=self.owners(params))]
+                return self._clip(call, vocab.CLIP_METHODS_WITH_PARAMETERS[method],
+                                  models=self.owners(params))
             key = self.key(receiver)
-            return [self._clip(call, vocab.CLIP_METHODS_ON_MODULE[method],
-                               models=frozenset({key}) if key else None)]
+            return self._clip(call, vocab.CLIP_METHODS_ON_MODULE[method],
+                               models=frozenset({key}) if key else None)
         param = _is_grad(receiver)
         if param is not None and method in vocab.HAND_CLIP_METHODS:
-            return [self._clip(call, None, models=self._grad_owner(param))]
+            return self._clip(call, None, models=self._grad_owner(param))
         if param is not None and method in vocab.HAND_ZERO_METHODS:
             return [self._event(EventKind.ZERO_GRAD, call, func, models=self._grad_owner(param))]
         if param is not None and method in vocab.HAND_WRITE_METHODS:
             return [self._event(EventKind.GRAD_WRITE, call, func, models=self._grad_owner(param))]
         return []
 
-    def _clip_gradients(self, call: cst.Call, receiver: cst.BaseExpression) -> Event:
+    def _clip_gradients(self, call: cst.Call, receiver: cst.BaseExpression) -> list[Item]:
         optimizer = next(
             (a.value for a in call.args if a.keyword is None and self.kind(a.value) is Kind.OPTIMIZER),
             None,

@@ -17,9 +17,11 @@ class NonPositiveMaxNorm(Rule):
     summary = "a clipping threshold is zero or negative"
 
     def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
-        for _, event in facts.events(EventKind.CLIP, EventKind.CLIP_CONFIG):
+        for node, event in facts.events(EventKind.CLIP, EventKind.CLIP_CONFIG):
             if event.chain or event.threshold is None:
                 continue
+            if isinstance(event.threshold, cst.Name) and facts.checked_before(node, event.threshold.value):
+                continue  # ``if MAX_NORM > 0:`` around the clip: zero means "disabled" here
             value = facts.names.number(event.threshold)
             if value is None:
                 continue
