@@ -30,6 +30,7 @@ class Argument:
     key: str | None
     kind: Kind | None
     models: frozenset[str] = frozenset()  # when it is an optimizer: the modules it updates
+    flows: frozenset[str] = frozenset()   # the names its value visibly comes from (for a loss)
 
 
 @dataclass(frozen=True)
@@ -289,7 +290,8 @@ class Recognizer:
             return Argument(None, Kind.ABSENT)
         kind = self.kind(value)
         models = self.optimizer_models(value) if kind is Kind.OPTIMIZER else frozenset()
-        return Argument(self.key(value), kind, models)
+        flows = frozenset(self._rename_owner(n) for n in self.bindings.flows_from(value, self.scope))
+        return Argument(self.key(value), kind, models, flows)
 
     @contextmanager
     def loop_target(self, target: cst.BaseExpression | None,
@@ -477,7 +479,8 @@ class Recognizer:
     def _backward(self, call: cst.Call, func: cst.BaseExpression, *losses: cst.BaseExpression) -> Event:
         """A backward pass, with the names its loss visibly flows from (``None`` if none)."""
         names = frozenset(n for loss in losses for n in self.bindings.flows_from(loss, self.scope))
-        models = frozenset(self._rename_owner(n) for n in names) or None
+        passed = (self.arguments[n.split(".")[0]].flows for n in names if n.split(".")[0] in self.arguments)
+        models = frozenset(self._rename_owner(n) for n in names).union(*passed) or None
         return self._event(EventKind.BACKWARD, call, func, models=models)
 
     def _is_consumer(self, call: cst.Call, qualified: str | None) -> bool:
