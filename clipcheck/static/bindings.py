@@ -205,7 +205,10 @@ class Bindings:
         merged = [shapes[0][i] for i in range(len(targets))]
         for shape in shapes[1:]:
             merged = [m.merge(b) for m, b in zip(merged, shape, strict=True)]
-        return [replace(b, models=frozenset(_renamed(m, renames) for m in b.models)) for b in merged]
+        # The function's own expressions mean nothing in the caller's scope: only kinds and
+        # (renamed) modules cross the call.
+        return [replace(b, models=frozenset(_renamed(m, renames) for m in b.models), values=())
+                for b in merged]
 
     def _visible(self, expr: cst.BaseExpression, known: dict[str, Binding], scope: Scope | None) -> Binding:
         key = dotted(expr)
