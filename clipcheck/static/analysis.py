@@ -150,7 +150,9 @@ def _event_targets(event: Event, keys: frozenset[str], linkage: dict[str, frozen
     alone cannot prove two modules apart, and zeroing a submodule or a filtered selection of
     parameters only resets part of a model's gradients."""
     if event.optimizers:
-        return dict.fromkeys(event.optimizers, Strength.MUST)
+        # A wrapper and the optimizer it holds (``opt`` and ``opt.optimizer``) are one update.
+        held = {k for k in keys for o in event.optimizers if k.startswith(o + ".") or o.startswith(k + ".")}
+        return dict.fromkeys(event.optimizers | held, Strength.MUST)
     if event.kind is EventKind.BACKWARD:
         only = len(keys) == 1
         return {k: Strength.MUST if only or _related(event.models, linkage.get(k)) is not False

@@ -133,6 +133,8 @@ class Bindings:
                 return Binding(Kind.PARAMETERS, self.owners(value, scope), (value,))
             if self.builds_optimizer(func.value):
                 return Binding(Kind.OPTIMIZER, self._argument_keys(value), constructed=True)
+            if self.is_optimizer_subclass(func.value):
+                return Binding(Kind.OPTIMIZER, self.owners(value, scope), constructed=True)
         if isinstance(func, cst.Attribute):
             method = func.attr.value
             if method in vocab.PARAMETER_GENERATOR_METHODS:
@@ -145,6 +147,20 @@ class Bindings:
     def _argument_keys(self, call: cst.Call) -> frozenset[str]:
         keys = (dotted(a.value) for a in call.args)
         return frozenset(k for k in keys if k is not None)
+
+    def is_optimizer_subclass(self, class_name: str, depth: int = 0) -> bool:
+        """A class of the module that derives from an optimizer (``class Lion(Optimizer)``):
+        its instances step like any optimizer, whatever its own ``step`` does inside."""
+        cls = self.names.classes.get(class_name)
+        if cls is None or depth > 4:
+            return False
+        for base in cls.bases:
+            qualified = self.names.qualify(base.value) or ""
+            if vocab.is_optimizer_class(qualified) or qualified.split(".")[-1] == "Optimizer":
+                return True
+            if isinstance(base.value, cst.Name) and self.is_optimizer_subclass(base.value.value, depth + 1):
+                return True
+        return False
 
     def builds_optimizer(self, function_name: str) -> bool:
         """A module-level function that returns an optimizer it constructs."""

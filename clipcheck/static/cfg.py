@@ -267,7 +267,11 @@ class CfgBuilder:
         endless: bool,
         target: cst.BaseExpression | None = None,
         iterable: cst.BaseExpression | None = None,
+        per_element: bool = False,
     ) -> Frontier:
+        """A loop; ``per_element``: each pass updates a different optimizer of a collection
+        (``for opt in optimizers: opt.step()``), so one pass stands for all and nothing
+        carries from one pass to the next."""
         header = self._node([] if runs_once else frontier)
         after_test = self._expr(test, [header])
         body_entry = self._node(_merge(after_test, frontier if runs_once else []))
@@ -277,13 +281,12 @@ class CfgBuilder:
         with self.recognizer.loop_target(target, iterable):
             body_end = self._suite(body, [body_entry])
         self.frames.pop()
-        # ``for opt in optimizers: opt.step()`` steps each optimizer once: not a training loop.
-        element = self.recognizer.key(target) if isinstance(target, cst.Name) else None
-        trains = any(
-            n.event is not None and n.event.kind in TRAINING_KINDS
-            and not (element is not None and n.event.optimizers == frozenset({element}))
-            for n in self.nodes[first:]
-        )
+        if per_element:
+            exits = _merge(body_end, loop.continues)
+            if orelse is not None:
+                exits = self._suite(orelse.body, exits)
+            return _merge(exits, loop.breaks)
+        trains = any(n.event is not None and n.event.kind in TRAINING_KINDS for n in self.nodes[first:])
         for src in body_end + loop.continues:
             self._edge(src, header, back=trains)
         exits = [] if endless else after_test
@@ -294,10 +297,11 @@ class CfgBuilder:
     def _For(self, stmt: cst.For, frontier: Frontier) -> Frontier:
         frontier = self._expr(stmt.iter, frontier)
         frontier = self._items(self.recognizer.iteration(stmt.iter, stmt.iter), frontier)
-        runs_once = (self.recognizer.owners(stmt.iter) is not None or _is_param_groups(stmt.iter)
-                     or _updates_element(stmt))
+        per_element = _updates_element(stmt)
+        runs_once = (per_element or self.recognizer.owners(stmt.iter) is not None
+                     or _is_param_groups(stmt.iter))
         return self._loop(frontier, None, stmt.body, stmt.orelse, runs_once=runs_once,
-                          endless=False, target=stmt.target, iterable=stmt.iter)
+                          endless=False, target=stmt.target, iterable=stmt.iter, per_element=per_element)
 
     def _While(self, stmt: cst.While, frontier: Frontier) -> Frontier:
         endless = (isinstance(stmt.test, cst.Name) and stmt.test.value == "True") or (
@@ -361,8 +365,8 @@ class CfgBuilder:
 
 
 def _updates_element(stmt: cst.For) -> bool:
-    """``for opt in optimizers: opt.step()`` (or ``for name, opt in optimizers.items()``): a
-    collection of optimizers is never empty."""
+    """``for opt in optimizers: opt.step()`` (or ``scaler.step(opt)``, or ``for name, opt in
+    optimizers.items()``): a pass per optimizer of a collection, which is never empty."""
     target = stmt.target
     if isinstance(target, cst.Name):
         elements = {target.value}
@@ -373,7 +377,8 @@ def _updates_element(stmt: cst.For) -> bool:
     return any(
         isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute)
         and node.func.attr.value in ("step", "zero_grad")
-        and isinstance(node.func.value, cst.Name) and node.func.value.value in elements
+        and any(isinstance(e, cst.Name) and e.value in elements
+                for e in (node.func.value, *(a.value for a in node.args)))
         for node in walk_code(stmt.body)
     )
 

@@ -346,11 +346,11 @@ class Recognizer:
             self._collect(node.left, out)
             self._branch(self.items(node.right), [], out)
             return
+        if isinstance(node, cst.Expr) and isinstance(node.value, cst.Call):
+            self._collect_call(node.value, out, statement=True)
+            return
         if isinstance(node, cst.Call):
-            self._collect(node.func, out)
-            for arg in node.args:
-                self._collect(arg.value, out)
-            out.extend(self._call(node))
+            self._collect_call(node, out, statement=False)
             return
         if isinstance(node, cst.CompFor):
             self._collect(node.iter, out)
@@ -361,6 +361,12 @@ class Recognizer:
             return
         for child in node.children:
             self._collect(child, out)
+
+    def _collect_call(self, call: cst.Call, out: list[Item], statement: bool) -> None:
+        self._collect(call.func, out)
+        for arg in call.args:
+            self._collect(arg.value, out)
+        out.extend(self._call(call, statement))
 
     @staticmethod
     def _branch(then: list[Item], orelse: list[Item], out: list[Item]) -> None:
@@ -407,7 +413,7 @@ class Recognizer:
                                        generator=binding.kind is Kind.PARAMETERS))
         return out
 
-    def _call(self, call: cst.Call) -> list[Item]:
+    def _call(self, call: cst.Call, statement: bool = False) -> list[Item]:
         out: list[Item] = []
         func = call.func
         qualified = self.names.qualify(func) if self.names.is_imported(func) else None
@@ -443,13 +449,15 @@ class Recognizer:
             target = self.scope.function(func.value)
             if target is not None:
                 out.extend(self._inline(target, call, is_method=False))
-        if len(out) == recognised and not vocab.leaves_gradients(qualified or dotted(func)):
+        if statement and len(out) == recognised and not vocab.leaves_gradients(qualified or dotted(func)):
             out.extend(self._opaque(call))
         return out
 
     def _opaque(self, call: cst.Call) -> list[Item]:
-        """A call the engine cannot see into, handed a module's parameters, may reset their
-        gradients (``zero_grad(self.master_params)`` from another file): a may-event."""
+        """A call statement the engine cannot see into, handed a module's parameters or an
+        optimizer, may reset their gradients (``zero_grad(self.master_params)`` from another
+        file): a may-event. A call whose value is used (``clip(amp.master_params(opt))``) is
+        taken for a query."""
         out: list[Item] = []
         for arg in call.args:
             if self.kind(arg.value) is Kind.OPTIMIZER:
@@ -513,7 +521,7 @@ class Recognizer:
                 return self._inline(method_def, call, is_method=True)
         wrapper = self._local_class_method(receiver, method)
         if wrapper is not None:
-            return self._inline(wrapper, call, is_method=True)
+            return self._inline(wrapper, call, is_method=True, instance=receiver)
         if method in vocab.BACKWARD_METHODS:
             # ``loss.backward()``, ``accelerator.backward(loss)``, ``self.manual_backward(loss)``
             return [self._backward(call, func, receiver, *positional[:1])]
@@ -572,20 +580,23 @@ class Recognizer:
         return self._clip(call, threshold, **self._about(optimizer))
 
     def _step(self, call: cst.Call, func: cst.Attribute, positional: list[cst.BaseExpression]) -> list[Item]:
+        """``optimizer.step([closure])`` and ``scaler.step(optimizer[, closure])``: the closure
+        runs first, then the step."""
         kind = self.kind(func.value)
         if kind is Kind.SCALER:
-            return [self._event(EventKind.STEP, call, func,
-                                **self._about(positional[0] if positional else None))]
-        if kind is not Kind.OPTIMIZER:
+            optimizer, rest = (positional[0], positional[1:]) if positional else (None, [])
+        elif kind is Kind.OPTIMIZER:
+            optimizer, rest = func.value, positional
+        else:
             return []
         out: list[Item] = []
-        closure = positional[0] if positional else next(
+        closure = rest[0] if rest else next(
             (a.value for a in call.args if a.keyword is not None and a.keyword.value == "closure"),
             None,
         )
-        if closure is not None:
-            out.extend(self._closure(closure, func.value))
-        out.append(self._event(EventKind.STEP, call, func, **self._about(func.value)))
+        if closure is not None and optimizer is not None:
+            out.extend(self._closure(closure, optimizer))
+        out.append(self._event(EventKind.STEP, call, func, **self._about(optimizer)))
         return out
 
     def _closure(self, closure: cst.BaseExpression, optimizer: cst.BaseExpression) -> list[Item]:
@@ -640,14 +651,18 @@ class Recognizer:
         return None
 
     def _inline(self, target: cst.FunctionDef, call: cst.Call, is_method: bool,
-                args: Sequence[cst.Arg] | None = None) -> list[Item]:
+                args: Sequence[cst.Arg] | None = None,
+                instance: cst.BaseExpression | None = None) -> list[Item]:
         """A call of a helper of the module, its parameters bound to what the call passes
-        (``args``: those of a ``functools.partial``, when not the call's own)."""
+        (``args``: those of a ``functools.partial``, when not the call's own; ``instance``: the
+        object a method of another class is called on, which its ``self`` stands for)."""
         args = call.args if args is None else args
         params = [p for p in target.params.params]
-        if is_method and params and params[0].name.value in ("self", "cls"):
-            params = params[1:]
         arguments: dict[str, Argument] = {}
+        if is_method and params and params[0].name.value in ("self", "cls"):
+            if instance is not None:
+                arguments[params[0].name.value] = self._argument_value(instance)
+            params = params[1:]
         positional = [a.value for a in args if a.keyword is None and not a.star]
         if any(a.star == "*" for a in args):
             positional = []  # positions after an unpacked sequence are unknown
