@@ -134,7 +134,7 @@ class Bindings:
             if self.builds_optimizer(func.value):
                 return Binding(Kind.OPTIMIZER, self._argument_keys(value), constructed=True)
             if self.is_optimizer_subclass(func.value):
-                return Binding(Kind.OPTIMIZER, self.owners(value, scope), constructed=True)
+                return Binding(Kind.OPTIMIZER, self.owners(value, scope), (value,), constructed=True)
         if isinstance(func, cst.Attribute):
             method = func.attr.value
             if method in vocab.PARAMETER_GENERATOR_METHODS:

@@ -244,6 +244,13 @@ class CfgBuilder:
 
     def _If(self, stmt: cst.If, frontier: Frontier) -> Frontier:
         frontier = self._expr(stmt.test, frontier)
+        known = self.recognizer.truth(stmt.test)
+        if known is True:
+            return self._suite(stmt.body, frontier)
+        if known is False:
+            if isinstance(stmt.orelse, cst.If):
+                return self._If(stmt.orelse, frontier)
+            return self._suite(stmt.orelse.body, frontier) if stmt.orelse is not None else frontier
         self.tests.append(frozenset(n for n in map(dotted, _names(stmt.test)) if n is not None))
         try:
             then = self._guarded(lambda f: self._suite(stmt.body, f), list(frontier),

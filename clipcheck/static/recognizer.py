@@ -31,6 +31,7 @@ class Argument:
     kind: Kind | None
     models: frozenset[str] = frozenset()  # when it is an optimizer: the modules it updates
     flows: frozenset[str] = frozenset()   # the names its value visibly comes from (for a loss)
+    truth: bool | None = None             # passed as the literal ``True`` or ``False``
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,14 @@ class BoundaryTest(enum.Enum):
     MODULO = "modulo"          # ``(i + 1) % accum_steps == 0`` (also used for logging)
     NAMED_FLAG = "named-flag"  # a name assigned from such a test: ``is_update = ...``
     SYNC_FLAG = "sync-flag"    # accelerate's ``accelerator.sync_gradients``
+
+
+# Methods of ``torch.optim.Optimizer`` whose effect on gradients the vocabulary knows (``step``,
+# ``zero_grad``) or that leave them alone; any other method called on an optimizer is unknown.
+OPTIMIZER_METHODS = frozenset({
+    "step", "zero_grad", "state_dict", "load_state_dict", "add_param_group", "register_step_pre_hook",
+    "register_step_post_hook", "register_state_dict_pre_hook", "register_load_state_dict_post_hook",
+})
 
 
 # Expressions that cannot be a closure (``scheduler.step(val_loss)`` passes data, not code).
@@ -221,6 +230,16 @@ class Recognizer:
             root += self.local_suffix
         return root + dot + rest
 
+    def truth(self, test: cst.BaseExpression) -> bool | None:
+        """The value of ``if flag:`` when ``flag`` is a parameter this call passed as a literal
+        (``first_step(zero_grad=True)``); ``None`` when it is not known."""
+        if isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not):
+            inner = self.truth(test.expression)
+            return None if inner is None else not inner
+        if isinstance(test, cst.Name) and test.value in self.arguments:
+            return self.arguments[test.value].truth
+        return None
+
     def is_boundary_test(self, test: cst.BaseExpression, depth: int = 0) -> BoundaryTest | None:
         """Whether ``test`` holds only on accumulation boundaries: a modulo test against zero,
         the sync flag, a local name assigned from either, or an ``and``/``or`` with one of them
@@ -291,7 +310,8 @@ class Recognizer:
         kind = self.kind(value)
         models = self.optimizer_models(value) if kind is Kind.OPTIMIZER else frozenset()
         flows = frozenset(self._rename_owner(n) for n in self.bindings.flows_from(value, self.scope))
-        return Argument(self.key(value), kind, models, flows)
+        truth = {"True": True, "False": False}.get(value.value) if isinstance(value, cst.Name) else None
+        return Argument(self.key(value), kind, models, flows, truth)
 
     @contextmanager
     def loop_target(self, target: cst.BaseExpression | None,
@@ -525,6 +545,12 @@ class Recognizer:
         if method in vocab.BACKWARD_METHODS:
             # ``loss.backward()``, ``accelerator.backward(loss)``, ``self.manual_backward(loss)``
             return [self._backward(call, func, receiver, *positional[:1])]
+        if (method not in OPTIMIZER_METHODS and not self.names.is_imported(receiver)
+                and self.kind(receiver) is Kind.OPTIMIZER):
+            # ``optimizer.first_step(zero_grad=True)``: a method the engine cannot see may
+            # step or reset this optimizer's gradients.
+            return [self._event(EventKind.UNKNOWN_GRADS, call, func,
+                                **{**self._about(receiver), "certain": False})]
         if method == "step":
             return self._step(call, func, positional)
         if method == "zero_grad":
@@ -620,13 +646,17 @@ class Recognizer:
 
     def _local_class_method(self, receiver: cst.BaseExpression, method: str) -> cst.FunctionDef | None:
         """``method`` of the module's class that ``receiver`` is visibly an instance of: a
-        wrapper's ``step(loss)`` is a call of the wrapper, not ``Optimizer.step(closure)``."""
+        wrapper's ``step(loss)`` is a call of the wrapper, not ``Optimizer.step(closure)``. An
+        optimizer class of the module keeps ``step`` and ``zero_grad`` as the vocabulary says;
+        its other methods (SAM's ``first_step``) are followed."""
         key = dotted(receiver)
         binding = self.scope.lookup(key) if key else None
         if binding is None or (isinstance(receiver, cst.Name) and receiver.value in self.arguments):
             return None
         for value in binding.values:
             if isinstance(value, cst.Call) and isinstance(value.func, cst.Name):
+                if method in OPTIMIZER_METHODS and self.bindings.is_optimizer_subclass(value.func.value):
+                    return None
                 cls = self.names.classes.get(value.func.value)
                 body = statements(cls.body) if cls is not None else ()
                 found = next(
