@@ -15,7 +15,6 @@ from functools import partial
 
 import libcst as cst
 
-from clipcheck.static.bindings import walk_code
 from clipcheck.static.events import Event, EventKind
 from clipcheck.static.names import dotted
 from clipcheck.static.recognizer import BoundaryTest, Branch, Inline, Item, Recognizer
@@ -41,8 +40,13 @@ class Cfg:
     exit: int
     # Nodes that run only when this micro-batch updates (behind an accumulation boundary test).
     boundary: frozenset[int] = frozenset()
-    # For event nodes inside ``if`` statements: the names their tests read (``if MAX > 0:``).
-    guards: dict[int, frozenset[str]] = field(default_factory=dict)
+    # For event nodes inside ``if`` statements: those statements' tests (``if MAX > 0:``).
+    guards: dict[int, tuple[cst.BaseExpression, ...]] = field(default_factory=dict)
+
+    def guarded_by(self, node: int) -> frozenset[str]:
+        """The names the tests of the ``if`` statements around ``node`` read."""
+        return frozenset(n for test in self.guards.get(node, ()) for n in map(dotted, _names(test))
+                         if n is not None)
 
     def events(self) -> list[tuple[int, Event]]:
         return [(n.id, n.event) for n in self.nodes if n.event is not None]
@@ -97,15 +101,15 @@ class CfgBuilder:
         self.frames: list[_Frame] = []
         self.inlining: list[cst.CSTNode] = []
         self.boundary: set[int] = set()
-        self.tests: list[frozenset[str]] = []
-        self.guards: dict[int, frozenset[str]] = {}
+        self.tests: list[cst.BaseExpression] = []
+        self.guards: dict[int, tuple[cst.BaseExpression, ...]] = {}
 
     # -- graph primitives ---------------------------------------------------------------------
     def _node(self, frontier: Frontier, event: Event | None = None) -> int:
         node = Node(len(self.nodes), event)
         self.nodes.append(node)
         if event is not None and self.tests:
-            self.guards[node.id] = frozenset().union(*self.tests)
+            self.guards[node.id] = tuple(self.tests)
         for pred in frontier:
             self._edge(pred, node.id)
         return node.id
@@ -251,7 +255,7 @@ class CfgBuilder:
             if isinstance(stmt.orelse, cst.If):
                 return self._If(stmt.orelse, frontier)
             return self._suite(stmt.orelse.body, frontier) if stmt.orelse is not None else frontier
-        self.tests.append(frozenset(n for n in map(dotted, _names(stmt.test)) if n is not None))
+        self.tests.append(stmt.test)
         try:
             then = self._guarded(lambda f: self._suite(stmt.body, f), list(frontier),
                                  self.recognizer.is_boundary_test(stmt.test))
@@ -274,20 +278,23 @@ class CfgBuilder:
         endless: bool,
         target: cst.BaseExpression | None = None,
         iterable: cst.BaseExpression | None = None,
-        per_element: bool = False,
     ) -> Frontier:
-        """A loop; ``per_element``: each pass updates a different optimizer of a collection
-        (``for opt in optimizers: opt.step()``), so one pass stands for all and nothing
-        carries from one pass to the next."""
-        header = self._node([] if runs_once else frontier)
+        """A loop. One that steps or zeroes its loop variable (``for opt in optimizers:
+        opt.step()``) makes a pass per optimizer of a collection, which is never empty: one
+        pass stands for all, and nothing carries from one pass to the next. The body is built
+        first, so its entry is wired once that is known."""
+        header = self._node([])
         after_test = self._expr(test, [header])
-        body_entry = self._node(_merge(after_test, frontier if runs_once else []))
+        body_entry = self._node(after_test)
         loop = _Loop(header)
         first = len(self.nodes)
         self.frames.append(loop)
         with self.recognizer.loop_target(target, iterable):
             body_end = self._suite(body, [body_entry])
         self.frames.pop()
+        per_element = self._updates_element(target, first)
+        for pred in frontier:
+            self._edge(pred, body_entry if runs_once or per_element else header)
         if per_element:
             exits = _merge(body_end, loop.continues)
             if orelse is not None:
@@ -304,11 +311,23 @@ class CfgBuilder:
     def _For(self, stmt: cst.For, frontier: Frontier) -> Frontier:
         frontier = self._expr(stmt.iter, frontier)
         frontier = self._items(self.recognizer.iteration(stmt.iter, stmt.iter), frontier)
-        per_element = _updates_element(stmt)
-        runs_once = (per_element or self.recognizer.owners(stmt.iter) is not None
-                     or _is_param_groups(stmt.iter))
+        runs_once = self.recognizer.owners(stmt.iter) is not None or _is_param_groups(stmt.iter)
         return self._loop(frontier, None, stmt.body, stmt.orelse, runs_once=runs_once,
-                          endless=False, target=stmt.target, iterable=stmt.iter, per_element=per_element)
+                          endless=False, target=stmt.target, iterable=stmt.iter)
+
+    def _updates_element(self, target: cst.BaseExpression | None, first: int) -> bool:
+        """Whether the loop body built from node ``first`` on steps or zeroes an optimizer that
+        is the loop variable (``for name, opt in optimizers.items()`` too)."""
+        if isinstance(target, (cst.Tuple, cst.List)):
+            names = [e.value for e in target.elements]
+        else:
+            names = [target] if target is not None else []
+        elements = {self.recognizer.key(n) for n in names if isinstance(n, cst.Name)} - {None}
+        return bool(elements) and any(
+            n.event is not None and n.event.kind in UPDATE_KINDS and n.event.optimizers
+            and n.event.optimizers <= elements
+            for n in self.nodes[first:]
+        )
 
     def _While(self, stmt: cst.While, frontier: Frontier) -> Frontier:
         endless = (isinstance(stmt.test, cst.Name) and stmt.test.value == "True") or (
@@ -369,25 +388,6 @@ class CfgBuilder:
                 return
             elif isinstance(frame, _Function):
                 return
-
-
-def _updates_element(stmt: cst.For) -> bool:
-    """``for opt in optimizers: opt.step()`` (or ``scaler.step(opt)``, or ``for name, opt in
-    optimizers.items()``): a pass per optimizer of a collection, which is never empty."""
-    target = stmt.target
-    if isinstance(target, cst.Name):
-        elements = {target.value}
-    elif isinstance(target, (cst.Tuple, cst.List)):
-        elements = {e.value.value for e in target.elements if isinstance(e.value, cst.Name)}
-    else:
-        return False
-    return any(
-        isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute)
-        and node.func.attr.value in ("step", "zero_grad")
-        and any(isinstance(e, cst.Name) and e.value in elements
-                for e in (node.func.value, *(a.value for a in node.args)))
-        for node in walk_code(stmt.body)
-    )
 
 
 def _has_grad_test(test: cst.BaseExpression) -> bool:

@@ -62,7 +62,7 @@ class UnitFacts:
 
     def checked_before(self, node: int, name: str) -> bool:
         """An ``if`` around the event at ``node`` reads ``name`` (``if MAX_NORM > 0: clip``)."""
-        return name in self.cfg.guards.get(node, frozenset())
+        return name in self.cfg.guarded_by(node)
 
     def at_boundary(self, node: int) -> bool:
         """The event runs only on the micro-batch that updates (behind a boundary test)."""

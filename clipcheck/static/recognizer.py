@@ -11,7 +11,7 @@ import enum
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import libcst as cst
 
@@ -30,8 +30,16 @@ class Argument:
     key: str | None
     kind: Kind | None
     models: frozenset[str] = frozenset()  # when it is an optimizer: the modules it updates
-    flows: frozenset[str] = frozenset()   # the names its value visibly comes from (for a loss)
     truth: bool | None = None             # passed as the literal ``True`` or ``False``
+    # The value passed and the caller's recognizer, to tell (when a backward asks) which names
+    # that value visibly comes from.
+    source: tuple[Recognizer, cst.BaseExpression] | None = field(default=None, compare=False)
+
+    def flows(self) -> frozenset[str]:
+        if self.source is None:
+            return frozenset()
+        caller, value = self.source
+        return caller.flows(value)
 
 
 @dataclass(frozen=True)
@@ -309,9 +317,8 @@ class Recognizer:
             return Argument(None, Kind.ABSENT)
         kind = self.kind(value)
         models = self.optimizer_models(value) if kind is Kind.OPTIMIZER else frozenset()
-        flows = frozenset(self._rename_owner(n) for n in self.bindings.flows_from(value, self.scope))
         truth = {"True": True, "False": False}.get(value.value) if isinstance(value, cst.Name) else None
-        return Argument(self.key(value), kind, models, flows, truth)
+        return Argument(self.key(value), kind, models, truth, (self, value))
 
     @contextmanager
     def loop_target(self, target: cst.BaseExpression | None,
@@ -506,10 +513,15 @@ class Recognizer:
 
     def _backward(self, call: cst.Call, func: cst.BaseExpression, *losses: cst.BaseExpression) -> Event:
         """A backward pass, with the names its loss visibly flows from (``None`` if none)."""
-        names = frozenset(n for loss in losses for n in self.bindings.flows_from(loss, self.scope))
-        passed = (self.arguments[n.split(".")[0]].flows for n in names if n.split(".")[0] in self.arguments)
-        models = frozenset(self._rename_owner(n) for n in names).union(*passed) or None
+        models = frozenset(n for loss in losses for n in self.flows(loss)) or None
         return self._event(EventKind.BACKWARD, call, func, models=models)
+
+    def flows(self, value: cst.BaseExpression) -> frozenset[str]:
+        """The names ``value`` visibly comes from, in the unit's terms, through what the
+        callers passed for this helper's parameters."""
+        names = self.bindings.flows_from(value, self.scope)
+        passed = (self.arguments[n.split(".")[0]].flows() for n in names if n.split(".")[0] in self.arguments)
+        return frozenset(self._rename_owner(n) for n in names).union(*passed)
 
     def _is_consumer(self, call: cst.Call, qualified: str | None) -> bool:
         name = qualified or (call.func.value if isinstance(call.func, cst.Name) else None)
