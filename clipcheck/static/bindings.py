@@ -183,14 +183,9 @@ class Bindings:
                     continue
                 values = [e.value for e in ret.value.elements] if isinstance(
                     ret.value, (cst.Tuple, cst.List)) else [ret.value]
-                found.append(tuple(self._local_binding(v, local) for v in values))
+                found.append(tuple(self._visible(v, local, None) for v in values))
         self._returned[function_name] = found
         return found
-
-    def _local_binding(self, value: cst.BaseExpression, local: dict[str, Binding]) -> Binding:
-        if isinstance(value, cst.Name) and value.value in local:
-            return local[value.value]
-        return self.of_value(value, None)
 
     def unpacked(self, targets: list[cst.BaseExpression], value: cst.BaseExpression,
                  known: dict[str, Binding], scope: Scope | None) -> list[Binding] | None:
@@ -227,6 +222,8 @@ class Bindings:
                 for b in merged]
 
     def _visible(self, expr: cst.BaseExpression, known: dict[str, Binding], scope: Scope | None) -> Binding:
+        """What ``expr`` holds: a binding among ``known`` (names being collected), else in
+        ``scope``, else derived from the expression itself."""
         key = dotted(expr)
         found = known.get(key) if key else None
         if found is None and key is not None and scope is not None:
