@@ -3,19 +3,22 @@ place each finding once, at the offending call."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import cached_property
 
 import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider
 
 from clipcheck.findings import Finding
+from clipcheck.static.cfg import Node
 from clipcheck.static.dataflow import (
+    DRIVER_ENTRY,
     ENTRY,
     OptState,
     ParamsState,
     Strength,
     around_loop,
+    assume,
     params_transfer,
     solve,
     transfer,
@@ -54,13 +57,23 @@ class ModuleAnalysis:
         linkage = _linkage(events, keys)
         targets = {node: _targets(event, frozenset(keys), linkage) for node, event in events}
 
-        def step_for(key: str):
-            def step(node: int, event: Event, state: OptState) -> set[OptState]:
-                strength = targets[node].get(key)
-                return {state} if strength is None else transfer(node, event, state, strength)
+        def step_for(key: str) -> Callable[[Node, OptState], Iterable[OptState]]:
+            def step(node: Node, state: OptState) -> Iterable[OptState]:
+                if node.on_path:
+                    assumed = assume(node, state)
+                    if assumed is None:
+                        return ()
+                    state = assumed
+                strength = targets.get(node.id, {}).get(key)
+                if node.event is None or strength is None:
+                    return (state,)
+                # A zero-grad behind the boundary test starts a window: it discards nothing.
+                return transfer(node.id, node.event, state, strength, discards=node.id not in cfg.boundary)
             return step
 
-        states = {k: solve(cfg, [ENTRY], step_for(k), around_loop, widened) for k in sorted(keys)}
+        # A unit that runs its own training loop starts with nothing pending.
+        entry = DRIVER_ENTRY if cfg.trains() else ENTRY
+        states = {k: solve(cfg, [entry], step_for(k), around_loop, widened) for k in sorted(keys)}
         params = solve(cfg, [self._params_entry(unit)], params_transfer)
         return UnitFacts(cfg, self.program.names, targets, states, params, self.line_of,
                          self.module.code_for_node)

@@ -32,6 +32,7 @@ class Binding:
     models: frozenset[str] = frozenset()
     values: tuple[cst.BaseExpression, ...] = ()
     constructed: bool = False
+    gated: bool = False  # prepared by accelerate: steps only on accumulation boundaries
 
     def merge(self, other: Binding) -> Binding:
         if self.kind == other.kind or other.kind is Kind.OTHER:
@@ -45,6 +46,7 @@ class Binding:
             self.models | other.models,
             self.values + other.values,
             self.constructed or other.constructed,
+            self.gated or other.gated,
         )
 
 
@@ -142,6 +144,8 @@ class Bindings:
                 return Binding(Kind.PARAMETERS, frozenset({owner} if owner else ()), (value,))
             if method in lightning.OPTIMIZER_GETTERS:
                 return Binding(Kind.OPTIMIZER)
+            if method in accelerate.PREPARE_METHODS and len(value.args) == 1:
+                return replace(self._visible(value.args[0].value, {}, scope), gated=True)
         return Binding(Kind.OTHER, values=(value,))
 
     def _argument_keys(self, call: cst.Call) -> frozenset[str]:
@@ -200,7 +204,7 @@ class Bindings:
         if isinstance(func, cst.Attribute) and func.attr.value in accelerate.PREPARE_METHODS:
             if len(positional) != len(targets):
                 return None
-            return [self._visible(arg, known, scope) for arg in positional]
+            return [replace(self._visible(arg, known, scope), gated=True) for arg in positional]
         if not isinstance(func, cst.Name) or func.value not in self.names.functions:
             return None
         shapes = [r for r in self.returned(func.value) if len(r) == len(targets)]

@@ -9,6 +9,8 @@ are expanded in place (bounded, recursion-safe), their events tagged with the ca
 
 from __future__ import annotations
 
+import enum
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -22,15 +24,36 @@ from clipcheck.static.syntax import statements
 
 MAX_INLINE_DEPTH = 4
 MAX_NODES = 20_000
-TRAINING_KINDS = frozenset({EventKind.BACKWARD, EventKind.STEP})
 UPDATE_KINDS = frozenset({EventKind.STEP, EventKind.ZERO_GRAD})
+
+
+class Edge(enum.Enum):
+    FORWARD = "forward"
+    BACK = "back"              # closes a training loop (its body steps)
+    ACCUMULATE = "accumulate"  # closes a loop that runs backward without stepping
+    LOOP = "loop"              # closes any other loop
 
 
 @dataclass
 class Node:
+    """One event, or a join; the start of a branch also records the value its test takes
+    (``assume``: an atom and its truth), an assignment the atoms it invalidates (``forget``),
+    the side of an accumulation boundary that does not update says so (``skips_update``), and
+    the exit of a loop that accumulates without stepping ends what it made pending
+    (``closes_window``)."""
+
     id: int
     event: Event | None = None
-    succs: list[tuple[int, bool]] = field(default_factory=list)
+    succs: list[tuple[int, Edge]] = field(default_factory=list)
+    assume: tuple[str, bool] | None = None
+    forget: frozenset[str] = frozenset()
+    skips_update: bool = False
+    closes_window: bool = False
+
+    @property
+    def on_path(self) -> bool:
+        """Whether the node says something about the path, beside its event."""
+        return self.assume is not None or bool(self.forget) or self.skips_update or self.closes_window
 
 
 @dataclass
@@ -42,11 +65,31 @@ class Cfg:
     boundary: frozenset[int] = frozenset()
     # For event nodes inside ``if`` statements: those statements' tests (``if MAX > 0:``).
     guards: dict[int, tuple[cst.BaseExpression, ...]] = field(default_factory=dict)
+    # Nodes on a path that leaves the iteration early (``if bad: zero_grad(); continue``).
+    skips: frozenset[int] = frozenset()
+
+    def trains(self, *edges: Edge) -> bool:
+        """Whether the unit runs a training loop of its own (a loop whose body steps, or one
+        of ``edges``)."""
+        return any(edge is Edge.BACK or edge in edges for n in self.nodes for _, edge in n.succs)
 
     def guarded_by(self, node: int) -> frozenset[str]:
         """The names the tests of the ``if`` statements around ``node`` read."""
         return frozenset(n for test in self.guards.get(node, ()) for n in map(dotted, _names(test))
                          if n is not None)
+
+    def close_as_iteration(self, caller_zero: Event) -> None:
+        """Make the unit one iteration of a loop its caller runs: a back edge from its exit to
+        its entry, and another through ``caller_zero``, a zero-grad the caller may run
+        between two calls."""
+        zero = Node(len(self.nodes), caller_zero, [(self.entry, Edge.BACK)])
+        self.nodes.append(zero)
+        self.nodes[self.exit].succs += [(self.entry, Edge.BACK), (zero.id, Edge.FORWARD)]
+
+    def steps_at_boundary(self) -> bool:
+        """Whether a step runs only behind an accumulation boundary test."""
+        return any(self.nodes[n].event is not None and self.nodes[n].event.kind is EventKind.STEP  # type: ignore[union-attr]
+                   for n in self.boundary)
 
     def events(self) -> list[tuple[int, Event]]:
         return [(n.id, n.event) for n in self.nodes if n.event is not None]
@@ -101,8 +144,13 @@ class CfgBuilder:
         self.frames: list[_Frame] = []
         self.inlining: list[cst.CSTNode] = []
         self.boundary: set[int] = set()
+        self.skips: set[int] = set()
+        # The branch starts (then, else) of each boundary test's ``if``.
+        self.arms: dict[cst.If, tuple[int, int]] = {}
         self.tests: list[cst.BaseExpression] = []
         self.guards: dict[int, tuple[cst.BaseExpression, ...]] = {}
+        # The atoms tested so far, by each name they read: an assignment to it forgets them.
+        self.atoms_reading: dict[str, set[str]] = {}
 
     # -- graph primitives ---------------------------------------------------------------------
     def _node(self, frontier: Frontier, event: Event | None = None) -> int:
@@ -114,9 +162,9 @@ class CfgBuilder:
             self._edge(pred, node.id)
         return node.id
 
-    def _edge(self, src: int, dst: int, back: bool = False) -> None:
-        if (dst, back) not in self.nodes[src].succs:
-            self.nodes[src].succs.append((dst, back))
+    def _edge(self, src: int, dst: int, edge: Edge = Edge.FORWARD) -> None:
+        if (dst, edge) not in self.nodes[src].succs:
+            self.nodes[src].succs.append((dst, edge))
 
     def _items(self, items: list[Item], frontier: Frontier) -> Frontier:
         for item in items:
@@ -151,7 +199,18 @@ class CfgBuilder:
         self.frames.pop()
         frontier = self._items(list(after), _merge(frontier, function.returns))
         exit_node = self._node(frontier)
-        return Cfg(self.nodes, entry, exit_node, frozenset(self.boundary), self.guards)
+        self._forget_untested_atoms()
+        return Cfg(self.nodes, entry, exit_node, frozenset(self.boundary), self.guards, frozenset(self.skips))
+
+    def _forget_untested_atoms(self) -> None:
+        """Keep the values of atoms tested more than once: only they can correlate two
+        branches, and each kept atom may double the states a node sees."""
+        tested = Counter(n.assume[0] for n in self.nodes if n.assume is not None and n.assume[1])
+        for node in self.nodes:
+            if node.assume is not None and tested[node.assume[0]] < 2:
+                node.assume = None
+            if node.forget:
+                node.forget = frozenset(a for a in node.forget if tested[a] >= 2)
 
     def _inline(self, item: Inline, frontier: Frontier) -> Frontier:
         if (len(self.inlining) >= MAX_INLINE_DEPTH or item.callee in self.inlining
@@ -187,8 +246,17 @@ class CfgBuilder:
             skip = self._skips_to_boundary(stmt)
             if skip is not None:
                 # ``if not boundary: continue``: the rest of the block runs only on updates.
-                return self._guarded(partial(self._stmts, body[index + 1:]), frontier, skip)
+                rest = len(self.nodes)
+                out = self._guarded(partial(self._stmts, body[index + 1:]), frontier, skip)
+                arms = self.arms.get(stmt) if isinstance(stmt, cst.If) else None
+                if arms is not None and self._steps(rest):
+                    self.nodes[arms[0]].skips_update = True
+                return out
         return frontier
+
+    def _steps(self, first: int, end: int | None = None) -> bool:
+        """Whether the nodes built from ``first`` (to ``end``) step an optimizer."""
+        return any(n.event is not None and n.event.kind is EventKind.STEP for n in self.nodes[first:end])
 
     def _skips_to_boundary(self, stmt: cst.BaseStatement) -> BoundaryTest | None:
         """The boundary test of ``if not boundary: continue`` (or ``return``)."""
@@ -241,7 +309,23 @@ class CfgBuilder:
             if isinstance(small, (cst.Import, cst.ImportFrom, cst.Global, cst.Nonlocal, cst.Pass)):
                 continue
             frontier = self._expr(small, frontier)
+            if isinstance(small, (cst.Assign, cst.AugAssign, cst.AnnAssign)) and self.atoms_reading:
+                frontier = self._forget(small, frontier)
         return frontier
+
+    def _forget(self, assignment: cst.Assign | cst.AugAssign | cst.AnnAssign, frontier: Frontier) -> Frontier:
+        """After an assignment, tests that read what it assigns may take another value."""
+        if isinstance(assignment, cst.Assign):
+            targets = [t.target for t in assignment.targets]
+        else:
+            targets = [assignment.target]
+        atoms = {a for t in targets for name in _names(t) for a in self.atoms_reading.get(
+            self.recognizer.key(name) or "", ())}
+        if not atoms:
+            return frontier
+        node = self._node(frontier)
+        self.nodes[node].forget = frozenset(atoms)
+        return [node]
 
     def _suite(self, suite: cst.BaseSuite, frontier: Frontier) -> Frontier:
         return self._stmts(statements(suite), frontier)
@@ -255,18 +339,71 @@ class CfgBuilder:
             if isinstance(stmt.orelse, cst.If):
                 return self._If(stmt.orelse, frontier)
             return self._suite(stmt.orelse.body, frontier) if stmt.orelse is not None else frontier
+        if _has_grad_test(stmt.test) and stmt.orelse is None:
+            # ``if p.grad is not None: p.grad.zero_()``: nothing to skip when there is no grad.
+            return self._suite(stmt.body, frontier)
+        test, positive = _without_not(stmt.test)
+        boundary = self.recognizer.is_boundary_test(test)
+        atom = self._atom(test)
         self.tests.append(stmt.test)
         try:
-            then = self._guarded(lambda f: self._suite(stmt.body, f), list(frontier),
-                                 self.recognizer.is_boundary_test(stmt.test))
+            then_start = self._assume(frontier, atom, positive, boundary)
+            first = len(self.nodes)
+            then = self._guarded(lambda f: self._suite(stmt.body, f), then_start,
+                                 boundary if positive else None)
+            then_end = len(self.nodes)
+            if _leaves_iteration(stmt.body):
+                self.skips.update(range(first, then_end))
+            else_start = self._assume(frontier, atom, not positive, boundary)
+            second = len(self.nodes)
             if stmt.orelse is None:
-                # ``if p.grad is not None: p.grad.zero_()``: nothing to skip when there is no grad.
-                return then if _has_grad_test(stmt.test) else _merge(then, frontier)
-            if isinstance(stmt.orelse, cst.If):
-                return _merge(then, self._If(stmt.orelse, frontier))
-            return _merge(then, self._suite(stmt.orelse.body, frontier))
+                out = _merge(then, else_start)
+            elif isinstance(stmt.orelse, cst.If):
+                out = _merge(then, self._If(stmt.orelse, else_start))
+            else:
+                orelse = stmt.orelse
+                out = _merge(then, self._guarded(lambda f: self._suite(orelse.body, f), else_start,
+                                                 boundary if not positive else None))
+            if boundary is not None:
+                # The side that does not update leaves this micro-batch's gradients pending;
+                # ``if not boundary: continue`` is marked once the rest of the block is built.
+                self.arms[stmt] = (then_start[0], else_start[0])
+                then_steps, else_steps = self._steps(first, then_end), self._steps(second)
+                update_steps, other_steps = (then_steps, else_steps) if positive else (else_steps, then_steps)
+                if update_steps and not other_steps:
+                    self.nodes[(else_start if positive else then_start)[0]].skips_update = True
+            return out
         finally:
             self.tests.pop()
+
+    def _atom(self, test: cst.BaseExpression) -> str | None:
+        """A key for what a test reads, when two tests of it must agree: a name or attribute
+        (``need_update``, ``accelerator.sync_gradients``), or a call-free expression of them
+        (``(step + 1) % accum == 0``). Remembers which names the atom reads."""
+        if isinstance(test, (cst.Name, cst.Attribute)):
+            key = self.recognizer.key(test)
+            reads = {key} if key is not None else set()
+        elif _has_call(test):
+            return None
+        else:
+            reads = {k for k in map(self.recognizer.key, _names(test)) if k is not None}
+            key = self.recognizer.module.code_for_node(test) + self.recognizer.local_suffix
+        if key is None:
+            return None
+        for name in reads:
+            self.atoms_reading.setdefault(name, set()).add(key)
+        return key
+
+    def _assume(self, frontier: Frontier, atom: str | None, value: bool,
+                boundary: BoundaryTest | None) -> Frontier:
+        """The start of a branch on which ``atom`` is ``value`` (a node of its own when the
+        atom is kept or the test is an accumulation boundary)."""
+        if atom is None and boundary is None:
+            return list(frontier)
+        node = self._node(frontier)
+        if atom is not None:
+            self.nodes[node].assume = (atom, value)
+        return [node]
 
     def _loop(
         self,
@@ -300,13 +437,25 @@ class CfgBuilder:
             if orelse is not None:
                 exits = self._suite(orelse.body, exits)
             return _merge(exits, loop.breaks)
-        trains = any(n.event is not None and n.event.kind in TRAINING_KINDS for n in self.nodes[first:])
+        kinds = {n.event.kind for n in self.nodes[first:] if n.event is not None}
+        if EventKind.STEP in kinds or (EventKind.BACKWARD in kinds and EventKind.UNKNOWN_GRADS in kinds):
+            edge = Edge.BACK
+        elif EventKind.BACKWARD in kinds:
+            edge = Edge.ACCUMULATE
+        else:
+            edge = Edge.LOOP
         for src in body_end + loop.continues:
-            self._edge(src, header, back=trains)
+            self._edge(src, header, edge)
         exits = [] if endless else after_test
         if orelse is not None:
             exits = self._suite(orelse.body, exits)
-        return _merge(exits, loop.breaks)
+        exits = _merge(exits, loop.breaks)
+        if edge is Edge.ACCUMULATE and exits:
+            # What the loop accumulated is the step's (or the code's after it) to use.
+            closed = self._node(exits)
+            self.nodes[closed].closes_window = True
+            return [closed]
+        return exits
 
     def _For(self, stmt: cst.For, frontier: Frontier) -> Frontier:
         frontier = self._expr(stmt.iter, frontier)
@@ -397,6 +546,25 @@ def _has_grad_test(test: cst.BaseExpression) -> bool:
             and isinstance(test.comparisons[0].comparator, cst.Name)
             and test.comparisons[0].comparator.value == "None"
             and isinstance(test.left, cst.Attribute) and test.left.attr.value == "grad")
+
+
+def _without_not(test: cst.BaseExpression) -> tuple[cst.BaseExpression, bool]:
+    """``not x`` is ``x`` on the other branch."""
+    positive = True
+    while isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not):
+        test, positive = test.expression, not positive
+    return test, positive
+
+
+def _has_call(node: cst.CSTNode) -> bool:
+    return isinstance(node, cst.Call) or any(_has_call(c) for c in node.children)
+
+
+def _leaves_iteration(body: cst.BaseSuite) -> bool:
+    """A branch that ends with ``continue`` or ``return``: it skips the rest of the iteration."""
+    last = statements(body)[-1:]
+    return bool(last) and isinstance(last[0], cst.SimpleStatementLine) and isinstance(
+        last[0].body[-1], (cst.Continue, cst.Return))
 
 
 def _names(test: cst.CSTNode) -> list[cst.BaseExpression]:

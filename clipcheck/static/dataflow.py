@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
-from clipcheck.static.cfg import Cfg
-from clipcheck.static.events import Event, EventKind
+from clipcheck.static.cfg import Cfg, Edge, Node
+from clipcheck.static.events import Event, EventKind, Origin
 
 
 class Grads(enum.Enum):
@@ -26,7 +26,8 @@ class Grads(enum.Enum):
     KILLED = "killed"            # fresh gradients were zeroed before any step used them
     USED = "used"                # a step consumed them; not zeroed since
     USED_PREV = "used-prev"      # ... in an earlier iteration of the training loop
-    ZEROED_USED = "zeroed-used"  # zeroed after a step consumed them
+    ZEROED_USED = "zeroed-used"  # zeroed after this iteration's step consumed them
+    ZEROED_PREV = "zeroed-prev"  # ... after a step of an earlier iteration
     STALE = "stale"              # a backward accumulated onto gradients a step already used
     STALE_PREV = "stale-prev"    # ... in an earlier iteration of the training loop
 
@@ -34,7 +35,7 @@ class Grads(enum.Enum):
 class Clip(enum.Enum):
     NONE = "none"          # not clipped since the last step or zero-grad
     EARLY = "early"        # clipped while no fresh gradients existed (before backward)
-    LATE = "late"          # clipped right after a step, before any backward
+    LATE = "late"          # clipped after this iteration's step, before any backward
     DONE = "done"          # clipped after the last backward
     STALE = "stale"        # clipped, then another backward accumulated more gradients
 
@@ -51,6 +52,13 @@ class OptState:
     clip behind ``clip``. ``looped`` says the path went round a training loop at least once.
     ``guessed`` says the path assumes that an event which only may have applied did not reset
     the gradients (or that a clip which only may have applied did): no finding rests on it.
+
+    Gradient accumulation: ``pending`` says the gradients belong to a window that has not
+    updated yet (the path skipped a step behind an accumulation boundary, or went round a loop
+    that runs backward without stepping); ``discarded_at`` is a zero-grad that threw such
+    gradients away before their step. ``step_at`` is the last step. ``path`` holds the value
+    each tested atom took on this path, so that one iteration's two tests of the same flag
+    agree.
     """
 
     grads: Grads = Grads.UNKNOWN
@@ -60,30 +68,39 @@ class OptState:
     clip_at: int = NO_NODE
     looped: bool = False
     guessed: bool = False
+    pending: bool = False
+    discarded_at: int = NO_NODE
+    step_at: int = NO_NODE
+    path: frozenset[tuple[str, bool]] = frozenset()
 
 
 ENTRY = OptState()
+# The entry of a function that runs its own training loop: nothing is pending there yet.
+DRIVER_ENTRY = OptState(grads=Grads.NONE)
 
 _BACKWARD = {
     Grads.UNKNOWN: Grads.FRESH, Grads.NONE: Grads.FRESH, Grads.FRESH: Grads.FRESH,
     Grads.FRESH_PREV: Grads.FRESH, Grads.KILLED: Grads.FRESH, Grads.USED: Grads.STALE,
     Grads.USED_PREV: Grads.STALE,
-    Grads.ZEROED_USED: Grads.FRESH, Grads.STALE: Grads.STALE, Grads.STALE_PREV: Grads.STALE,
+    Grads.ZEROED_USED: Grads.FRESH, Grads.ZEROED_PREV: Grads.FRESH, Grads.STALE: Grads.STALE,
+    Grads.STALE_PREV: Grads.STALE,
 }
 _ZERO = {
     Grads.UNKNOWN: Grads.NONE, Grads.NONE: Grads.NONE, Grads.FRESH: Grads.KILLED,
     Grads.FRESH_PREV: Grads.NONE, Grads.KILLED: Grads.KILLED, Grads.USED: Grads.ZEROED_USED,
-    Grads.USED_PREV: Grads.ZEROED_USED,
-    Grads.ZEROED_USED: Grads.ZEROED_USED, Grads.STALE: Grads.KILLED,
-    Grads.STALE_PREV: Grads.ZEROED_USED,
+    Grads.USED_PREV: Grads.ZEROED_PREV,
+    Grads.ZEROED_USED: Grads.ZEROED_USED, Grads.ZEROED_PREV: Grads.ZEROED_PREV, Grads.STALE: Grads.KILLED,
+    Grads.STALE_PREV: Grads.ZEROED_PREV,
 }
 _AROUND_LOOP = {
     Grads.FRESH: Grads.FRESH_PREV, Grads.USED: Grads.USED_PREV, Grads.STALE: Grads.STALE_PREV,
-    Grads.KILLED: Grads.NONE,
+    Grads.KILLED: Grads.NONE, Grads.ZEROED_USED: Grads.ZEROED_PREV,
 }
 STALE = frozenset({Grads.STALE, Grads.STALE_PREV})
 USED = frozenset({Grads.USED, Grads.USED_PREV})
-HAS_FRESH = frozenset({Grads.UNKNOWN, Grads.FRESH, Grads.FRESH_PREV, *STALE})
+ZEROED = frozenset({Grads.ZEROED_USED, Grads.ZEROED_PREV})
+FRESH = frozenset({Grads.FRESH, Grads.FRESH_PREV})
+HAS_FRESH = frozenset({Grads.UNKNOWN, *FRESH, *STALE})
 
 
 class Strength(enum.Enum):
@@ -93,12 +110,19 @@ class Strength(enum.Enum):
     MAY = "may"    # it might (which parameters it touches is unknown): a weak update
 
 
-def transfer(node: int, event: Event, state: OptState, strength: Strength = Strength.MUST) -> set[OptState]:
+def transfer(node: int, event: Event, state: OptState, strength: Strength = Strength.MUST,
+             discards: bool = True) -> set[OptState]:
     """The states after ``event`` (at CFG node ``node``) for an optimizer it applies to. A weak
     update keeps the state it would have changed; a backward that only may have touched these
-    gradients leaves them unknown rather than fresh or stale, so no rule can build on it."""
+    gradients leaves them unknown rather than fresh or stale, so no rule can build on it. A
+    zero-grad that surely runs where it ``discards`` (not where a window starts) throws pending
+    gradients away."""
     if strength is Strength.MUST:
-        return {_strong(node, event, state)}
+        after = _strong(node, event, state)
+        if (discards and event.kind is EventKind.ZERO_GRAD and event.origin is not Origin.CALLER
+                and state.pending and state.grads in FRESH):
+            after = replace(after, discarded_at=node)
+        return {after}
     if event.kind is EventKind.BACKWARD:
         return {state, _unknown(node, state)}
     if event.kind is EventKind.CLIP:
@@ -118,7 +142,9 @@ def _unknown(node: int, state: OptState) -> OptState:
 def _strong(node: int, event: Event, state: OptState) -> OptState:
     kind = event.kind
     if kind in RESETS:
-        state = replace(state, guessed=False)
+        state = replace(state, guessed=False, pending=False)
+        if kind is not EventKind.ZERO_GRAD:
+            state = replace(state, discarded_at=NO_NODE)
     if kind is EventKind.UNKNOWN_GRADS:
         return _unknown(node, state)
     if kind is EventKind.GRAD_WRITE:
@@ -133,6 +159,8 @@ def _strong(node: int, event: Event, state: OptState) -> OptState:
                        clip=Clip.STALE if state.clip is Clip.DONE else state.clip)
     if kind is EventKind.ZERO_GRAD:
         grads = _ZERO[state.grads]
+        if grads is Grads.KILLED and event.origin is Origin.CALLER:
+            grads = Grads.NONE  # the caller zeroes between two updates, not inside one
         if grads is state.grads:
             return replace(state, clip=_clip_after_zero(state.clip))
         killed = state.grads_at if grads is Grads.KILLED else NO_NODE
@@ -141,14 +169,14 @@ def _strong(node: int, event: Event, state: OptState) -> OptState:
     if kind is EventKind.CLIP:
         if state.grads in HAS_FRESH:
             clip = Clip.DONE
-        elif state.grads is Grads.USED:
+        elif state.grads in (Grads.USED, Grads.ZEROED_USED):
             clip = Clip.LATE
         else:
             clip = Clip.EARLY
         return replace(state, clip=clip, clip_at=node)
     if kind is EventKind.STEP:
         return replace(state, grads=Grads.USED, grads_at=node, killed_backward=NO_NODE,
-                       clip=Clip.NONE, clip_at=NO_NODE)
+                       clip=Clip.NONE, clip_at=NO_NODE, step_at=node, discarded_at=NO_NODE)
     if kind is EventKind.CREATE_OPTIMIZER:
         # A new optimizer: over parameters never seen, no gradients exist yet; over parameters
         # an earlier update used, what they hold is not known (they may be new ones too).
@@ -164,14 +192,35 @@ def _clip_after_zero(clip: Clip) -> Clip:
     return clip if clip in (Clip.EARLY, Clip.LATE) else Clip.NONE
 
 
-def around_loop(state: OptState) -> OptState:
-    """Crossing a training loop's back edge: what was fresh or used now comes from a past
-    iteration (so a clip here belongs to the next update, not the last one), and a zero-grad
-    that discarded fresh gradients is no longer "before this step"."""
+def around_loop(state: OptState, edge: Edge) -> OptState:
+    """Crossing a loop's back edge. Every loop forgets the values tests took. Round a training
+    loop, what was fresh or used now comes from a past iteration (so a clip here belongs to the
+    next update, not the last one), and a zero-grad that discarded fresh gradients is no longer
+    "before this step"; round a loop that runs backward without stepping, fresh gradients are
+    pending for the step after it."""
+    if edge is Edge.LOOP:
+        return replace(state, path=frozenset()) if state.path else state
     grads = _AROUND_LOOP.get(state.grads, state.grads)
-    if grads is state.grads and state.looped:
+    pending = state.pending or (edge is Edge.ACCUMULATE and state.grads in FRESH)
+    return replace(state, grads=grads, looped=True, pending=pending, path=frozenset())
+
+
+def assume(node: Node, state: OptState) -> OptState | None:
+    """The state after a branch's start: the value its test takes joins the path, and a state
+    whose path already gave that test the other value cannot take this branch (``None``); the
+    side of an accumulation boundary that does not update leaves fresh gradients pending."""
+    path = state.path
+    if node.forget:
+        path = frozenset(f for f in path if f[0] not in node.forget)
+    if node.assume is not None:
+        atom, value = node.assume
+        if (atom, not value) in path:
+            return None
+        path = path | {node.assume}
+    pending = (state.pending and not node.closes_window) or (node.skips_update and state.grads in FRESH)
+    if path is state.path and pending is state.pending:
         return state
-    return replace(state, grads=grads, looped=True)
+    return replace(state, path=path, pending=pending)
 
 
 S = TypeVar("S")
@@ -179,22 +228,24 @@ MAX_STATES = 64
 
 
 def widened(state: OptState) -> OptState:
-    """What survives a widening: nothing about the gradients, and no finding rests on it."""
+    """What survives a widening: nothing about the gradients or the path, and no finding rests
+    on it."""
     return OptState(looped=state.looped, guessed=True)
 
 
 def solve(
     cfg: Cfg,
     entry: Iterable[S],
-    step: Callable[[int, Event, S], Iterable[S]],
-    back: Callable[[S], S] = lambda s: s,
+    step: Callable[[Node, S], Iterable[S]],
+    back: Callable[[S, Edge], S] = lambda s, _: s,
     widen: Callable[[S], S] | None = None,
 ) -> list[frozenset[S]]:
     """The set of states reaching each node (before its event), to a fixpoint. ``step`` gives
-    the states after an event (more than one for a weak update). Each state is pushed through a
-    node once: only states new at a node travel on (states are independent of each other).
-    Past ``MAX_STATES`` at one node, ``widen`` (when given) replaces what arrives by what is
-    known without the details: many weak updates in a row cannot blow the analysis up."""
+    the states after a node (more than one for a weak update, none for a path that cannot
+    take a branch); ``back`` maps states across a loop's back edge. Each state is pushed
+    through a node once: only states new at a node travel on (states are independent of each
+    other). Past ``MAX_STATES`` at one node, ``widen`` (when given) replaces what arrives by
+    what is known without the details: many weak updates in a row cannot blow the analysis up."""
     states: list[set[S]] = [set() for _ in cfg.nodes]
     pending: list[set[S]] = [set() for _ in cfg.nodes]
     states[cfg.entry] = set(entry)
@@ -206,12 +257,11 @@ def solve(
         if not fresh:
             continue
         node = cfg.nodes[node_id]
-        event = node.event
         out = fresh
-        if event is not None:
-            out = {after for s in fresh for after in step(node_id, event, s)}
-        for succ, is_back in node.succs:
-            incoming = {back(s) for s in out} if is_back else out
+        if node.event is not None or node.on_path:
+            out = {after for s in fresh for after in step(node, s)}
+        for succ, edge in node.succs:
+            incoming = out if edge is Edge.FORWARD else {back(s, edge) for s in out}
             new = incoming - states[succ]
             if new and widen is not None and len(states[succ]) + len(new) > MAX_STATES:
                 new = {widen(s) for s in new} - states[succ]
@@ -230,7 +280,10 @@ class ParamsState:
     consumed: frozenset[str] = frozenset()
 
 
-def params_transfer(node: int, event: Event, state: ParamsState) -> tuple[ParamsState]:
+def params_transfer(node: Node, state: ParamsState) -> tuple[ParamsState]:
+    event = node.event
+    if event is None:
+        return (state,)
     if event.kind is EventKind.PARAMS_BIND:
         generators = state.generators - {event.name}
         if event.generator:

@@ -17,6 +17,7 @@ class Origin(enum.Enum):
 
     SOURCE = "source"
     LIGHTNING = "lightning"  # Lightning's automatic optimization around ``training_step``
+    CALLER = "caller"        # the unseen caller of a unit: it steps after it, or zeroes between calls
 
 
 class Consumer(enum.Enum):
@@ -67,6 +68,7 @@ class Event:
     consumer: Consumer = Consumer.NONE
     origin: Origin = Origin.SOURCE
     certain: bool = True  # False: code the engine cannot see may do this (a weak update)
+    gated: bool = False   # the optimizer skips steps and zero-grads off accumulation boundaries
 
     @property
     def location(self) -> cst.CSTNode:

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import libcst as cst
 
 from clipcheck.static.bindings import Bindings, ClassInfo, Scope, collect_bindings
-from clipcheck.static.cfg import Cfg, CfgBuilder
-from clipcheck.static.events import Event
+from clipcheck.static.cfg import Cfg, CfgBuilder, Edge
+from clipcheck.static.events import Event, EventKind, Origin
 from clipcheck.static.frameworks import lightning
 from clipcheck.static.names import ModuleNames
 from clipcheck.static.recognizer import Inline, Recognizer
@@ -90,11 +90,29 @@ class Program:
 
     # -- graphs ---------------------------------------------------------------------------------
     def graph(self, unit: Unit) -> Cfg:
-        """The unit's graph, with the events a framework runs around it."""
-        before, after = lightning.automatic_optimization_events(unit.function, unit.cls)
-        if unit.function is not None and not before and not after:
-            return self._graph(unit.function)
-        return self._build(unit.scope, unit.body, before, after)
+        """The unit's graph, with the events a framework or an unseen caller runs around it.
+
+        A function without a training loop of its own that runs once per batch (a framework's
+        per-batch hook, or one that steps behind an accumulation boundary) is one iteration of
+        its caller's loop. Any other function that leaves a backward pass's gradients for its
+        caller is checked as if the caller stepped right after it returns."""
+        function = unit.function
+        before, after = lightning.automatic_optimization_events(function, unit.cls)
+        if function is None:
+            return self._build(unit.scope, unit.body, before, after)
+        own = self._graph(function)
+        per_batch = not own.trains() and (
+            lightning.runs_per_batch(function.name.value, in_class=unit.cls is not None)
+            or own.steps_at_boundary())
+        if not per_batch and not before and not after:
+            if not _leaves_update_open(own):
+                return own
+            after = [Event(EventKind.STEP, function, "optimizer.step()", origin=Origin.CALLER)]
+        cfg = self._build(unit.scope, unit.body, before, after)
+        if per_batch:
+            cfg.close_as_iteration(Event(EventKind.ZERO_GRAD, function, "optimizer.zero_grad()",
+                                         origin=Origin.CALLER))
+        return cfg
 
     def expansion(self, inline: Inline, caller: Recognizer) -> Recognizer | None:
         """The recognizer for a helper's body at one call, or ``None`` to leave the call
@@ -134,6 +152,13 @@ class Program:
                before: Sequence[Event] = (), after: Sequence[Event] = ()) -> Cfg:
         recognizer = Recognizer(self.module, self.names, self.bindings, scope)
         return CfgBuilder(recognizer, self.expansion).build(body, before, after)
+
+
+def _leaves_update_open(cfg: Cfg) -> bool:
+    """A function that runs one backward pass but never steps (nor calls what may step)."""
+    kinds = {e.kind for _, e in cfg.events()}
+    return (EventKind.BACKWARD in kinds and not kinds & {EventKind.STEP, EventKind.UNKNOWN_GRADS}
+            and not cfg.trains(Edge.ACCUMULATE))
 
 
 def _defs(body: Iterable[cst.CSTNode]) -> Iterator[cst.FunctionDef]:

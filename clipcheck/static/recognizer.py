@@ -31,6 +31,7 @@ class Argument:
     kind: Kind | None
     models: frozenset[str] = frozenset()  # when it is an optimizer: the modules it updates
     truth: bool | None = None             # passed as the literal ``True`` or ``False``
+    gated: bool = False                   # an optimizer accelerate prepared
     # The value passed and the caller's recognizer, to tell (when a backward asks) which names
     # that value visibly comes from.
     source: tuple[Recognizer, cst.BaseExpression] | None = field(default=None, compare=False)
@@ -91,6 +92,10 @@ def _is_none(expr: cst.BaseExpression) -> bool:
 
 def _is_zero(expr: cst.BaseExpression) -> bool:
     return isinstance(expr, cst.Integer) and expr.value == "0"
+
+
+def _is_modulo(expr: cst.BaseExpression) -> bool:
+    return isinstance(expr, cst.BinaryOperation) and isinstance(expr.operator, cst.Modulo)
 
 
 def _loop_pairs(target: cst.BaseExpression | None,
@@ -259,10 +264,15 @@ class Recognizer:
             return next((side for side in sides if side is not None), None)
         if isinstance(test, cst.Comparison) and len(test.comparisons) == 1:
             compared = test.comparisons[0]
-            left = test.left
-            if (isinstance(compared.operator, cst.Equal) and _is_zero(compared.comparator)
-                    and isinstance(left, cst.BinaryOperation) and isinstance(left.operator, cst.Modulo)):
-                return BoundaryTest.MODULO
+            if isinstance(compared.operator, cst.Equal) and _is_zero(compared.comparator):
+                if _is_modulo(test.left):
+                    return BoundaryTest.MODULO
+                # ``acc = (acc + 1) % n`` ... ``if acc == 0:``
+                binding = self.scope.lookup(test.left.value) if isinstance(test.left, cst.Name) else None
+                values = binding.values if binding is not None else ()
+                if any(map(_is_modulo, values)) and all(_is_modulo(v) or isinstance(v, cst.Integer)
+                                                        for v in values):
+                    return BoundaryTest.MODULO
         if isinstance(test, cst.Name) and depth < 2:
             binding = self.scope.lookup(test.value)
             for value in binding.values if binding is not None else ():
@@ -286,7 +296,16 @@ class Recognizer:
         key = self.key(optimizer) if optimizer is not None else None
         if key is None or optimizer is None:
             return {"certain": False}  # an optimizer, but which one is unknown
-        return {"optimizers": frozenset({key}), "optimizer_models": self.optimizer_models(optimizer)}
+        return {"optimizers": frozenset({key}), "optimizer_models": self.optimizer_models(optimizer),
+                "gated": self._gated(optimizer)}
+
+    def _gated(self, optimizer: cst.BaseExpression) -> bool:
+        """An optimizer accelerate prepared: it skips steps off accumulation boundaries."""
+        if isinstance(optimizer, cst.Name) and optimizer.value in self.arguments:
+            return self.arguments[optimizer.value].gated
+        key = dotted(optimizer)
+        binding = self.scope.lookup(key) if key else None
+        return binding is not None and binding.gated
 
     def optimizer_models(self, optimizer: cst.BaseExpression) -> frozenset[str]:
         """The modules an optimizer was built from, in the unit's terms: resolved in this
@@ -318,7 +337,8 @@ class Recognizer:
         kind = self.kind(value)
         models = self.optimizer_models(value) if kind is Kind.OPTIMIZER else frozenset()
         truth = {"True": True, "False": False}.get(value.value) if isinstance(value, cst.Name) else None
-        return Argument(self.key(value), kind, models, truth, (self, value))
+        gated = kind is Kind.OPTIMIZER and self._gated(value)
+        return Argument(self.key(value), kind, models, truth, gated, (self, value))
 
     @contextmanager
     def loop_target(self, target: cst.BaseExpression | None,

@@ -52,6 +52,13 @@ LIGHTNING_MODULE_CLASSES = frozenset(
 LIGHTNING_AUTOMATIC_STEP_METHOD = "training_step"
 # The switch between automatic and manual optimization: an attribute or a property.
 AUTOMATIC_OPTIMIZATION = "automatic_optimization"
+# Methods a trainer calls once per batch, in any class (Fabric-style trainers too)...
+PER_BATCH_METHODS = frozenset({"training_step", "train_step"})
+# ... and the per-batch hooks of LightningModules and Callbacks (``on_train_batch_end``...).
+PER_BATCH_HOOKS = frozenset({
+    "on_before_backward", "on_after_backward", "on_before_optimizer_step", "on_before_zero_grad",
+    "optimizer_step", "optimizer_zero_grad", "configure_gradient_clipping", "backward",
+})
 # Calls a LightningModule makes to fetch its optimizers.
 OPTIMIZER_GETTERS = frozenset({"optimizers", "optimizer"})
 
@@ -73,6 +80,14 @@ def automatic_optimization_events(
         [implied(EventKind.ZERO_GRAD, "optimizer.zero_grad()")],
         [implied(EventKind.BACKWARD, "loss.backward()"), implied(EventKind.STEP, "optimizer.step()")],
     )
+
+
+def runs_per_batch(name: str, in_class: bool) -> bool:
+    """Whether a function of this name is one iteration of a training loop it does not show."""
+    if name in PER_BATCH_METHODS:
+        return True
+    return in_class and (name in PER_BATCH_HOOKS or (
+        name.startswith("on_") and name.endswith(("_batch_start", "_batch_end")) and "train" in name))
 
 
 def declares_manual_optimization(attribute: Binding | None, method: cst.FunctionDef | None) -> bool:

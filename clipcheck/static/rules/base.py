@@ -58,3 +58,10 @@ def plural(count: int, word: str) -> str:
 
 def origins(states: Iterable[OptState], attribute: str) -> list[int]:
     return sorted({getattr(s, attribute) for s in states} - {-1})
+
+
+def step_phrase(facts: UnitFacts, step: Event) -> str:
+    """``the step at line 12``, or the step an unseen caller runs after the function."""
+    if step.origin is Origin.CALLER:
+        return "the step its caller runs after it returns"
+    return f"the step at {lines([facts.line_of(step.node)])}"

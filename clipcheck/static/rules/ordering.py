@@ -5,10 +5,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from clipcheck.static.dataflow import HAS_FRESH, STALE, USED, Clip, Grads
+from clipcheck.static.dataflow import HAS_FRESH, STALE, USED, ZEROED, Clip, Grads, OptState
 from clipcheck.static.events import Event, EventKind, Origin
 from clipcheck.static.facts import UnitFacts
-from clipcheck.static.rules.base import RawFinding, Rule, label, lines, origins, plural, subject
+from clipcheck.static.rules.base import (
+    RawFinding,
+    Rule,
+    label,
+    lines,
+    origins,
+    plural,
+    step_phrase,
+    subject,
+)
 
 
 class ClipBeforeBackward(Rule):
@@ -17,14 +26,15 @@ class ClipBeforeBackward(Rule):
     summary = "gradients are clipped before the backward pass that feeds the step"
 
     def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
+        """Each clip on its own: every path from it to a step runs a backward pass first."""
         for step, step_event in facts.events(EventKind.STEP):
-            if not facts.always(step, lambda s: s.clip in (Clip.EARLY, Clip.STALE)
-                                and s.grads in HAS_FRESH - {Grads.UNKNOWN}):
-                continue
-            states = [s for k in facts.targets[step] for s in facts.steady(step, k)]
+            states = [s for k in facts.surely(step) for s in facts.steady(step, k)]
             for clip in origins(states, "clip_at"):
-                backward = max((s.grads_at for s in states if s.clip_at == clip), default=-1)
-                yield self.finding(facts.event(clip), self._message(facts, clip, backward, step_event))
+                through = [s for s in states if s.clip_at == clip]
+                if all(s.clip in (Clip.EARLY, Clip.STALE) and s.grads in HAS_FRESH - {Grads.UNKNOWN}
+                       and not s.guessed for s in through):
+                    backward = max(s.grads_at for s in through)
+                    yield self.finding(facts.event(clip), self._message(facts, clip, backward, step_event))
 
     @staticmethod
     def _message(facts: UnitFacts, clip: int, backward: int, step: Event) -> str:
@@ -38,7 +48,7 @@ class ClipBeforeBackward(Rule):
             )
         return (
             f"{subject(facts, clip_event)} clips before the backward pass of this update "
-            f"({lines([facts.line(backward)])}): the step at {lines([facts.line_of(step.node)])} "
+            f"({lines([facts.line(backward)])}): {step_phrase(facts, step)} "
             "applies gradients that were never clipped. Clip after backward, right before step."
         )
 
@@ -50,9 +60,9 @@ class ClipAfterStep(Rule):
 
     def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
         for clip, event in facts.events(EventKind.CLIP):
-            if not facts.always(clip, lambda s: s.grads is Grads.USED):
+            if not facts.always(clip, lambda s: s.grads in (Grads.USED, Grads.ZEROED_USED)):
                 continue
-            steps = origins((s for k in facts.surely(clip) for s in facts.steady(clip, k)), "grads_at")
+            steps = origins((s for k in facts.surely(clip) for s in facts.steady(clip, k)), "step_at")
             yield self.finding(event, (
                 f"{subject(facts, event)} clips after the optimizer {plural(len(steps), 'step')} at "
                 f"{lines(facts.line(s) for s in steps)}: that update already used the unclipped "
@@ -66,7 +76,7 @@ class StepBeforeBackward(Rule):
     name = "step-before-backward"
     summary = "the optimizer steps before the backward pass that should feed it"
 
-    EMPTY = frozenset({Grads.NONE, Grads.USED, Grads.USED_PREV, Grads.ZEROED_USED})
+    EMPTY = frozenset({Grads.NONE, *USED, *ZEROED})
 
     def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
         backwards = [n for n, e in facts.events(EventKind.BACKWARD)]
@@ -90,7 +100,8 @@ class ZeroGradBeforeStep(Rule):
     summary = "gradients are zeroed between backward and step"
 
     def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
-        for step, _ in facts.events(EventKind.STEP):
+        for step, step_event in facts.events(EventKind.STEP):
+            yield from self._window_discarded(facts, step, step_event)
             if not facts.always(step, lambda s: s.grads is Grads.KILLED):
                 continue
             states = [s for k in facts.targets[step] for s in facts.steady(step, k)]
@@ -98,10 +109,22 @@ class ZeroGradBeforeStep(Rule):
                 backward = max(s.killed_backward for s in states if s.grads_at == zero)
                 yield self.finding(facts.event(zero), (
                     f"{subject(facts, facts.event(zero))} zeroes the gradients that the backward pass "
-                    f"at line {facts.line(backward)} just computed, before the step at line "
-                    f"{facts.line(step)} uses them: the update sees nothing. "
+                    f"at line {facts.line(backward)} just computed, before "
+                    f"{step_phrase(facts, step_event)} uses them: the update sees nothing. "
                     "Zero the gradients before backward (or after step), never between."
                 ))
+
+    def _window_discarded(self, facts: UnitFacts, step: int, step_event: Event) -> Iterator[RawFinding]:
+        """A zero-grad that runs while an accumulation window's gradients wait for their step."""
+        states = [s for k in facts.surely(step) for s in facts.before(step, k) if not s.guessed]
+        for zero in origins(states, "discarded_at"):
+            yield self.finding(facts.event(zero), (
+                f"{subject(facts, facts.event(zero))} runs on micro-batches that do not update, "
+                "throwing away the gradients accumulated for the next step "
+                f"({step_phrase(facts, step_event)}): each update sees only the last micro-batch, "
+                "so accumulation silently does nothing. Zero the gradients only right after the "
+                "step, inside the branch that updates."
+            ))
 
 
 class MissingZeroGrad(Rule):
@@ -115,7 +138,7 @@ class MissingZeroGrad(Rule):
                 for backward in origins((s for s in facts.before(step, key)
                                           if s.grads in STALE and not s.guessed), "grads_at"):
                     arriving = facts.before(backward, key)
-                    if any(s.grads is Grads.ZEROED_USED or (s.guessed and s.grads in USED)
+                    if any(self._zeroed_for(facts, s, step) or (s.guessed and s.grads in USED)
                            for s in arriving):
                         continue  # a zero-grad can (or may) run between the step and here
                     used_by = origins((s for s in arriving if s.grads in USED),
@@ -129,6 +152,16 @@ class MissingZeroGrad(Rule):
                         "gradients. Call `optimizer.zero_grad()` once per update."
                     ))
 
+    @staticmethod
+    def _zeroed_for(facts: UnitFacts, state: OptState, step: int) -> bool:
+        """A zero-grad that resets what ``step`` used: not one that runs only on a path that
+        skips the rest of the iteration, nor one behind an accumulation boundary when the
+        step runs on every micro-batch (unless the optimizer itself skips those steps)."""
+        if state.grads not in ZEROED or state.grads_at in facts.cfg.skips:
+            return False
+        return (not facts.at_boundary(state.grads_at) or facts.at_boundary(step)
+                or facts.event(step).gated)
+
 
 class ClipInsideAccumulation(Rule):
     code = "CC106"
@@ -141,7 +174,8 @@ class ClipInsideAccumulation(Rule):
             if facts.at_boundary(clip):
                 continue  # clips once per window, on the micro-batch that updates
             if not keys or not all(
-                any(s.clip is Clip.STALE and not s.guessed for s in facts.before(clip, k)) for k in keys
+                any(s.clip is Clip.STALE and s.pending and not s.guessed for s in facts.before(clip, k))
+                for k in keys
             ):
                 continue
             yield self.finding(event, (
