@@ -81,6 +81,7 @@ class Scope:
     parent: Scope | None = None
     cls: ClassInfo | None = None
     functions: dict[str, cst.FunctionDef] = field(default_factory=dict)
+    params: frozenset[str] = frozenset()
 
     def chain(self) -> Iterator[Scope]:
         """This scope, then the enclosing ones out to the module."""

@@ -262,12 +262,12 @@ class CfgBuilder:
         """The boundary test of ``if not boundary: continue`` (or ``return``)."""
         if not isinstance(stmt, cst.If) or stmt.orelse is not None:
             return None
-        test, body = stmt.test, statements(stmt.body)
-        if not (isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not)
-                and len(body) == 1 and isinstance(body[0], cst.SimpleStatementLine)
-                and isinstance(body[0].body[-1], (cst.Continue, cst.Return))):
+        test, positive = _without_not(stmt.test)
+        body = statements(stmt.body)
+        if positive or not (len(body) == 1 and isinstance(body[0], cst.SimpleStatementLine)
+                            and isinstance(body[0].body[-1], (cst.Continue, cst.Return))):
             return None
-        return self.recognizer.is_boundary_test(test.expression)
+        return self.recognizer.is_boundary_test(test)
 
     def _guarded(self, build: Callable[[Frontier], Frontier], frontier: Frontier,
                  test: BoundaryTest | None) -> Frontier:
@@ -549,10 +549,14 @@ def _has_grad_test(test: cst.BaseExpression) -> bool:
 
 
 def _without_not(test: cst.BaseExpression) -> tuple[cst.BaseExpression, bool]:
-    """``not x`` is ``x`` on the other branch."""
+    """``not x`` is ``x`` on the other branch, and so is ``a != b`` for ``a == b``."""
     positive = True
     while isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not):
         test, positive = test.expression, not positive
+    if (isinstance(test, cst.Comparison) and len(test.comparisons) == 1
+            and isinstance(test.comparisons[0].operator, cst.NotEqual)):
+        equal = test.comparisons[0].with_changes(operator=cst.Equal())
+        test, positive = test.with_changes(comparisons=[equal]), not positive
     return test, positive
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import libcst as cst
 
-from clipcheck.static.bindings import Bindings, ClassInfo, Scope, collect_bindings
+from clipcheck.static.bindings import Bindings, ClassInfo, Kind, Scope, collect_bindings
 from clipcheck.static.cfg import Cfg, CfgBuilder, Edge
 from clipcheck.static.events import Event, EventKind, Origin
 from clipcheck.static.frameworks import lightning
@@ -56,7 +56,9 @@ class Program:
                 self._discover(nested_statements(stmt), parent, cls)
 
     def _scope(self, fn: cst.FunctionDef, parent: Scope, cls: ClassInfo | None) -> Scope:
-        scope = Scope({}, parent, cls, {f.name.value: f for f in _defs(statements(fn.body))})
+        params = frozenset(p.name.value for p in (*fn.params.params, *fn.params.kwonly_params,
+                                                  *fn.params.posonly_params))
+        scope = Scope({}, parent, cls, {f.name.value: f for f in _defs(statements(fn.body))}, params)
         collect_bindings(statements(fn.body), self.bindings, scope.names, None, scope)
         self.scopes[fn] = scope
         return scope
@@ -117,12 +119,15 @@ class Program:
     def expansion(self, inline: Inline, caller: Recognizer) -> Recognizer | None:
         """The recognizer for a helper's body at one call, or ``None`` to leave the call
         unexpanded (a helper without training events)."""
-        chain = (*caller.chain, inline.call)
+        chain = caller.chain if inline.dynamic else (*caller.chain, inline.call)
         if isinstance(inline.callee, cst.Lambda):
             return Recognizer(self.module, self.names, self.bindings, caller.scope,
                               caller.arguments, chain, caller.local_suffix)
         scope = self.scopes.get(inline.callee)
-        if scope is None or not self._may_have_events(inline.callee):
+        # An optimizer or scaler handed over makes a helper's calls on it events, whatever
+        # the parameter is called (``def update(o): o.step()``).
+        carries = any(a.kind in (Kind.OPTIMIZER, Kind.SCALER) for a in inline.arguments.values())
+        if scope is None or not (carries or self._may_have_events(inline.callee)):
             return None
         arguments = dict(inline.arguments)
         if scope.parent is not self.module_scope and scope.parent is not None:

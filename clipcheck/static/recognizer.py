@@ -19,7 +19,7 @@ from clipcheck.static.bindings import Bindings, Kind, Scope
 from clipcheck.static.events import Consumer, Event, EventKind
 from clipcheck.static.frameworks import accelerate, lightning, naming
 from clipcheck.static.frameworks import torch as vocab
-from clipcheck.static.names import ModuleNames, dotted
+from clipcheck.static.names import ModuleNames, dotted, numeric_literal
 from clipcheck.static.syntax import assignment_targets, statements
 
 
@@ -43,6 +43,9 @@ class Argument:
         return caller.flows(value)
 
 
+_NO_ARGUMENT = Argument(None, None)
+
+
 @dataclass(frozen=True)
 class Inline:
     """A call into code of the same module whose events happen at this point."""
@@ -50,6 +53,9 @@ class Inline:
     callee: cst.FunctionDef | cst.Lambda
     call: cst.CSTNode
     arguments: dict[str, Argument]
+    # Resolved only by dynamic dispatch (a hook called on each element of a collection): the
+    # call is no call site, findings stay inside the callee.
+    dynamic: bool = False
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,15 @@ OPTIMIZER_METHODS = frozenset({
 })
 
 
+# Method names whose meaning comes from a framework's vocabulary (or from ``nn.Module``): a
+# class of the module that happens to define one does not make every such call its own.
+NOT_RESOLVED_BY_NAME = OPTIMIZER_METHODS | vocab.BACKWARD_METHODS | frozenset(
+    vocab.CLIP_METHODS_WITH_PARAMETERS) | frozenset(vocab.CLIP_METHODS_ON_MODULE) | frozenset({
+        "forward", "update", "unscale_", "scale", "parameters", "named_parameters", "train", "eval",
+        "to", "cuda", "cpu", "item", "clip_gradients", "apply", "run", "fit", "call",
+    })
+
+
 # Expressions that cannot be a closure (``scheduler.step(val_loss)`` passes data, not code).
 _NOT_CALLABLE = (cst.Integer, cst.Float, cst.Imaginary, cst.BaseString, cst.Tuple, cst.List, cst.Dict,
                  cst.Set, cst.ListComp, cst.DictComp, cst.SetComp, cst.GeneratorExp, cst.BinaryOperation,
@@ -92,6 +107,23 @@ def _is_none(expr: cst.BaseExpression) -> bool:
 
 def _is_zero(expr: cst.BaseExpression) -> bool:
     return isinstance(expr, cst.Integer) and expr.value == "0"
+
+
+_UNKNOWN = object()
+
+
+def _compare(left: object, operator: cst.BaseCompOp, right: object) -> bool | None:
+    """``left <operator> right`` for known literals; ``None`` when not known."""
+    if left is _UNKNOWN or right is _UNKNOWN:
+        return None
+    if isinstance(operator, (cst.Is, cst.IsNot)):
+        return (left is right) == isinstance(operator, cst.Is) if right is None or left is None else None
+    if not isinstance(left, (int, float)) or not isinstance(right, (int, float)):
+        return None
+    comparisons = {cst.Equal: left == right, cst.NotEqual: left != right, cst.GreaterThan: left > right,
+                   cst.GreaterThanEqual: left >= right, cst.LessThan: left < right,
+                   cst.LessThanEqual: left <= right}
+    return comparisons.get(type(operator))
 
 
 def _is_modulo(expr: cst.BaseExpression) -> bool:
@@ -109,6 +141,15 @@ def _loop_pairs(target: cst.BaseExpression | None,
             and len(target.elements) == len(iterable.args)):
         return [(e.value.value, a.value) for e, a in zip(target.elements, iterable.args, strict=True)
                 if isinstance(e.value, cst.Name)]
+    return []
+
+
+def _names_in(target: cst.BaseExpression | None) -> list[cst.Name]:
+    """The names a loop target binds: ``cb``, ``i, (x, y)``."""
+    if isinstance(target, cst.Name):
+        return [target]
+    if isinstance(target, (cst.Tuple, cst.List)):
+        return [n for e in target.elements for n in _names_in(e.value)]
     return []
 
 
@@ -163,6 +204,7 @@ class Recognizer:
         # keeps two calls' optimizers apart.
         self.local_suffix = local_suffix
         self.loop_owners: dict[str, frozenset[str]] = {}
+        self.loop_names: set[str] = set()  # the loop variables of the loops around here
 
     # -- naming -----------------------------------------------------------------------------
     def key(self, expr: cst.BaseExpression) -> str | None:
@@ -244,14 +286,68 @@ class Recognizer:
         return root + dot + rest
 
     def truth(self, test: cst.BaseExpression) -> bool | None:
-        """The value of ``if flag:`` when ``flag`` is a parameter this call passed as a literal
-        (``first_step(zero_grad=True)``); ``None`` when it is not known."""
+        """The value of an ``if`` test when what it reads is known: a parameter this call
+        passed a literal for (``first_step(zero_grad=True)``, ``clip(model, None)``), a module
+        constant or a local one, compared with a literal (``max_norm > 0``, ``x is None``) or
+        taken for its truth; ``None`` when it is not known."""
         if isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not):
             inner = self.truth(test.expression)
             return None if inner is None else not inner
-        if isinstance(test, cst.Name) and test.value in self.arguments:
-            return self.arguments[test.value].truth
+        if isinstance(test, cst.BooleanOperation):
+            left, right = self.truth(test.left), self.truth(test.right)
+            if isinstance(test.operator, cst.And):
+                return False if False in (left, right) else (True if left and right else None)
+            return True if True in (left, right) else (False if left is False and right is False else None)
+        if isinstance(test, cst.Comparison) and len(test.comparisons) == 1:
+            return _compare(self.literal(test.left), test.comparisons[0].operator,
+                            self.literal(test.comparisons[0].comparator))
+        if isinstance(test, cst.Name):
+            if test.value in self.arguments and self.arguments[test.value].truth is not None:
+                return self.arguments[test.value].truth
+            value = self.literal(test)
+            return None if value is _UNKNOWN else bool(value)
         return None
+
+    def literal(self, expr: cst.BaseExpression) -> object:
+        """The literal value (a number, ``None``, ``True``/``False``) of what ``expr`` holds
+        here, or ``_UNKNOWN``."""
+        if isinstance(expr, cst.Name) and self.arguments.get(expr.value, _NO_ARGUMENT).kind is Kind.ABSENT:
+            return None
+        expr = self.passed(expr)
+        if isinstance(expr, cst.Name) and expr.value in ("None", "True", "False"):
+            return {"None": None, "True": True, "False": False}[expr.value]
+        if isinstance(expr, cst.Name) and self._is_local(expr.value):
+            return _UNKNOWN
+        number = self.names.number(expr)
+        return _UNKNOWN if number is None else number
+
+    def passed(self, expr: cst.BaseExpression) -> cst.BaseExpression:
+        """The expression that a parameter stands for (what the callers passed, through every
+        level of helpers), or a local name's only value when that is a number literal; else
+        ``expr`` itself."""
+        if not isinstance(expr, cst.Name):
+            return expr
+        argument = self.arguments.get(expr.value)
+        if argument is not None:
+            if argument.source is None:
+                return expr
+            caller, value = argument.source
+            return caller.passed(value)
+        binding = self.scope.names.get(expr.value) if self.scope.parent is not None else None
+        values = binding.values if binding is not None else ()
+        if len(values) == 1 and self._constant(values[0]):
+            return values[0]
+        return expr
+
+    def _constant(self, expr: cst.BaseExpression) -> bool:
+        """A number literal, or a module constant that no local name here shadows."""
+        if isinstance(expr, cst.Name):
+            return not self._is_local(expr.value) and self.names.number(expr) is not None
+        return numeric_literal(expr) is not None
+
+    def _is_local(self, name: str) -> bool:
+        """A parameter or local variable of a function around here (it shadows the module's)."""
+        return any(name in s.names or name in s.params for s in self.scope.chain() if s.parent is not None)
 
     def is_boundary_test(self, test: cst.BaseExpression, depth: int = 0) -> BoundaryTest | None:
         """Whether ``test`` holds only on accumulation boundaries: a modulo test against zero,
@@ -345,6 +441,8 @@ class Recognizer:
                     iterable: cst.BaseExpression | None) -> Iterator[None]:
         """Inside a ``for p in model.parameters()`` body, ``p.grad`` belongs to ``model``."""
         pairs = _loop_pairs(target, iterable)
+        names = {n.value for n in _names_in(target)} - self.loop_names
+        self.loop_names |= names
         saved = {name: self.loop_owners.get(name) for name, _ in pairs}
         for name, source in pairs:
             owners = self.owners(source)
@@ -353,6 +451,7 @@ class Recognizer:
         try:
             yield
         finally:
+            self.loop_names -= names
             for name, previous in saved.items():
                 self.loop_owners.pop(name, None)
                 if previous is not None:
@@ -551,6 +650,8 @@ class Recognizer:
         """A clip; none when the threshold is infinite (``clip_grad_norm_(ps, float("inf"))``
         only measures the norm, the gradients stay as they are)."""
         value = _argument(call, threshold) if threshold else None
+        if value is not None:
+            value = self.passed(value)  # ``clip(model, 0.0)`` into ``clip_grad_norm_(ps, max_norm)``
         if value is not None and self.names.number(value) == math.inf:
             return []
         return [self._event(EventKind.CLIP, call, call.func, threshold=value,
@@ -574,6 +675,10 @@ class Recognizer:
         wrapper = self._local_class_method(receiver, method)
         if wrapper is not None:
             return self._inline(wrapper, call, is_method=True, instance=receiver)
+        only = self._only_method(receiver, method)
+        if only is not None:
+            dynamic = isinstance(receiver, cst.Name) and receiver.value in self.loop_names
+            return self._inline(only, call, is_method=True, instance=receiver, dynamic=dynamic)
         if method in vocab.BACKWARD_METHODS:
             # ``loss.backward()``, ``accelerator.backward(loss)``, ``self.manual_backward(loss)``
             return [self._backward(call, func, receiver, *positional[:1])]
@@ -697,6 +802,18 @@ class Recognizer:
                     return found
         return None
 
+    def _only_method(self, receiver: cst.BaseExpression, method: str) -> cst.FunctionDef | None:
+        """The method of that name when exactly one class of the module defines it, for a
+        receiver whose class is not known (``trainer.run_batch(batch)``); never for the
+        vocabulary's own names, whose meaning comes from the framework."""
+        if (method in NOT_RESOLVED_BY_NAME or method.startswith("__") or self.names.is_imported(receiver)
+                or (isinstance(receiver, cst.Name) and receiver.value == "self")
+                or self.kind(receiver) is not None):
+            return None
+        found = [f for cls in self.names.classes.values() for f in statements(cls.body)
+                 if isinstance(f, cst.FunctionDef) and f.name.value == method]
+        return found[0] if len(found) == 1 else None
+
     def _is_partial(self, call: cst.Call) -> bool:
         return (self.names.qualify(call.func) if self.names.is_imported(call.func) else None) in (
             "functools.partial",)
@@ -714,7 +831,7 @@ class Recognizer:
 
     def _inline(self, target: cst.FunctionDef, call: cst.Call, is_method: bool,
                 args: Sequence[cst.Arg] | None = None,
-                instance: cst.BaseExpression | None = None) -> list[Item]:
+                instance: cst.BaseExpression | None = None, dynamic: bool = False) -> list[Item]:
         """A call of a helper of the module, its parameters bound to what the call passes
         (``args``: those of a ``functools.partial``, when not the call's own; ``instance``: the
         object a method of another class is called on, which its ``self`` stands for)."""
@@ -739,4 +856,4 @@ class Recognizer:
                 continue
             absent = not starred and _is_none(param.default)  # type: ignore[arg-type]
             arguments[param.name.value] = Argument(None, Kind.ABSENT if absent else None)
-        return [Inline(target, call, arguments)]
+        return [Inline(target, call, arguments, dynamic)]

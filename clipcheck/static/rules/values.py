@@ -8,7 +8,7 @@ import libcst as cst
 
 from clipcheck.static.events import Consumer, EventKind
 from clipcheck.static.facts import UnitFacts
-from clipcheck.static.rules.base import RawFinding, Rule, label
+from clipcheck.static.rules.base import RawFinding, Rule, label, subject
 
 
 class NonPositiveMaxNorm(Rule):
@@ -18,7 +18,7 @@ class NonPositiveMaxNorm(Rule):
 
     def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
         for node, event in facts.events(EventKind.CLIP, EventKind.CLIP_CONFIG):
-            if event.chain or event.threshold is None:
+            if event.threshold is None:
                 continue
             if isinstance(event.threshold, cst.Name) and facts.checked_before(node, event.threshold.value):
                 continue  # ``if MAX_NORM > 0:`` around the clip: zero means "disabled" here
@@ -41,7 +41,7 @@ class NonPositiveMaxNorm(Rule):
                     "flips the sign of every gradient, turning descent into ascent"
                     if event.threshold_name == "max_norm" else "leaves an empty clamp range")
                 yield self.finding(event, (
-                    f"{written} in {label(event)} {effect}: the model "
+                    f"{written} in {subject(facts, event)} {effect}: the model "
                     "stops learning. Use a positive threshold (for example 1.0)."
                 ))
 
