@@ -105,6 +105,10 @@ class ModuleAnalysis:
 
     def findings(self, path: str) -> list[Finding]:
         raw = [f for unit in self.program.units for f in self.raw_findings(unit)]
+        # A finding that rests on a caller's implied step stands where a caller shows it.
+        shown = {(f.rule.code, f.event.identity[i:]) for f in raw if not f.implied
+                 for i in range(1, len(f.event.identity))}
+        raw = [f for f in raw if not f.implied or (f.rule.code, f.event.identity) in shown]
         reported = {f.event.identity for f in raw}
         seen: set[tuple[str, int]] = set()
         out: list[Finding] = []
@@ -165,7 +169,15 @@ def _event_targets(event: Event, keys: frozenset[str], linkage: dict[str, frozen
     if event.optimizers:
         # A wrapper and the optimizer it holds (``opt`` and ``opt.optimizer``) are one update.
         held = {k for k in keys for o in event.optimizers if k.startswith(o + ".") or o.startswith(k + ".")}
-        return dict.fromkeys(event.optimizers | held, Strength.MUST)
+        named = dict.fromkeys(event.optimizers | held, Strength.MUST)
+        if event.kind is EventKind.ZERO_GRAD:
+            # Zeroing one optimizer's gradients zeroes any other's over the same parameters
+            # (two optimizers of one layer): unless their modules are visibly apart, it may.
+            linked = frozenset().union(*(linkage.get(o, frozenset()) for o in event.optimizers))
+            for k in keys - named.keys():
+                if _related(linked, linkage.get(k)) is not False:
+                    named[k] = Strength.MAY
+        return named
     if event.kind is EventKind.BACKWARD:
         only = len(keys) == 1
         return {k: Strength.MUST if only or _related(event.models, linkage.get(k)) is not False

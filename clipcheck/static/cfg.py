@@ -386,8 +386,11 @@ class CfgBuilder:
         elif _has_call(test):
             return None
         else:
-            reads = {k for k in map(self.recognizer.key, _names(test)) if k is not None}
-            key = self.recognizer.module.code_for_node(test) + self.recognizer.local_suffix
+            names = _names(test)
+            reads = {k for k in map(self.recognizer.key, names) if k is not None}
+            key = self.recognizer.module.code_for_node(test)
+            if reads - {dotted(n) for n in names}:  # it reads a helper's locals: this call's
+                key += "@" + ",".join(sorted(reads))
         if key is None:
             return None
         for name in reads:
@@ -426,10 +429,10 @@ class CfgBuilder:
         loop = _Loop(header)
         first = len(self.nodes)
         self.frames.append(loop)
-        with self.recognizer.loop_target(target, iterable):
+        with self.recognizer.loop_target(target, iterable) as fans_out:
             body_end = self._suite(body, [body_entry])
         self.frames.pop()
-        per_element = self._updates_element(target, first)
+        per_element = fans_out or self._updates_element(target, first)
         for pred in frontier:
             self._edge(pred, body_entry if runs_once or per_element else header)
         if per_element:

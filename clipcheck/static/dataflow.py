@@ -120,7 +120,7 @@ def transfer(node: int, event: Event, state: OptState, strength: Strength = Stre
     if strength is Strength.MUST:
         after = _strong(node, event, state)
         if (discards and event.kind is EventKind.ZERO_GRAD and event.origin is not Origin.CALLER
-                and state.pending and state.grads in FRESH):
+                and state.pending and not state.guessed and state.grads in FRESH):
             after = replace(after, discarded_at=node)
         return {after}
     if event.kind is EventKind.BACKWARD:
@@ -142,9 +142,8 @@ def _unknown(node: int, state: OptState) -> OptState:
 def _strong(node: int, event: Event, state: OptState) -> OptState:
     kind = event.kind
     if kind in RESETS:
-        state = replace(state, guessed=False, pending=False)
-        if kind is not EventKind.ZERO_GRAD:
-            state = replace(state, discarded_at=NO_NODE)
+        # What the next step sees starts here: only this zero-grad can have discarded it.
+        state = replace(state, guessed=False, pending=False, discarded_at=NO_NODE)
     if kind is EventKind.UNKNOWN_GRADS:
         return _unknown(node, state)
     if kind is EventKind.GRAD_WRITE:

@@ -205,6 +205,8 @@ class Recognizer:
         self.local_suffix = local_suffix
         self.loop_owners: dict[str, frozenset[str]] = {}
         self.loop_names: set[str] = set()  # the loop variables of the loops around here
+        # ``for opt in (opt_g, opt_d):``: the optimizers each loop variable stands for.
+        self.loop_elements: dict[str, list[cst.BaseExpression]] = {}
 
     # -- naming -----------------------------------------------------------------------------
     def key(self, expr: cst.BaseExpression) -> str | None:
@@ -388,7 +390,13 @@ class Recognizer:
         }
 
     def _about(self, optimizer: cst.BaseExpression | None) -> dict[str, object]:
-        """The ``optimizers`` and ``optimizer_models`` of an event on ``optimizer``."""
+        """The ``optimizers`` and ``optimizer_models`` of an event on ``optimizer`` (on each
+        optimizer a loop variable stands for)."""
+        if isinstance(optimizer, cst.Name) and optimizer.value in self.loop_elements:
+            each = [self._about(e) for e in self.loop_elements[optimizer.value]]
+            return {"optimizers": frozenset().union(*(a["optimizers"] for a in each)),  # type: ignore[arg-type]
+                    "optimizer_models": frozenset().union(*(a["optimizer_models"] for a in each)),  # type: ignore[arg-type]
+                    "gated": all(a["gated"] for a in each)}
         key = self.key(optimizer) if optimizer is not None else None
         if key is None or optimizer is None:
             return {"certain": False}  # an optimizer, but which one is unknown
@@ -438,8 +446,10 @@ class Recognizer:
 
     @contextmanager
     def loop_target(self, target: cst.BaseExpression | None,
-                    iterable: cst.BaseExpression | None) -> Iterator[None]:
-        """Inside a ``for p in model.parameters()`` body, ``p.grad`` belongs to ``model``."""
+                    iterable: cst.BaseExpression | None) -> Iterator[bool]:
+        """Inside a ``for p in model.parameters()`` body, ``p.grad`` belongs to ``model``;
+        inside ``for opt in (opt_g, opt_d):``, ``opt`` stands for each of them (the context
+        says whether the loop fans out so)."""
         pairs = _loop_pairs(target, iterable)
         names = {n.value for n in _names_in(target)} - self.loop_names
         self.loop_names |= names
@@ -448,14 +458,35 @@ class Recognizer:
             owners = self.owners(source)
             if owners is not None:
                 self.loop_owners[name] = owners
+        elements = self._optimizer_elements(iterable) if isinstance(target, cst.Name) else []
+        if elements:
+            assert isinstance(target, cst.Name)
+            self.loop_elements[target.value] = elements
         try:
-            yield
+            yield bool(elements)
         finally:
             self.loop_names -= names
+            if elements:
+                del self.loop_elements[target.value]  # type: ignore[union-attr]
             for name, previous in saved.items():
                 self.loop_owners.pop(name, None)
                 if previous is not None:
                     self.loop_owners[name] = previous
+
+    def _optimizer_elements(self, iterable: cst.BaseExpression | None) -> list[cst.BaseExpression]:
+        """The optimizers of a literal collection (``(opt_g, opt_d)``, or a name bound once to
+        one), when every element is one."""
+        if isinstance(iterable, cst.Name):
+            binding = self.scope.lookup(iterable.value)
+            values = binding.values if binding is not None else ()
+            iterable = values[0] if len(values) == 1 else None
+        if not isinstance(iterable, (cst.List, cst.Tuple)) or not iterable.elements:
+            return []
+        elements = [e.value for e in iterable.elements if not isinstance(e, cst.StarredElement)]
+        if len(elements) != len(iterable.elements) or any(
+                self.key(e) is None or self.kind(e) is not Kind.OPTIMIZER for e in elements):
+            return []
+        return elements
 
     def _grad_owner(self, param: cst.BaseExpression) -> frozenset[str]:
         """The modules owning ``param`` (a loop variable over their parameters); empty when
@@ -579,7 +610,7 @@ class Recognizer:
         if qualified is not None:
             if qualified in vocab.CLIP_FUNCTIONS:
                 params = call.args[0].value if call.args else None
-                out.extend(self._clip(call, vocab.CLIP_FUNCTIONS[qualified], models=self.owners(params)))
+                out.extend(self._clip(call, vocab.CLIP_FUNCTIONS[qualified], **self._clipped(params)))
                 return out
             if qualified in vocab.CONTEXT_BACKWARD_FUNCTIONS:
                 return out  # gradients kept in a distributed autograd context, not in .grad
@@ -657,6 +688,17 @@ class Recognizer:
         return [self._event(EventKind.CLIP, call, call.func, threshold=value,
                             threshold_name=threshold.keyword if threshold else "", **kw)]
 
+    def _clipped(self, params: cst.BaseExpression | None) -> dict[str, object]:
+        """The modules a clip of ``params`` touches; a name bound to different modules'
+        parameters in different places (``params_to_clip = vae.parameters()`` in one branch,
+        ``discriminator.parameters()`` in another) clips one of them, which is not sure."""
+        models = self.owners(params)
+        key = dotted(params) if params is not None else None
+        binding = self.scope.lookup(key) if key else None
+        if binding is not None and len({self.bindings.owners(v, self.scope) for v in binding.values}) > 1:
+            return {"models": models, "certain": False}
+        return {"models": models}
+
     def _trainer(self, call: cst.Call) -> list[Item]:
         for arg in call.args:
             if arg.keyword is not None and arg.keyword.value in lightning.TRAINER_CLIP_KEYWORDS:
@@ -712,8 +754,7 @@ class Recognizer:
             )
             if takes_params or method not in vocab.CLIP_METHODS_ON_MODULE:
                 params = positional[0] if positional else None
-                return self._clip(call, vocab.CLIP_METHODS_WITH_PARAMETERS[method],
-                                  models=self.owners(params))
+                return self._clip(call, vocab.CLIP_METHODS_WITH_PARAMETERS[method], **self._clipped(params))
             key = self.key(receiver)
             return self._clip(call, vocab.CLIP_METHODS_ON_MODULE[method],
                                models=frozenset({key}) if key else None)

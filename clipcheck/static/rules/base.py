@@ -19,6 +19,9 @@ class RawFinding:
     rule: Rule
     event: Event
     message: str
+    # It rests on the step an unseen caller runs after the function: it stands only where a
+    # caller in the module shows that step (and is then reported inside the function).
+    implied: bool = False
 
 
 class Rule:
@@ -29,8 +32,8 @@ class Rule:
     def check(self, facts: UnitFacts) -> Iterable[RawFinding]:
         raise NotImplementedError
 
-    def finding(self, event: Event, message: str) -> RawFinding:
-        return RawFinding(self, event, message)
+    def finding(self, event: Event, message: str, step: Event | None = None) -> RawFinding:
+        return RawFinding(self, event, message, step is not None and step.origin is Origin.CALLER)
 
 
 def label(event: Event) -> str:
@@ -63,5 +66,5 @@ def origins(states: Iterable[OptState], attribute: str) -> list[int]:
 def step_phrase(facts: UnitFacts, step: Event) -> str:
     """``the step at line 12``, or the step an unseen caller runs after the function."""
     if step.origin is Origin.CALLER:
-        return "the step its caller runs after it returns"
+        return "the caller's next step"
     return f"the step at {lines([facts.line_of(step.node)])}"

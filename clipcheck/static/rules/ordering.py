@@ -34,7 +34,8 @@ class ClipBeforeBackward(Rule):
                 if all(s.clip in (Clip.EARLY, Clip.STALE) and s.grads in HAS_FRESH - {Grads.UNKNOWN}
                        and not s.guessed for s in through):
                     backward = max(s.grads_at for s in through)
-                    yield self.finding(facts.event(clip), self._message(facts, clip, backward, step_event))
+                    yield self.finding(facts.event(clip), self._message(facts, clip, backward, step_event),
+                                       step_event)
 
     @staticmethod
     def _message(facts: UnitFacts, clip: int, backward: int, step: Event) -> str:
@@ -112,7 +113,7 @@ class ZeroGradBeforeStep(Rule):
                     f"at line {facts.line(backward)} just computed, before "
                     f"{step_phrase(facts, step_event)} uses them: the update sees nothing. "
                     "Zero the gradients before backward (or after step), never between."
-                ))
+                ), step_event)
 
     def _window_discarded(self, facts: UnitFacts, step: int, step_event: Event) -> Iterator[RawFinding]:
         """A zero-grad that runs while an accumulation window's gradients wait for their step."""
@@ -124,7 +125,7 @@ class ZeroGradBeforeStep(Rule):
                 f"({step_phrase(facts, step_event)}): each update sees only the last micro-batch, "
                 "so accumulation silently does nothing. Zero the gradients only right after the "
                 "step, inside the branch that updates."
-            ))
+            ), step_event)
 
 
 class MissingZeroGrad(Rule):
