@@ -200,3 +200,21 @@ def test_names_assigned_from_themselves_are_analysed(tmp_path: Path) -> None:
     write(tmp_path, "train.py", source)
     code, findings = run_json("train.py", cwd=tmp_path)
     assert (code, findings) == (0, [])
+
+
+def test_many_flags_tested_twice_stay_bounded(tmp_path: Path) -> None:
+    """Each flag tested twice around training events may double the paths a node tells apart;
+    past a bound the analysis widens instead of growing with 2 ** flags, and the rest of the
+    file is still checked."""
+    body = "".join(
+        f"        if flag{i}:\n            torch.nn.utils.clip_grad_norm_(head{i}.parameters(), 1.0)\n"
+        for i in range(40)
+    ) * 2
+    source = ("import torch\n\n\ndef train(model, loader, opt, "
+              + ", ".join(f"flag{i}" for i in range(40)) + "):\n    for x in loader:\n"
+              "        opt.zero_grad()\n        model(x).sum().backward()\n" + body + "        opt.step()\n"
+              + BAD.split("import torch\n", 1)[1])
+    write(tmp_path, "train.py", source)
+    code, findings = run_json("train.py", cwd=tmp_path)
+    assert code == 1
+    assert [f["rule"] for f in findings] == ["zero-grad-before-step"]

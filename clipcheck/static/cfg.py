@@ -151,6 +151,8 @@ class CfgBuilder:
         self.guards: dict[int, tuple[cst.BaseExpression, ...]] = {}
         # The atoms tested so far, by each name they read: an assignment to it forgets them.
         self.atoms_reading: dict[str, set[str]] = {}
+        # The atoms of tests around training events (or that skip the rest of an iteration).
+        self.guarding: set[str] = set()
 
     # -- graph primitives ---------------------------------------------------------------------
     def _node(self, frontier: Frontier, event: Event | None = None) -> int:
@@ -203,9 +205,11 @@ class CfgBuilder:
         return Cfg(self.nodes, entry, exit_node, frozenset(self.boundary), self.guards, frozenset(self.skips))
 
     def _forget_untested_atoms(self) -> None:
-        """Keep the values of atoms tested more than once: only they can correlate two
-        branches, and each kept atom may double the states a node sees."""
+        """Keep the values of atoms tested more than once, one of them around training events:
+        only they can correlate two branches that matter, and each kept atom may double the
+        states a node sees."""
         tested = Counter(n.assume[0] for n in self.nodes if n.assume is not None and n.assume[1])
+        tested = Counter({a: c for a, c in tested.items() if a in self.guarding})
         for node in self.nodes:
             if node.assume is not None and tested[node.assume[0]] < 2:
                 node.assume = None
@@ -259,13 +263,11 @@ class CfgBuilder:
         return any(n.event is not None and n.event.kind is EventKind.STEP for n in self.nodes[first:end])
 
     def _skips_to_boundary(self, stmt: cst.BaseStatement) -> BoundaryTest | None:
-        """The boundary test of ``if not boundary: continue`` (or ``return``)."""
+        """The boundary test of ``if not boundary: ...; continue`` (or ``return``)."""
         if not isinstance(stmt, cst.If) or stmt.orelse is not None:
             return None
         test, positive = _without_not(stmt.test)
-        body = statements(stmt.body)
-        if positive or not (len(body) == 1 and isinstance(body[0], cst.SimpleStatementLine)
-                            and isinstance(body[0].body[-1], (cst.Continue, cst.Return))):
+        if positive or not _leaves_iteration(stmt.body):
             return None
         return self.recognizer.is_boundary_test(test)
 
@@ -364,6 +366,9 @@ class CfgBuilder:
                 orelse = stmt.orelse
                 out = _merge(then, self._guarded(lambda f: self._suite(orelse.body, f), else_start,
                                                  boundary if not positive else None))
+            if atom is not None and (_leaves_iteration(stmt.body) or any(
+                    n.event is not None for n in self.nodes[first:])):
+                self.guarding.add(atom)
             if boundary is not None:
                 # The side that does not update leaves this micro-batch's gradients pending;
                 # ``if not boundary: continue`` is marked once the rest of the block is built.
