@@ -354,7 +354,8 @@ class CfgBuilder:
             then = self._guarded(lambda f: self._suite(stmt.body, f), then_start,
                                  boundary if positive else None)
             then_end = len(self.nodes)
-            if _leaves_iteration(stmt.body):
+            leaves = _leaves_iteration(stmt.body)
+            if leaves:
                 self.skips.update(range(first, then_end))
             else_start = self._assume(frontier, atom, not positive, boundary)
             second = len(self.nodes)
@@ -366,20 +367,23 @@ class CfgBuilder:
                 orelse = stmt.orelse
                 out = _merge(then, self._guarded(lambda f: self._suite(orelse.body, f), else_start,
                                                  boundary if not positive else None))
-            if atom is not None and (_leaves_iteration(stmt.body) or any(
-                    n.event is not None for n in self.nodes[first:])):
+            if atom is not None and (leaves or any(n.event is not None for n in self.nodes[first:])):
                 self.guarding.add(atom)
             if boundary is not None:
-                # The side that does not update leaves this micro-batch's gradients pending;
-                # ``if not boundary: continue`` is marked once the rest of the block is built.
                 self.arms[stmt] = (then_start[0], else_start[0])
-                then_steps, else_steps = self._steps(first, then_end), self._steps(second)
-                update_steps, other_steps = (then_steps, else_steps) if positive else (else_steps, then_steps)
-                if update_steps and not other_steps:
-                    self.nodes[(else_start if positive else then_start)[0]].skips_update = True
+                sides = [(then_start[0], self._steps(first, then_end)), (else_start[0], self._steps(second))]
+                self._mark_pending_side(*(sides if positive else sides[::-1]))
             return out
         finally:
             self.tests.pop()
+
+    def _mark_pending_side(self, update: tuple[int, bool], other: tuple[int, bool]) -> None:
+        """Of a boundary test's two sides (each: where it starts, whether it steps), the one
+        that does not update leaves this micro-batch's gradients pending, when only the
+        updating side steps. (``if not boundary: continue`` is marked by :meth:`_stmts` once
+        the rest of the block is built.)"""
+        if update[1] and not other[1]:
+            self.nodes[other[0]].skips_update = True
 
     def _atom(self, test: cst.BaseExpression) -> str | None:
         """A key for what a test reads, when two tests of it must agree: a name or attribute
