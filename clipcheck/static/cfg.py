@@ -266,10 +266,10 @@ class CfgBuilder:
         """The boundary test of ``if not boundary: ...; continue`` (or ``return``)."""
         if not isinstance(stmt, cst.If) or stmt.orelse is not None:
             return None
-        test, positive = _without_not(stmt.test)
-        if positive or not _leaves_iteration(stmt.body):
+        found = self.recognizer.boundary_test(stmt.test)
+        if found is None or found[1] or not _leaves_iteration(stmt.body):
             return None
-        return self.recognizer.is_boundary_test(test)
+        return found[0]
 
     def _guarded(self, build: Callable[[Frontier], Frontier], frontier: Frontier,
                  test: BoundaryTest | None) -> Frontier:
@@ -345,14 +345,16 @@ class CfgBuilder:
             # ``if p.grad is not None: p.grad.zero_()``: nothing to skip when there is no grad.
             return self._suite(stmt.body, frontier)
         test, positive = _without_not(stmt.test)
-        boundary = self.recognizer.is_boundary_test(test)
+        found = self.recognizer.boundary_test(test)
+        boundary = found[0] if found is not None else None
         atom = self._atom(test)
+        updates_then = found is not None and found[1] == positive  # else the other side updates
         self.tests.append(stmt.test)
         try:
             then_start = self._assume(frontier, atom, positive, boundary)
             first = len(self.nodes)
             then = self._guarded(lambda f: self._suite(stmt.body, f), then_start,
-                                 boundary if positive else None)
+                                 boundary if updates_then else None)
             then_end = len(self.nodes)
             leaves = _leaves_iteration(stmt.body)
             if leaves:
@@ -366,13 +368,13 @@ class CfgBuilder:
             else:
                 orelse = stmt.orelse
                 out = _merge(then, self._guarded(lambda f: self._suite(orelse.body, f), else_start,
-                                                 boundary if not positive else None))
+                                                 boundary if not updates_then else None))
             if atom is not None and (leaves or any(n.event is not None for n in self.nodes[first:])):
                 self.guarding.add(atom)
             if boundary is not None:
                 self.arms[stmt] = (then_start[0], else_start[0])
                 sides = [(then_start[0], self._steps(first, then_end)), (else_start[0], self._steps(second))]
-                self._mark_pending_side(*(sides if positive else sides[::-1]))
+                self._mark_pending_side(*(sides if updates_then else sides[::-1]))
             return out
         finally:
             self.tests.pop()

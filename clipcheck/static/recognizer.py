@@ -351,31 +351,37 @@ class Recognizer:
         """A parameter or local variable of a function around here (it shadows the module's)."""
         return any(name in s.names or name in s.params for s in self.scope.chain() if s.parent is not None)
 
-    def is_boundary_test(self, test: cst.BaseExpression, depth: int = 0) -> BoundaryTest | None:
-        """Whether ``test`` holds only on accumulation boundaries: a modulo test against zero,
-        the sync flag, a local name assigned from either, or an ``and``/``or`` with one of them
-        on either side (a disjunction is usually the last-batch test)."""
+    def boundary_test(self, test: cst.BaseExpression, depth: int = 0) -> tuple[BoundaryTest, bool] | None:
+        """Whether ``test`` tells accumulation boundaries apart, and whether it holds on them
+        (``True``) or off them (``False``): a modulo test against zero (``== 0``, ``!= 0``),
+        the sync flag, a local name assigned from one, their negation, or an ``and``/``or``
+        with one of them on either side (a disjunction is usually the last-batch test)."""
+        if isinstance(test, cst.UnaryOperation) and isinstance(test.operator, cst.Not):
+            inner = self.boundary_test(test.expression, depth)
+            return None if inner is None else (inner[0], not inner[1])
         if isinstance(test, cst.Attribute) and test.attr.value in accelerate.SYNC_FLAGS:
-            return BoundaryTest.SYNC_FLAG
+            return BoundaryTest.SYNC_FLAG, True
         if isinstance(test, cst.BooleanOperation):
-            sides = (self.is_boundary_test(test.left, depth), self.is_boundary_test(test.right, depth))
+            sides = (self.boundary_test(test.left, depth), self.boundary_test(test.right, depth))
             return next((side for side in sides if side is not None), None)
         if isinstance(test, cst.Comparison) and len(test.comparisons) == 1:
             compared = test.comparisons[0]
-            if isinstance(compared.operator, cst.Equal) and _is_zero(compared.comparator):
+            if isinstance(compared.operator, (cst.Equal, cst.NotEqual)) and _is_zero(compared.comparator):
+                holds = isinstance(compared.operator, cst.Equal)
                 if _is_modulo(test.left):
-                    return BoundaryTest.MODULO
+                    return BoundaryTest.MODULO, holds
                 # ``acc = (acc + 1) % n`` ... ``if acc == 0:``
                 binding = self.scope.lookup(test.left.value) if isinstance(test.left, cst.Name) else None
                 values = binding.values if binding is not None else ()
                 if any(map(_is_modulo, values)) and all(_is_modulo(v) or isinstance(v, cst.Integer)
                                                         for v in values):
-                    return BoundaryTest.MODULO
+                    return BoundaryTest.MODULO, holds
         if isinstance(test, cst.Name) and depth < 2:
             binding = self.scope.lookup(test.value)
             for value in binding.values if binding is not None else ():
-                if self.is_boundary_test(value, depth + 1) is not None:
-                    return BoundaryTest.NAMED_FLAG
+                found = self.boundary_test(value, depth + 1)
+                if found is not None:
+                    return BoundaryTest.NAMED_FLAG, found[1]
         return None
 
     def enclosed(self, inner: Scope) -> dict[str, Argument]:
