@@ -37,7 +37,8 @@ class Edge(enum.Enum):
 @dataclass
 class Node:
     """One event, or a join; the start of a branch also records the value its test takes
-    (``assume``: an atom and its truth), an assignment the atoms it invalidates (``forget``),
+    (``assume``: an atom and its truth), an assignment the atoms it invalidates (``forget``)
+    or the value it gives a flag (``sets``),
     the side of an accumulation boundary that does not update says so (``skips_update``), and
     the exit of a loop that accumulates without stepping ends what it made pending
     (``closes_window``)."""
@@ -46,6 +47,7 @@ class Node:
     event: Event | None = None
     succs: list[tuple[int, Edge]] = field(default_factory=list)
     assume: tuple[str, bool] | None = None
+    sets: tuple[str, bool] | None = None
     forget: frozenset[str] = frozenset()
     skips_update: bool = False
     closes_window: bool = False
@@ -53,7 +55,8 @@ class Node:
     @property
     def on_path(self) -> bool:
         """Whether the node says something about the path, beside its event."""
-        return self.assume is not None or bool(self.forget) or self.skips_update or self.closes_window
+        return (self.assume is not None or self.sets is not None or bool(self.forget)
+                or self.skips_update or self.closes_window)
 
 
 @dataclass
@@ -153,6 +156,8 @@ class CfgBuilder:
         self.atoms_reading: dict[str, set[str]] = {}
         # The atoms of tests around training events (or that skip the rest of an iteration).
         self.guarding: set[str] = set()
+        # The names assigned ``True`` or ``False`` somewhere.
+        self.flags: set[str] = set()
 
     # -- graph primitives ---------------------------------------------------------------------
     def _node(self, frontier: Frontier, event: Event | None = None) -> int:
@@ -205,16 +210,18 @@ class CfgBuilder:
         return Cfg(self.nodes, entry, exit_node, frozenset(self.boundary), self.guards, frozenset(self.skips))
 
     def _forget_untested_atoms(self) -> None:
-        """Keep the values of atoms tested more than once, one of them around training events:
-        only they can correlate two branches that matter, and each kept atom may double the
-        states a node sees."""
+        """Keep the values of atoms tested around training events more than once, or once and
+        assigned a literal: only they can correlate two points that matter, and each kept
+        atom may double the states a node sees."""
         tested = Counter(n.assume[0] for n in self.nodes if n.assume is not None and n.assume[1])
-        tested = Counter({a: c for a, c in tested.items() if a in self.guarding})
+        kept = {a for a, count in tested.items() if a in self.guarding and (count >= 2 or a in self.flags)}
         for node in self.nodes:
-            if node.assume is not None and tested[node.assume[0]] < 2:
+            if node.assume is not None and node.assume[0] not in kept:
                 node.assume = None
+            if node.sets is not None and node.sets[0] not in kept:
+                node.sets = None
             if node.forget:
-                node.forget = frozenset(a for a in node.forget if tested[a] >= 2)
+                node.forget = frozenset(a for a in node.forget if a in kept)
 
     def _inline(self, item: Inline, frontier: Frontier) -> Frontier:
         if (len(self.inlining) >= MAX_INLINE_DEPTH or item.callee in self.inlining
@@ -311,23 +318,32 @@ class CfgBuilder:
             if isinstance(small, (cst.Import, cst.ImportFrom, cst.Global, cst.Nonlocal, cst.Pass)):
                 continue
             frontier = self._expr(small, frontier)
-            if isinstance(small, (cst.Assign, cst.AugAssign, cst.AnnAssign)) and self.atoms_reading:
+            if isinstance(small, (cst.Assign, cst.AugAssign, cst.AnnAssign)):
                 frontier = self._forget(small, frontier)
         return frontier
 
     def _forget(self, assignment: cst.Assign | cst.AugAssign | cst.AnnAssign, frontier: Frontier) -> Frontier:
-        """After an assignment, tests that read what it assigns may take another value."""
+        """After an assignment, tests that read what it assigns may take another value; a flag
+        assigned ``True`` or ``False`` takes that one (``stepped = True``)."""
         if isinstance(assignment, cst.Assign):
             targets = [t.target for t in assignment.targets]
         else:
             targets = [assignment.target]
         atoms = {a for t in targets for name in _names(t) for a in self.atoms_reading.get(
             self.recognizer.key(name) or "", ())}
-        if not atoms:
+        value = assignment.value if isinstance(assignment, cst.Assign) else None
+        flag = None
+        if (len(targets) == 1 and isinstance(targets[0], cst.Name) and isinstance(value, cst.Name)
+                and value.value in ("True", "False")):
+            flag = self.recognizer.key(targets[0])
+        if not atoms and flag is None:
             return frontier
-        node = self._node(frontier)
-        self.nodes[node].forget = frozenset(atoms)
-        return [node]
+        node = self.nodes[self._node(frontier)]
+        node.forget = frozenset(atoms)
+        if flag is not None:
+            node.sets = (flag, value.value == "True")  # type: ignore[union-attr]
+            self.flags.add(flag)
+        return [node.id]
 
     def _suite(self, suite: cst.BaseSuite, frontier: Frontier) -> Frontier:
         return self._stmts(statements(suite), frontier)

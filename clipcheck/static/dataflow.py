@@ -211,6 +211,8 @@ def assume(node: Node, state: OptState) -> OptState | None:
     path = state.path
     if node.forget:
         path = frozenset(f for f in path if f[0] not in node.forget)
+    if node.sets is not None:
+        path = frozenset(f for f in path if f[0] != node.sets[0]) | {node.sets}
     if node.assume is not None:
         atom, value = node.assume
         if (atom, not value) in path:
