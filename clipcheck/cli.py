@@ -93,13 +93,20 @@ def run(max_norm: float | None, check_every: int, script: str, args: tuple[str, 
         from clipcheck import runtime
     except ImportError as error:
         raise click.UsageError(
-            f"clipcheck run needs torch ({error}): pip install 'clipcheck[runtime]'") from error
+            f"clipcheck run needs PyTorch, which cannot be imported here ({error}): install it "
+            "with `pip install torch` (or `pip install 'clipcheck[runtime]'`)") from error
     sys.argv = [script, *args]
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
     runtime.install(max_norm=max_norm, check_every=check_every)
+    exit_code: object = None
     try:
-        runpy.run_path(script, run_name="__main__")
-        runtime.uninstall(check=True)
+        try:
+            runpy.run_path(script, run_name="__main__")
+        except SystemExit as done:
+            if done.code not in (0, None):  # the script failed on its own: nothing to add
+                raise
+            exit_code = done.code  # a clean exit still gets the final check
+        steps = runtime.uninstall(check=True)
     except runtime.GradientOrderError as error:
         runtime.uninstall(check=False)
         click.echo(f"clipcheck: {error}", err=True)
@@ -107,3 +114,6 @@ def run(max_norm: float | None, check_every: int, script: str, args: tuple[str, 
     except BaseException:
         runtime.uninstall(check=False)
         raise
+    if steps == 0:
+        click.echo("clipcheck: no optimizer stepped during this run, so nothing was checked.", err=True)
+    sys.exit(exit_code)

@@ -11,6 +11,8 @@ optimizer step saw fresh, unscaled, clipped gradients.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
@@ -24,6 +26,7 @@ from clipcheck.runtime.errors import (
     GradientOrderError,
     MaxNormExceededError,
     MissingClipError,
+    MissingScalerUpdateError,
     MissingZeroGradError,
     PartialClipError,
     StepBeforeBackwardError,
@@ -37,46 +40,54 @@ __all__ = [
     "BackwardAfterUnscaleError", "ClipAfterStepError", "ClipBeforeBackwardError",
     "ClipInsideAccumulationError",
     "ClipScaledGradientsError", "GradientOrderError", "Guard", "MaxNormExceededError",
-    "MissingClipError", "MissingZeroGradError", "PartialClipError", "StepBeforeBackwardError",
+    "MissingClipError", "MissingScalerUpdateError", "MissingZeroGradError", "PartialClipError",
+    "StepBeforeBackwardError",
     "StepBypassesScalerError", "UnscaleTwiceError", "ZeroGradBeforeStepError", "guard", "install",
     "uninstall",
 ]
 
 
 def guard(
-    optimizer: torch.optim.Optimizer,
-    max_norm: float | None = 1.0,
+    optimizer: object,
+    max_norm: float | None = None,
     scaler: torch.amp.GradScaler | None = None,
     check_every: int = 100,
 ) -> Guard:
-    """Guard one optimizer; create it before the first backward pass."""
-    return Guard(optimizer, max_norm=max_norm, scaler=scaler, check_every=check_every)
+    """Guard one optimizer (a torch optimizer, or a framework's wrapper of one); create it
+    before the first backward pass. ``max_norm=None`` (the default, as for ``clipcheck run``)
+    checks the order of events only; a number also checks every step's gradient norm."""
+    return Guard(optimizer, max_norm=max_norm, scaler=scaler, check_every=check_every)  # type: ignore[arg-type]
 
 
 class _Installation:
     def __init__(self, max_norm: float | None, check_every: int) -> None:
         self.max_norm = max_norm
         self.check_every = check_every
-        self.guards: list[Guard] = []
+        # Weakly: what the global mode has seen must not outlive the training script's use.
+        self.guards: weakref.WeakSet[Guard] = weakref.WeakSet()
+        self.steps = 0
         self.handle = register_optimizer_step_pre_hook(self._attach)
 
     @torch.compiler.disable
     def _attach(self, optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+        self.steps += 1
         if interception.guard_of(optimizer) is None:
             # Its hooks start now: this first step's backward was not seen, so it is not checked.
-            self.guards.append(Guard(optimizer, self.max_norm, check_every=self.check_every,
-                                     attached_mid_step=True))
+            self.guards.add(Guard(optimizer, self.max_norm, check_every=self.check_every,
+                                  attached_mid_step=True))
 
-    def close(self, check: bool) -> None:
+    def close(self, check: bool) -> int:
+        """Close every guard still alive; the number of optimizer steps seen."""
         self.handle.remove()
         failures: list[GradientOrderError] = []
-        for g in self.guards:
+        for g in list(self.guards):
             try:
                 g.close(check=check)
             except GradientOrderError as error:
                 failures.append(error)
         if failures:
             raise failures[0]
+        return self.steps
 
 
 _installation: _Installation | None = None
@@ -91,9 +102,11 @@ def install(max_norm: float | None = None, check_every: int = 100) -> None:
     _installation = _Installation(max_norm, check_every)
 
 
-def uninstall(check: bool = True) -> None:
-    """Stop the global mode, closing (and, with ``check``, checking) its guards."""
+def uninstall(check: bool = True) -> int:
+    """Stop the global mode, closing (and, with ``check``, checking) its guards. Returns how
+    many optimizer steps it saw (0: nothing was checked)."""
     global _installation
     installation, _installation = _installation, None
-    if installation is not None:
-        installation.close(check)
+    if installation is None:
+        return 0
+    return installation.close(check)

@@ -52,6 +52,10 @@ class UnscaleTwiceError(GradientOrderError):
     rule = "unscale-twice"
 
 
+class MissingScalerUpdateError(GradientOrderError):
+    rule = "missing-scaler-update"
+
+
 class BackwardAfterUnscaleError(GradientOrderError):
     rule = "backward-after-unscale"
 

@@ -28,8 +28,29 @@ _Snapshot = tuple[Callable[[], "torch.Tensor | None"], int]
 
 
 def _version(grad: torch.Tensor) -> int:
-    local = getattr(grad, "_local_tensor", None)  # a DTensor's own _version never moves
+    """A DTensor's own ``_version`` never moves: its local shard's does."""
+    local = getattr(grad, "_local_tensor", None)
     return int((local if local is not None else grad)._version)
+
+
+def _plain_version(grad: torch.Tensor) -> int:
+    return grad._version
+
+
+def torch_optimizer(optimizer: object) -> torch.optim.Optimizer:
+    """The torch optimizer behind a framework's wrapper (accelerate's ``AcceleratedOptimizer``,
+    Lightning's ``LightningOptimizer``, any object exposing the one it wraps)."""
+    seen = optimizer
+    for _ in range(8):  # accelerate's wrapper is an Optimizer subclass that never set up hooks
+        inner = next((getattr(seen, a) for a in ("optimizer", "_optimizer")
+                      if getattr(seen, a, None) is not None), None)
+        if inner is None:
+            if isinstance(seen, torch.optim.Optimizer):
+                return seen
+            break
+        seen = inner
+    raise TypeError(f"clipcheck guards torch optimizers; {type(optimizer).__name__} neither is one "
+                    "nor exposes the one it wraps (as .optimizer or ._optimizer)")
 
 
 def _tolerance(grads: list[torch.Tensor]) -> float:
@@ -60,11 +81,17 @@ class Guard:
             raise ValueError(f"max_norm must be positive, got {max_norm}")
         if check_every < 1:
             raise ValueError(f"check_every must be at least 1, got {check_every}")
-        self.optimizer = optimizer
+        optimizer = torch_optimizer(optimizer)
+        # Weak: a guard that is never closed must not keep the optimizer (and its model) alive.
+        self._optimizer = weakref.ref(optimizer)
         self.max_norm = max_norm
-        self.scaler = scaler
+        self.scaler = scaler if scaler is not None and scaler.is_enabled() else None
         self.check_every = check_every
-        self.params: list[torch.Tensor] = [p for g in optimizer.param_groups for p in g["params"]]
+        self.params: list[torch.Tensor] = []
+        self._hooked: set[int] = set()
+        self._frozen: list[torch.Tensor] = []
+        self._group_sizes: list[int] = []
+        self._version = _plain_version
         self.steps = 0
         self.inside_scaler_step = False
         self._thread = threading.get_ident()
@@ -73,21 +100,55 @@ class Guard:
         self._zeroed_since_step = False
         self._unscaled = False
         self._stepped = False
+        self._no_op = False
         self._skip_check = attached_mid_step
         self._stale_backward: tuple[str | None] | None = None
         self._unclipped_step: tuple[int, str | None] | None = None
-        self._used: list[_Snapshot | None] = [None] * len(self.params)
+        self._used: list[_Snapshot | None] = []
         self._clipped: list[_Snapshot] | None = None
         self._clip_max_norm: float | None = None
         self._violations: torch.Tensor | None = None
         self._first_violation: torch.Tensor | None = None
         self._worst_ratio: torch.Tensor | None = None
-        self._handles = [p.register_post_accumulate_grad_hook(self._accumulate_hook(i))
-                         for i, p in enumerate(self.params)]
-        self._handles += [optimizer.register_step_pre_hook(self._pre_step),
-                          optimizer.register_step_post_hook(self._post_step)]
+        self._handles: list[Any] = [optimizer.register_step_pre_hook(self._pre_step),
+                                    optimizer.register_step_post_hook(self._post_step)]
         self._closed = False
-        interception.register(self)
+        interception.register(self, optimizer)
+        self.sync_params()
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer | None:
+        """The guarded optimizer, or ``None`` once it has been garbage-collected."""
+        return self._optimizer()
+
+    def sync_params(self) -> None:
+        """Hook the optimizer's trainable parameters not hooked yet: parameters frozen until now
+        (``requires_grad=False`` has no gradient hook) and groups added with
+        ``add_param_group``. Cheap when nothing changed."""
+        optimizer = self._optimizer()
+        if optimizer is None:
+            return
+        groups = optimizer.param_groups
+        sizes = [len(g["params"]) for g in groups]
+        if sizes == self._group_sizes and not any(p.requires_grad for p in self._frozen):
+            return
+        self._group_sizes = sizes
+        self._frozen = []
+        for group in groups:
+            for param in group["params"]:
+                if id(param) in self._hooked:
+                    continue
+                if not param.requires_grad:
+                    self._frozen.append(param)
+                    continue
+                self._hooked.add(id(param))
+                self._handles.append(param.register_post_accumulate_grad_hook(
+                    self._accumulate_hook(len(self.params))))
+                self.params.append(param)
+                self._used.append(None)
+                if hasattr(param, "_local_tensor") or hasattr(param.grad, "_local_tensor"):
+                    self._version = _version
+                interception.register_param(self, param)
 
     # -- context manager ----------------------------------------------------------------------
     def __enter__(self) -> Guard:
@@ -119,7 +180,7 @@ class Guard:
             if used is None or self._zeroed_since_step or self._stale_backward is not None:
                 return
             grad = param.grad
-            if grad is not None and used[0]() is grad and _version(grad) == used[1] + 1:
+            if grad is not None and used[0]() is grad and self._version(grad) == used[1] + 1:
                 # Only this accumulation touched the gradient the last step used.
                 self._stale_backward = (user_location(thread=self._thread),)
 
@@ -138,6 +199,7 @@ class Guard:
     def before_clip(
         self, params: Sequence[torch.Tensor], max_norm: float | None, location: str | None
     ) -> None:
+        self.sync_params()
         backward_since_step = self._t_acc > self._t_step
         if self._unclipped_step is not None:
             step, step_location = self._unclipped_step
@@ -182,12 +244,17 @@ class Guard:
     def after_clip(self, max_norm: float | None) -> None:
         self._t_clip = next(_CLOCK)
         self._clip_max_norm = max_norm
-        self._clipped = [(weakref.ref(p.grad), _version(p.grad)) for p in self.params
+        self._clipped = [(weakref.ref(p.grad), self._version(p.grad)) for p in self.params
                          if p.grad is not None] if max_norm is not None else None
 
     def before_unscale(self, scaler: torch.amp.GradScaler, location: str | None) -> None:
         if self.scaler is None:
             self.scaler = scaler
+        if self._unscaled and self._t_step > self._t_unscale:
+            raise errors.MissingScalerUpdateError(
+                f"scaler.update() did not run after the step at {self._where.get('step')}: the "
+                "scale never adapts (and torch refuses this unscale_). Call scaler.update() once "
+                "after each scaler.step(optimizer).", step=self.steps + 1, location=location)
         if self._unscaled:
             raise errors.UnscaleTwiceError(
                 f"scaler.unscale_(optimizer) already ran for this step (at {self._where.get('unscale')}); "
@@ -220,6 +287,7 @@ class Guard:
     @torch.compiler.disable
     def _pre_step(self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...],
                   kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        self.sync_params()
         location = self._where["step"] if self.inside_scaler_step else user_location()
         self._where["step"] = location
         # ``args`` starts with the optimizer itself.
@@ -241,12 +309,20 @@ class Guard:
     def _post_step(self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...],
                    kwargs: dict[str, Any]) -> None:
         self._stepped = True
+        if self._no_op:
+            self._no_op = False  # nothing had a gradient: torch skipped every parameter
+            return
         self._finish_step(self._where.get("step"))
 
     # -- checks -------------------------------------------------------------------------------
     def _check_step(self, location: str | None) -> None:
         if self._skip_check:
             self._skip_check = False
+            return
+        if self._t_acc <= self._t_step and not any(p.grad is not None for p in self.params):
+            # No gradient at all and no backward since the last step (an optimizer whose
+            # parameters took no part this time): torch's step changes nothing.
+            self._no_op = True
             return
         if self.scaler is not None and not self.inside_scaler_step:
             raise errors.StepBypassesScalerError(
@@ -314,7 +390,8 @@ class Guard:
             return False
         grads = [p.grad for p in self.params if p.grad is not None]
         return len(grads) == len(clipped) and all(
-            ref() is g and _version(g) == version for (ref, version), g in zip(clipped, grads, strict=True))
+            ref() is g and self._version(g) == version
+            for (ref, version), g in zip(clipped, grads, strict=True))
 
     def _enqueue_norm_check(self) -> None:
         """Queue, on the gradients' device, a comparison of the unscaled total norm with max_norm."""
@@ -369,7 +446,7 @@ class Guard:
         self._zeroed_since_step = False
         self._stale_backward = None
         self._clipped = None
-        self._used = [(weakref.ref(p.grad), _version(p.grad)) if p.grad is not None else None
+        self._used = [(weakref.ref(p.grad), self._version(p.grad)) if p.grad is not None else None
                       for p in self.params]
         if self._violations is not None and self.steps % self.check_every == 0:
             self.check()

@@ -10,6 +10,7 @@ guard existed (Lightning, accelerate, the HF Trainer) are seen too.
 from __future__ import annotations
 
 import functools
+import math
 import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -22,29 +23,39 @@ if TYPE_CHECKING:
     from clipcheck.runtime.guard import Guard
 
 _optimizers: weakref.WeakKeyDictionary[torch.optim.Optimizer, Guard] = weakref.WeakKeyDictionary()
-# A guard holds its parameters while registered, so their ids are stable keys (and a plain
-# dict lookup is several times cheaper than a weak tensor-keyed one on this hot path).
-_params: dict[int, Guard] = {}
+# Parameter ids to their guards, weakly: a guard holds its parameters while it lives, so their
+# ids are stable keys, and a guard nobody closed goes away with its optimizer and model.
+_params: weakref.WeakValueDictionary[int, Guard] = weakref.WeakValueDictionary()
 _undo: list[Callable[[], None]] = []
 
 
-def register(guard: Guard) -> None:
-    if guard.optimizer in _optimizers:
+def register(guard: Guard, optimizer: torch.optim.Optimizer) -> None:
+    if optimizer in _optimizers:
         raise ValueError("this optimizer already has a clipcheck guard")
+    _optimizers[optimizer] = guard  # first: a finalizer running meanwhile must see it
     if not _undo:
         _patch_all()
-    _optimizers[guard.optimizer] = guard
-    for param in guard.params:
-        _params[id(param)] = guard
+    weakref.finalize(optimizer, _release)  # a guard never closed goes with its optimizer
+
+
+def register_param(guard: Guard, param: torch.Tensor) -> None:
+    _params[id(param)] = guard
 
 
 def unregister(guard: Guard) -> None:
-    if _optimizers.get(guard.optimizer) is guard:
-        del _optimizers[guard.optimizer]
+    optimizer = guard.optimizer
+    if optimizer is not None and _optimizers.get(optimizer) is guard:
+        del _optimizers[optimizer]
     for param in guard.params:
         if _params.get(id(param)) is guard:
             del _params[id(param)]
-    if not _optimizers:
+    _release()
+
+
+def _release() -> None:
+    """Once no optimizer is guarded any more, put back what was patched (an optimizer being
+    collected right now already counts as gone)."""
+    if not any(ref() is not None for ref in _optimizers.keyrefs()):
         while _undo:
             _undo.pop()()
 
@@ -63,9 +74,18 @@ def guards_of(params: Iterable[torch.Tensor]) -> list[Guard]:
 
 
 def _replace(owner: Any, name: str, make: Callable[[Any], Any]) -> None:
+    """Patch ``owner.name``; undoing it restores the original only while the patch is still
+    ours (a library that patched it later keeps its own)."""
     original = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
-    setattr(owner, name, make(original))
-    _undo.append(lambda: setattr(owner, name, original))
+    patched = make(original)
+    setattr(owner, name, patched)
+
+    def undo() -> None:
+        current = owner.__dict__.get(name) if isinstance(owner, type) else getattr(owner, name, None)
+        if current is patched:
+            setattr(owner, name, original)
+
+    _undo.append(undo)
 
 
 def _as_list(parameters: Any) -> list[torch.Tensor]:
@@ -151,6 +171,9 @@ def _clip_with_norm(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def clip(parameters: Any, max_norm: float, total_norm: torch.Tensor, foreach: bool | None = None) -> None:
         params = _as_list(parameters)
+        if math.isinf(max_norm):  # ``clip_grad_norm_(ps, inf)`` only measures the norm
+            original(params, max_norm, total_norm, foreach)
+            return
         _clipping(params, float(max_norm), lambda: original(params, max_norm, total_norm, foreach))
 
     return clip
@@ -178,7 +201,7 @@ def _scaler_unscale(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def unscale_(self: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> None:
         guard = _optimizers.get(optimizer)
-        if guard is not None and not guard.inside_scaler_step:
+        if guard is not None and self.is_enabled() and not guard.inside_scaler_step:
             guard.before_unscale(self, user_location())
         original(self, optimizer)
 
@@ -189,7 +212,7 @@ def _scaler_step(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def step(self: torch.amp.GradScaler, optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
         guard = _optimizers.get(optimizer)
-        if guard is None:
+        if guard is None or not self.is_enabled():  # a disabled scaler just calls step()
             return original(self, optimizer, *args, **kwargs)
         with guard.scaler_step(self, user_location()):
             return original(self, optimizer, *args, **kwargs)

@@ -2,25 +2,40 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import threading
-from types import FrameType
+from types import CodeType, FrameType
 
 import torch
 
 import clipcheck
 
-# Frames inside these folders are machinery, not the offending call.
-_MACHINERY = tuple(
-    os.path.dirname(module.__file__) + os.sep
-    for module in (torch, clipcheck)
-    if module.__file__ is not None
-)
+
+def _library_folders() -> tuple[str, ...]:
+    """The folders of torch, clipcheck and the training frameworks installed (found without
+    importing them): their frames are machinery, not the offending call."""
+    folders = [os.path.dirname(module.__file__) for module in (torch, clipcheck) if module.__file__]
+    for name in ("accelerate", "lightning", "pytorch_lightning", "lightning_fabric", "transformers",
+                 "deepspeed"):
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            continue
+        if spec is not None and spec.submodule_search_locations:
+            folders.extend(spec.submodule_search_locations)
+    return tuple(os.path.join(f, "") for f in folders)
+
+
+_MACHINERY = _library_folders()
+# Per code object: whether its frames are machinery (a stack walk per event stays cheap).
+_is_machinery: dict[CodeType, bool] = {}
 
 
 def user_location(frame: FrameType | None = None, thread: int | None = None) -> str | None:
-    """``file:line`` of the innermost frame outside torch and clipcheck.
+    """``file:line`` of the innermost frame outside torch, clipcheck and the training
+    frameworks.
 
     ``thread`` picks another thread's stack: autograd hooks can run on the engine's threads
     while the training thread waits in ``backward()``.
@@ -31,8 +46,13 @@ def user_location(frame: FrameType | None = None, thread: int | None = None) -> 
         else:
             frame = sys._getframe(1)
     while frame is not None:
-        filename = frame.f_code.co_filename
-        if not filename.startswith(_MACHINERY) and not filename.startswith("<frozen"):
-            return f"{filename}:{frame.f_lineno}"
+        code = frame.f_code
+        machinery = _is_machinery.get(code)
+        if machinery is None:
+            filename = code.co_filename
+            machinery = filename.startswith(_MACHINERY) or filename.startswith("<frozen")
+            _is_machinery[code] = machinery
+        if not machinery:
+            return f"{code.co_filename}:{frame.f_lineno}"
         frame = frame.f_back
     return None

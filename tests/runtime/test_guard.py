@@ -85,8 +85,11 @@ def missing_zero(model, opt, x, y):
 
 
 def step_before_backward(model, opt, x, y):
+    loss_of(model, x, y).backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
     for _ in range(3):
-        opt.zero_grad()
+        opt.zero_grad(set_to_none=False)  # zeroed gradients: the step is not a no-op
         opt.step()  # <- step-before-backward
         loss_of(model, x, y).backward()
 

@@ -41,3 +41,32 @@ def test_run_passes_a_correct_script_its_arguments(tmp_path: Path) -> None:
     script.write_text(SCRIPT.format(mistake="pass", zero="opt.zero_grad()"))
     result = run_clipcheck("run", "--max-norm", "1.0", "--check-every", "1", str(script), "5", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_script_that_exits_zero_is_still_checked(tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    # The last step is unclipped; only the final check, which must still run, can say so.
+    script.write_text(
+        "import sys\nimport torch\n\nmodel = torch.nn.Linear(4, 1)\n"
+        "opt = torch.optim.SGD(model.parameters(), lr=0.1)\nx, y = torch.randn(8, 4), torch.randn(8, 1)\n"
+        "for _ in range(2):\n    opt.zero_grad()\n"
+        "    torch.nn.functional.mse_loss(model(x), y).backward()\n    opt.step()\nsys.exit(0)\n")
+    result = run_clipcheck("run", "--max-norm", "1.0", str(script), cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "[missing-clip]" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_run_without_steps_says_nothing_was_checked(tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT.format(mistake="pass", zero="opt.zero_grad()"))
+    result = run_clipcheck("run", str(script), "0", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "nothing was checked" in result.stderr
+
+
+def test_a_failing_script_keeps_its_exit_status(tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    script.write_text("import sys\nsys.exit(3)\n")
+    result = run_clipcheck("run", str(script), cwd=tmp_path)
+    assert result.returncode == 3, result.stderr

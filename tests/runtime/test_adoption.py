@@ -1,0 +1,222 @@
+"""The guard turned on the natural way must never break a working script: frozen and late
+parameters, framework wrappers, disabled scalers, norm measurements, no-op steps; and it must
+not keep what it watches alive."""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import weakref
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import clipcheck.runtime as rt  # noqa: E402
+from clipcheck.runtime import interception  # noqa: E402
+
+HERE = Path(__file__)
+SOURCE = HERE.read_text().splitlines()
+
+
+def line_of(marker: str) -> str:
+    numbers = [i for i, text in enumerate(SOURCE, start=1) if text.endswith(f"# <- {marker}")]
+    assert len(numbers) == 1, marker
+    return f"{HERE}:{numbers[0]}"
+
+
+def backbone_and_head(seed: int = 0) -> torch.nn.Sequential:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+
+
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(1)
+    return torch.randn(32, 8), torch.randn(32, 1)
+
+
+def finetune(model, opt, steps: int = 4, clip_all: bool = True) -> None:
+    x, y = batch()
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        params = model.parameters() if clip_all else model[2].parameters()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)  # <- clip
+        opt.step()
+
+
+def frozen_model(guarded: bool) -> list[torch.Tensor]:
+    model = backbone_and_head()
+    model[0].requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)  # holds the frozen backbone too
+    if guarded:
+        with rt.guard(opt, max_norm=1.0, check_every=1):
+            finetune(model, opt)
+    else:
+        finetune(model, opt)
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_frozen_parameters_are_silent_and_bit_identical() -> None:
+    guarded, plain = frozen_model(True), frozen_model(False)
+    assert all(torch.equal(a, b) for a, b in zip(guarded, plain, strict=True))
+
+
+def test_unfrozen_parameters_are_picked_up_and_checked() -> None:
+    model = backbone_and_head()
+    model[0].requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    with rt.guard(opt, max_norm=1.0, check_every=1) as guard:
+        finetune(model, opt, steps=2)
+        model[0].requires_grad_(True)  # progressive unfreezing
+        finetune(model, opt, steps=2)
+        assert len(guard.params) == 4
+        with pytest.raises(rt.PartialClipError) as caught:
+            finetune(model, opt, steps=1, clip_all=False)
+    assert caught.value.location == line_of("clip")
+
+
+def test_added_param_groups_are_picked_up() -> None:
+    model = backbone_and_head()
+    opt = torch.optim.SGD(model[2].parameters(), lr=1e-2)
+    with rt.guard(opt, max_norm=1.0, check_every=1) as guard:
+        finetune(model, opt, steps=1)
+        opt.add_param_group({"params": list(model[0].parameters()), "lr": 1e-3})
+        finetune(model, opt, steps=2)
+        assert len(guard.params) == 4
+        with pytest.raises(rt.PartialClipError):
+            finetune(model, opt, steps=1, clip_all=False)
+
+
+class Wrapper:
+    """What frameworks hand out: an object that steps a torch optimizer it holds."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+
+    def step(self) -> None:
+        self.optimizer.step()
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad()
+
+
+def test_wrappers_are_guarded_through_what_they_wrap() -> None:
+    model = backbone_and_head()
+    opt = Wrapper(torch.optim.SGD(model.parameters(), lr=1e-2))
+    with rt.guard(opt, max_norm=1.0, check_every=1) as guard:
+        finetune(model, opt)
+    assert guard.steps == 4
+    with pytest.raises(TypeError, match="neither is one"):
+        rt.guard(object())
+
+
+def test_accelerate_prepared_optimizer() -> None:
+    accelerate = pytest.importorskip("accelerate")
+    accelerator = accelerate.Accelerator(cpu=True, gradient_accumulation_steps=2)
+    model = backbone_and_head()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    model, opt = accelerator.prepare(model, opt)
+    x, y = batch()
+    with rt.guard(opt, max_norm=1.0, check_every=1) as guard:
+        for _ in range(4):
+            with accelerator.accumulate(model):
+                accelerator.backward(torch.nn.functional.mse_loss(model(x), y))
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                opt.zero_grad()
+    assert guard.steps == 2
+    with pytest.raises(rt.ZeroGradBeforeStepError) as caught, rt.guard(opt, check_every=1):
+        for _ in range(2):
+            accelerator.backward(torch.nn.functional.mse_loss(model(x), y))
+            opt.zero_grad()  # <- accelerate-zero
+            opt.step()
+    assert caught.value.location == line_of("accelerate-zero")
+
+
+def test_no_false_alarms_on_correct_code() -> None:
+    model = backbone_and_head()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    idle = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1e-2)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    x, y = batch()
+    with rt.guard(opt, max_norm=1.0, scaler=scaler, check_every=1), rt.guard(idle, check_every=1):
+        for _ in range(3):
+            opt.zero_grad()
+            scaler.scale(torch.nn.functional.mse_loss(model(x), y)).backward()
+            scaler.unscale_(opt)
+            scaler.unscale_(opt)  # a disabled scaler does nothing, twice or not
+            torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))  # only measures
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            scaler.step(opt)
+            scaler.update()
+            idle.step()  # no parameter of it has a gradient: a no-op
+        torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))  # after the step: a reading
+
+
+def test_forgotten_scaler_update_is_named() -> None:
+    model = backbone_and_head()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    scaler = torch.amp.GradScaler("cpu")
+    x, y = batch()
+    with pytest.raises(rt.MissingScalerUpdateError), rt.guard(opt, scaler=scaler, check_every=1):
+        for _ in range(2):
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = torch.nn.functional.mse_loss(model(x), y)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            scaler.step(opt)
+
+
+def test_an_unclosed_guard_keeps_nothing_alive() -> None:
+    model = backbone_and_head()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    rt.guard(opt, max_norm=1.0, check_every=1)
+    finetune(model, opt, steps=2)
+    model_ref, opt_ref = weakref.ref(model), weakref.ref(opt)
+    del model, opt
+    gc.collect()
+    assert model_ref() is None and opt_ref() is None
+    assert not interception._undo  # nothing left guarded: the patches are gone too
+
+
+def test_install_keeps_nothing_alive() -> None:
+    rt.install(check_every=1)
+    try:
+        model = backbone_and_head()
+        opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+        finetune(model, opt, steps=3)
+        model_ref = weakref.ref(model)
+        del model, opt
+        gc.collect()
+        assert model_ref() is None
+    finally:
+        assert rt.uninstall() == 3
+
+
+def test_closing_keeps_a_later_libraries_patch() -> None:
+    model = backbone_and_head()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    guard = rt.guard(opt)
+    ours = torch.optim.Optimizer.zero_grad
+
+    def theirs(self, set_to_none=True):
+        return ours(self, set_to_none)
+
+    torch.optim.Optimizer.zero_grad = theirs
+    try:
+        guard.close()
+        assert torch.optim.Optimizer.zero_grad is theirs
+    finally:
+        torch.optim.Optimizer.zero_grad = ours.__wrapped__
+
+
+def test_guard_stays_a_submodule_name() -> None:
+    module = importlib.import_module("clipcheck.runtime.guard")
+    assert module.Guard is rt.Guard
+    model = backbone_and_head()
+    with rt.guard(torch.optim.SGD(model.parameters(), lr=1e-2)) as guard:
+        assert isinstance(guard, module.Guard)
