@@ -98,7 +98,7 @@ def run(max_norm: float | None, check_every: int, script: str, args: tuple[str, 
     sys.argv = [script, *args]
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
     runtime.install(max_norm=max_norm, check_every=check_every)
-    exit_code: object = None
+    exit_code: str | int | None = None
     try:
         try:
             runpy.run_path(script, run_name="__main__")
