@@ -1,20 +1,33 @@
 """Step time of guarded vs unguarded training, measured in the same run.
 
     python bench/runtime_overhead.py [--rounds N] [--threads T]
+    python bench/runtime_overhead.py --cost [--baseline REV] [--rounds N]
 
 For each model, blocks of steps run interleaved (baseline, order-only guard, guard with
 max_norm), and the script prints the median over rounds of each guarded block's time divided
 by the baseline block's time next to it. CPU models: a small MLP and a ~10M-parameter
 transformer; on a CUDA machine also a ~100M-parameter transformer, checked for zero host syncs
 per guarded step.
+
+``--cost`` measures what the guard adds per step, as a fixed part and a part per parameter
+tensor: models of tiny layers with 16, 128 and 512 tensors, each step timed unguarded and
+guarded (``max_norm`` mode: zero-grad, backward, clip, step), and a line fitted through the
+differences. With ``--baseline REV`` the same measurement runs, interleaved, against the guard
+of that git revision (checked out with ``git worktree``), and the ratios are printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -106,12 +119,109 @@ def syncs_per_step(device: str) -> None:
             torch.cuda.set_sync_debug_mode("default")
 
 
+TENSOR_COUNTS = (16, 128, 512)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tiny_layers(tensors: int) -> tuple[torch.nn.Module, Callable[[], torch.Tensor]]:
+    """Many tiny parameter tensors whose forward and backward cost little per tensor (one
+    ``stack``), so that what the guard adds per tensor stands out from the step's own cost."""
+    model = torch.nn.ParameterList([torch.nn.Parameter(torch.randn(4)) for _ in range(tensors)])
+    params = list(model)
+    return model, lambda: torch.stack(params).square().sum()
+
+
+def added_us_per_step(tensors: int, steps: int = 30, pairs: int = 15) -> float:
+    """Microseconds of CPU time the guard adds to one step of a model with ``tensors``
+    parameter tensors: the median over interleaved pairs of blocks (unguarded, guarded) of the
+    difference, counting the steps only (not creating or closing the guard)."""
+    torch.manual_seed(0)
+    model, loss = tiny_layers(tensors)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    step = make_step(model, loss, opt)
+    for _ in range(5):
+        step()
+
+    def block(guarded: bool) -> float:
+        guard = rt.Guard(opt, max_norm=1.0, check_every=100) if guarded else None
+        start = time.process_time()
+        for _ in range(steps):
+            step()
+        elapsed = time.process_time() - start
+        if guard is not None:
+            guard.close()
+        return elapsed / steps
+
+    differences = []
+    for i in range(pairs):
+        first = i % 2 == 0
+        a, b = block(first), block(not first)
+        plain, guarded = (b, a) if first else (a, b)
+        differences.append(guarded - plain)
+    return statistics.median(differences) * 1e6
+
+
+def fixed_and_per_tensor() -> tuple[float, float]:
+    """A least-squares line through the added cost at each tensor count."""
+    xs = list(TENSOR_COUNTS)
+    ys = [added_us_per_step(n) for n in xs]
+    mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / sum(
+        (x - mean_x) ** 2 for x in xs)
+    return mean_y - slope * mean_x, slope
+
+
+def cost_of(source_root: Path) -> tuple[float, float]:
+    """The guard's cost as the clipcheck at ``source_root`` measures it, in a fresh process."""
+    env = {**os.environ, "PYTHONPATH": str(source_root)}
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--cost-json"], env=env,
+                         cwd=source_root, capture_output=True, text=True, check=True).stdout
+    fixed, per_tensor = json.loads(out.strip().splitlines()[-1])
+    return fixed, per_tensor
+
+
+def compare_cost(baseline: str | None, rounds: int) -> None:
+    sides: dict[str, list[tuple[float, float]]] = {"current": []}
+    with tempfile.TemporaryDirectory() as folder:
+        worktree = Path(folder) / "baseline"
+        if baseline is not None:
+            sides[baseline] = []
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(worktree),
+                            baseline], check=True)
+        try:
+            for r in range(rounds):
+                order = list(sides) if r % 2 == 0 else list(reversed(sides))
+                for side in order:
+                    sides[side].append(cost_of(ROOT if side == "current" else worktree))
+        finally:
+            if baseline is not None:
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(worktree)],
+                               check=False)
+    medians = {side: (statistics.median(f for f, _ in runs), statistics.median(t for _, t in runs))
+               for side, runs in sides.items()}
+    print(f"guard cost per step (cpu, 1 thread, median of {rounds} rounds; tensors {TENSOR_COUNTS}):")
+    for side, (fixed, per_tensor) in medians.items():
+        print(f"  {side:<12} fixed {fixed:7.1f} us   per tensor {per_tensor:6.2f} us")
+    if baseline is not None:
+        (f0, t0), (f1, t1) = medians[baseline], medians["current"]
+        print(f"  ratio current/{baseline}: fixed x{f1 / f0:.2f}   per tensor x{t1 / t0:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cost", action="store_true", help="fixed and per-tensor cost of the guard")
+    parser.add_argument("--baseline", default=None, help="with --cost: a git revision to compare against")
+    parser.add_argument("--cost-json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.cost_json:
+        print(json.dumps(fixed_and_per_tensor()))
+        return
+    if args.cost:
+        compare_cost(args.baseline, args.rounds)
+        return
     print(f"torch {torch.__version__}, {args.threads} thread(s), median of {args.rounds} interleaved rounds")
     measure("small MLP (cpu)", lambda: mlp("cpu"), "cpu", 200, args.rounds)
     measure("10M transformer (cpu)", lambda: transformer("cpu", 384, 6, (2, 64)), "cpu", 5, args.rounds)

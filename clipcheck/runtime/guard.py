@@ -15,7 +15,7 @@ import contextlib
 import itertools
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -88,7 +88,7 @@ class Guard:
         self.scaler = scaler if scaler is not None and scaler.is_enabled() else None
         self.check_every = check_every
         self.params: list[torch.Tensor] = []
-        self._hooked: set[int] = set()
+        self._ids: set[int] = set()  # of the hooked parameters
         self._frozen: list[torch.Tensor] = []
         self._group_sizes: list[int] = []
         self._version = _plain_version
@@ -105,7 +105,8 @@ class Guard:
         self._stale_backward: tuple[str | None] | None = None
         self._unclipped_step: tuple[int, str | None] | None = None
         self._used: list[_Snapshot | None] = []
-        self._clipped: list[_Snapshot] | None = None
+        self._clipped: list[_Snapshot | None] | None = None
+        self._vouched = False
         self._clip_max_norm: float | None = None
         self._violations: torch.Tensor | None = None
         self._first_violation: torch.Tensor | None = None
@@ -115,6 +116,10 @@ class Guard:
         self._closed = False
         interception.register(self, optimizer)
         self.sync_params()
+
+    def owns_none_of(self, ids: set[int]) -> bool:
+        self.sync_params()  # a parameter unfrozen since the last step is this guard's too
+        return self._ids.isdisjoint(ids)
 
     @property
     def optimizer(self) -> torch.optim.Optimizer | None:
@@ -136,19 +141,18 @@ class Guard:
         self._frozen = []
         for group in groups:
             for param in group["params"]:
-                if id(param) in self._hooked:
+                if id(param) in self._ids:
                     continue
                 if not param.requires_grad:
                     self._frozen.append(param)
                     continue
-                self._hooked.add(id(param))
+                self._ids.add(id(param))
                 self._handles.append(param.register_post_accumulate_grad_hook(
                     self._accumulate_hook(len(self.params))))
                 self.params.append(param)
                 self._used.append(None)
                 if hasattr(param, "_local_tensor") or hasattr(param.grad, "_local_tensor"):
                     self._version = _version
-                interception.register_param(self, param)
 
     # -- context manager ----------------------------------------------------------------------
     def __enter__(self) -> Guard:
@@ -196,10 +200,9 @@ class Guard:
         self._stale_backward = None  # what the stale backward added is gone before any step
         self._clipped = None
 
-    def before_clip(
-        self, params: Sequence[torch.Tensor], max_norm: float | None, location: str | None
-    ) -> None:
-        self.sync_params()
+    def before_clip(self, covered: set[int], max_norm: float | None, location: str | None) -> None:
+        """A clip of the parameters whose ids are ``covered`` is about to run (the parameters
+        were synced when the clip asked whose they are)."""
         backward_since_step = self._t_acc > self._t_step
         if self._unclipped_step is not None:
             step, step_location = self._unclipped_step
@@ -232,8 +235,8 @@ class Guard:
             raise errors.MaxNormExceededError(
                 f"clip_grad_norm_ uses max_norm={max_norm:g}, above the guard's max_norm="
                 f"{self.max_norm:g}.", step=self.steps + 1, location=location)
-        covered = {id(p) for p in params}
-        missed = sum(1 for p in self.params if p.grad is not None and id(p) not in covered)
+        uncovered = self._ids.difference(covered)
+        missed = sum(1 for p in self.params if id(p) in uncovered and p.grad is not None) if uncovered else 0
         if missed:
             raise errors.PartialClipError(
                 f"the clip leaves out {missed} parameter(s) of this optimizer that have gradients: "
@@ -241,11 +244,15 @@ class Guard:
                 step=self.steps + 1, location=location)
         self._where["clip"] = location
 
+    def _snapshot(self) -> list[_Snapshot | None]:
+        """Each parameter's gradient (weakly) and its version: what a later check compares."""
+        version = self._version
+        return [None if g is None else (weakref.ref(g), version(g)) for g in [p.grad for p in self.params]]
+
     def after_clip(self, max_norm: float | None) -> None:
         self._t_clip = next(_CLOCK)
         self._clip_max_norm = max_norm
-        self._clipped = [(weakref.ref(p.grad), self._version(p.grad)) for p in self.params
-                         if p.grad is not None] if max_norm is not None else None
+        self._clipped = self._snapshot() if max_norm is not None else None
 
     def before_unscale(self, scaler: torch.amp.GradScaler, location: str | None) -> None:
         if self.scaler is None:
@@ -386,12 +393,17 @@ class Guard:
         clipped = self._clipped
         if clipped is None or self._clip_max_norm is None or self.max_norm is None:
             return False
-        if self._clip_max_norm > self.max_norm:
+        if self._clip_max_norm > self.max_norm or len(clipped) != len(self.params):
             return False
-        grads = [p.grad for p in self.params if p.grad is not None]
-        return len(grads) == len(clipped) and all(
-            ref() is g and self._version(g) == version
-            for (ref, version), g in zip(clipped, grads, strict=True))
+        version = self._version
+        for snap, grad in zip(clipped, [p.grad for p in self.params], strict=True):
+            if snap is None:
+                if grad is not None:
+                    return False
+            elif snap[0]() is not grad or version(grad) != snap[1]:  # type: ignore[arg-type]
+                return False
+        self._vouched = True
+        return True
 
     def _enqueue_norm_check(self) -> None:
         """Queue, on the gradients' device, a comparison of the unscaled total norm with max_norm."""
@@ -445,8 +457,9 @@ class Guard:
         self._where["step"] = location
         self._zeroed_since_step = False
         self._stale_backward = None
+        # What the step used: the clip's snapshot when it vouched for these very gradients.
+        self._used = self._clipped if self._vouched and self._clipped is not None else self._snapshot()
+        self._vouched = False
         self._clipped = None
-        self._used = [(weakref.ref(p.grad), self._version(p.grad)) if p.grad is not None else None
-                      for p in self.params]
         if self._violations is not None and self.steps % self.check_every == 0:
             self.check()

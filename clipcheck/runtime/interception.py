@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import math
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -23,32 +23,27 @@ if TYPE_CHECKING:
     from clipcheck.runtime.guard import Guard
 
 _optimizers: weakref.WeakKeyDictionary[torch.optim.Optimizer, Guard] = weakref.WeakKeyDictionary()
-# Parameter ids to their guards, weakly: a guard holds its parameters while it lives, so their
-# ids are stable keys, and a guard nobody closed goes away with its optimizer and model.
-_params: weakref.WeakValueDictionary[int, Guard] = weakref.WeakValueDictionary()
 _undo: list[Callable[[], None]] = []
+# The same guards, for iterating on the hot path (a WeakSet iterates faster than the values of
+# a WeakKeyDictionary).
+_guards: weakref.WeakSet[Guard] = weakref.WeakSet()
 
 
 def register(guard: Guard, optimizer: torch.optim.Optimizer) -> None:
     if optimizer in _optimizers:
         raise ValueError("this optimizer already has a clipcheck guard")
     _optimizers[optimizer] = guard  # first: a finalizer running meanwhile must see it
+    _guards.add(guard)
     if not _undo:
         _patch_all()
     weakref.finalize(optimizer, _release)  # a guard never closed goes with its optimizer
-
-
-def register_param(guard: Guard, param: torch.Tensor) -> None:
-    _params[id(param)] = guard
 
 
 def unregister(guard: Guard) -> None:
     optimizer = guard.optimizer
     if optimizer is not None and _optimizers.get(optimizer) is guard:
         del _optimizers[optimizer]
-    for param in guard.params:
-        if _params.get(id(param)) is guard:
-            del _params[id(param)]
+    _guards.discard(guard)
     _release()
 
 
@@ -64,13 +59,10 @@ def guard_of(optimizer: object) -> Guard | None:
     return _optimizers.get(optimizer)  # type: ignore[call-overload]
 
 
-def guards_of(params: Iterable[torch.Tensor]) -> list[Guard]:
-    found: dict[int, Guard] = {}
-    for param in params:
-        guard = _params.get(id(param))
-        if guard is not None:
-            found[id(guard)] = guard
-    return list(found.values())
+def guards_of(ids: set[int]) -> list[Guard]:
+    """The guards owning any of the parameters whose ids are given (set operations in C: a
+    clip or a zero-grad of many tensors costs little per tensor)."""
+    return [g for g in list(_guards) if not g.owns_none_of(ids)]
 
 
 def _replace(owner: Any, name: str, make: Callable[[Any], Any]) -> None:
@@ -149,7 +141,7 @@ def _module_zero_grad(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     @torch.compiler.disable
     def zero_grad(self: torch.nn.Module, set_to_none: bool = True) -> None:
-        guards = guards_of(self.parameters()) if _params else []
+        guards = guards_of(set(map(id, self.parameters()))) if _guards else []
         _zeroing(guards, lambda: original(self, set_to_none))
 
     return zero_grad
@@ -157,10 +149,11 @@ def _module_zero_grad(original: Callable[..., Any]) -> Callable[..., Any]:
 
 def _clipping(params: list[torch.Tensor], max_norm: float | None, run: Callable[[], Any]) -> Any:
     """Tell the guards owning ``params`` about a clip around ``run``, the clip itself."""
-    guards = guards_of(params)
+    ids = set(map(id, params))
+    guards = guards_of(ids)
     location = user_location() if guards else None
     for guard in guards:
-        guard.before_clip(params, max_norm, location)
+        guard.before_clip(ids, max_norm, location)
     result = run()
     for guard in guards:
         guard.after_clip(max_norm)
