@@ -10,7 +10,7 @@ transformer; on a CUDA machine also a ~100M-parameter transformer, checked for z
 per guarded step.
 
 ``--cost`` measures what the guard adds per step, as a fixed part and a part per parameter
-tensor: models of tiny layers with 16, 128 and 512 tensors, each step timed unguarded and
+tensor: models of tiny tensors, 2, 32 and 256 of them, each step timed unguarded and
 guarded (``max_norm`` mode: zero-grad, backward, clip, step), and a line fitted through the
 differences. With ``--baseline REV`` the same measurement runs, interleaved, against the guard
 of that git revision (checked out with ``git worktree``), and the ratios are printed.
@@ -119,7 +119,7 @@ def syncs_per_step(device: str) -> None:
             torch.cuda.set_sync_debug_mode("default")
 
 
-TENSOR_COUNTS = (16, 128, 512)
+TENSOR_COUNTS = (2, 32, 256)
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -24,16 +24,16 @@ if TYPE_CHECKING:
 
 _optimizers: weakref.WeakKeyDictionary[torch.optim.Optimizer, Guard] = weakref.WeakKeyDictionary()
 _undo: list[Callable[[], None]] = []
-# The same guards, for iterating on the hot path (a WeakSet iterates faster than the values of
-# a WeakKeyDictionary).
-_guards: weakref.WeakSet[Guard] = weakref.WeakSet()
+# The same guards, weakly, for iterating on the hot path (a list of references iterates much
+# faster than a WeakSet or a WeakKeyDictionary's values).
+_guards: list[weakref.ref[Guard]] = []
 
 
 def register(guard: Guard, optimizer: torch.optim.Optimizer) -> None:
     if optimizer in _optimizers:
         raise ValueError("this optimizer already has a clipcheck guard")
     _optimizers[optimizer] = guard  # first: a finalizer running meanwhile must see it
-    _guards.add(guard)
+    _guards.append(weakref.ref(guard))
     if not _undo:
         _patch_all()
     weakref.finalize(optimizer, _release)  # a guard never closed goes with its optimizer
@@ -43,13 +43,14 @@ def unregister(guard: Guard) -> None:
     optimizer = guard.optimizer
     if optimizer is not None and _optimizers.get(optimizer) is guard:
         del _optimizers[optimizer]
-    _guards.discard(guard)
+    _guards[:] = [r for r in _guards if r() is not None and r() is not guard]
     _release()
 
 
 def _release() -> None:
     """Once no optimizer is guarded any more, put back what was patched (an optimizer being
     collected right now already counts as gone)."""
+    _guards[:] = [r for r in _guards if r() is not None]
     if not any(ref() is not None for ref in _optimizers.keyrefs()):
         while _undo:
             _undo.pop()()
@@ -62,7 +63,7 @@ def guard_of(optimizer: object) -> Guard | None:
 def guards_of(ids: set[int]) -> list[Guard]:
     """The guards owning any of the parameters whose ids are given (set operations in C: a
     clip or a zero-grad of many tensors costs little per tensor)."""
-    return [g for g in list(_guards) if not g.owns_none_of(ids)]
+    return [g for g in map(weakref.ref.__call__, _guards) if g is not None and not g.owns_none_of(ids)]
 
 
 def _replace(owner: Any, name: str, make: Callable[[Any], Any]) -> None:
