@@ -218,3 +218,19 @@ def test_many_flags_tested_twice_stay_bounded(tmp_path: Path) -> None:
     code, findings = run_json("train.py", cwd=tmp_path)
     assert code == 1
     assert [f["rule"] for f in findings] == ["zero-grad-before-step"]
+
+
+def test_helpers_calling_helpers_at_many_places_stay_bounded(tmp_path: Path) -> None:
+    """Five levels of helpers, each calling the next at eight places, would expand 8 ** 5
+    times; past a bound per helper its calls stay unexpanded and the file is still checked."""
+    levels = "".join(
+        f"def h{i}(optimizer, m, x):\n" + "".join(f"    if x[{j}]:\n        h{i + 1}(optimizer, m, x)\n"
+                                                for j in range(8)) + "\n\n"
+        for i in range(5))
+    source = ("import torch\n\n\n" + levels + "def h5(optimizer, m, x):\n    optimizer.zero_grad()\n"
+              "    m(x).backward()\n    optimizer.step()\n\n\ndef fit(model, opt, loader):\n"
+              "    for b in loader:\n        h0(opt, model, b)\n" + BAD.split("import torch\n", 1)[1])
+    write(tmp_path, "train.py", source)
+    code, findings = run_json("train.py", cwd=tmp_path)
+    assert code == 1
+    assert [f["rule"] for f in findings] == ["zero-grad-before-step"]

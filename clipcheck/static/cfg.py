@@ -24,6 +24,9 @@ from clipcheck.static.syntax import statements
 
 MAX_INLINE_DEPTH = 4
 MAX_NODES = 20_000
+# Helpers that call helpers at several places each multiply: past this many expansions of one
+# helper in one graph, its further calls are left unexpanded (their effect unknown).
+MAX_EXPANSIONS_PER_CALLEE = 32
 UPDATE_KINDS = frozenset({EventKind.STEP, EventKind.ZERO_GRAD})
 
 
@@ -146,6 +149,7 @@ class CfgBuilder:
         self.expansion = expansion
         self.frames: list[_Frame] = []
         self.inlining: list[cst.CSTNode] = []
+        self.expansions: dict[cst.CSTNode, int] = {}
         self.boundary: set[int] = set()
         self.skips: set[int] = set()
         # The branch starts (then, else) of each boundary test's ``if``.
@@ -224,14 +228,16 @@ class CfgBuilder:
                 node.forget = frozenset(a for a in node.forget if a in kept)
 
     def _inline(self, item: Inline, frontier: Frontier) -> Frontier:
+        expanded = self.expansions.get(item.callee, 0)
         if (len(self.inlining) >= MAX_INLINE_DEPTH or item.callee in self.inlining
-                or len(self.nodes) > MAX_NODES):
+                or len(self.nodes) > MAX_NODES or expanded >= MAX_EXPANSIONS_PER_CALLEE):
             # Not followed: whatever the helper does to the gradients is unknown here.
             unseen = Event(EventKind.UNKNOWN_GRADS, item.call, "", chain=self.recognizer.chain, certain=False)
             return [self._node(frontier, unseen)]
         recognizer = self.expansion(item, self.recognizer)
         if recognizer is None:
             return frontier
+        self.expansions[item.callee] = expanded + 1
         saved = (self.recognizer, self.frames)
         self.recognizer, self.frames = recognizer, [_Function()]
         self.inlining.append(item.callee)
