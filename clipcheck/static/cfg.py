@@ -486,8 +486,10 @@ class CfgBuilder:
         if orelse is not None:
             exits = self._suite(orelse.body, exits)
         exits = _merge(exits, loop.breaks)
-        if edge is Edge.ACCUMULATE and exits:
-            # What the loop accumulated is the step's (or the code's after it) to use.
+        if exits and (edge is Edge.ACCUMULATE or any(n.skips_update for n in self.nodes[first:])):
+            # A window lives inside its loop: what the loop left pending is the step's (or the
+            # code's) after it to use, and a last micro-batch the engine cannot tell from the
+            # others (``or last_batch``) has usually updated already.
             closed = self._node(exits)
             self.nodes[closed].closes_window = True
             return [closed]
