@@ -30,3 +30,12 @@ def run_json(*paths: str, cwd: Path = ROOT) -> tuple[int, list[dict[str, object]
     result = run_clipcheck("check", "--output-format", "json", *paths, cwd=cwd)
     assert result.returncode in (0, 1, 2), result.stderr
     return result.returncode, json.loads(result.stdout)
+
+
+def marked_line(path: Path, marker: str) -> str:
+    """``file:line`` of the one line of ``path`` ending with ``# <- marker``: where a runtime
+    error must point."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    numbers = [i for i, text in enumerate(lines, start=1) if text.endswith(f"# <- {marker}")]
+    assert len(numbers) == 1, marker
+    return f"{path}:{numbers[0]}"

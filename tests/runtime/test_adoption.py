@@ -13,17 +13,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from conftest import marked_line  # noqa: E402
+
 import clipcheck.runtime as rt  # noqa: E402
 from clipcheck.runtime import interception  # noqa: E402
 
-HERE = Path(__file__)
-SOURCE = HERE.read_text().splitlines()
-
 
 def line_of(marker: str) -> str:
-    numbers = [i for i, text in enumerate(SOURCE, start=1) if text.endswith(f"# <- {marker}")]
-    assert len(numbers) == 1, marker
-    return f"{HERE}:{numbers[0]}"
+    return marked_line(Path(__file__), marker)
 
 
 def backbone_and_head(seed: int = 0) -> torch.nn.Sequential:

@@ -12,17 +12,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import clipcheck.runtime as rt  # noqa: E402
+from conftest import marked_line  # noqa: E402
 
-HERE = Path(__file__)
-SOURCE = HERE.read_text().splitlines()
+import clipcheck.runtime as rt  # noqa: E402
 
 
 def line_of(marker: str) -> str:
-    """``file:line`` of the line ending with ``# <- marker``."""
-    numbers = [i for i, text in enumerate(SOURCE, start=1) if text.endswith(f"# <- {marker}")]
-    assert len(numbers) == 1, marker
-    return f"{HERE}:{numbers[0]}"
+    return marked_line(Path(__file__), marker)
 
 
 def make(seed: int = 0, d: int = 8) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
