@@ -67,9 +67,17 @@ class ModuleAnalysis:
                 strength = targets.get(node.id, {}).get(key)
                 if node.event is None or strength is None:
                     return (state,)
-                # A zero-grad behind the boundary test starts a window: it discards nothing.
-                return transfer(node.id, node.event, state, strength, discards=node.id not in cfg.boundary)
+                return transfer(node.id, node.event, state, strength, discards=discards(node))
             return step
+
+        def discards(node: Node) -> bool:
+            """Whether a zero-grad here would throw a window's gradients away: not one behind
+            the boundary test (it starts a window), nor one behind any other test (the
+            engine does not know which micro-batches take it: ``if j == 0``, a skipped bad
+            batch), nor an accelerate-prepared optimizer's (it acts on boundaries only)."""
+            event = node.event
+            return not (node.id in cfg.boundary or cfg.guards.get(node.id)
+                        or (event is not None and event.gated))
 
         # A unit that runs its own training loop starts with nothing pending.
         entry = DRIVER_ENTRY if cfg.trains() else ENTRY

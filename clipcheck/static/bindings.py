@@ -82,6 +82,9 @@ class Scope:
     cls: ClassInfo | None = None
     functions: dict[str, cst.FunctionDef] = field(default_factory=dict)
     params: frozenset[str] = frozenset()
+    # Names rebound in ways assignments do not show (``+=``, ``for``, ``with ... as``, walrus,
+    # ``global``/``nonlocal``, ``del``): never constants.
+    rebound: frozenset[str] = frozenset()
 
     def chain(self) -> Iterator[Scope]:
         """This scope, then the enclosing ones out to the module."""

@@ -337,19 +337,21 @@ class CfgBuilder:
             targets = [assignment.target]
         atoms = {a for t in targets for name in _names(t) for a in self.atoms_reading.get(
             self.recognizer.key(name) or "", ())}
-        value = assignment.value if isinstance(assignment, cst.Assign) else None
-        flag = None
-        if (len(targets) == 1 and isinstance(targets[0], cst.Name) and isinstance(value, cst.Name)
-                and value.value in ("True", "False")):
-            flag = self.recognizer.key(targets[0])
-        if not atoms and flag is None:
+        value = assignment.value if isinstance(assignment, (cst.Assign, cst.AnnAssign)) else None
+        flags: list[str] = []
+        if isinstance(value, cst.Name) and value.value in ("True", "False"):  # ``a = b = True`` too
+            flags = [k for t in targets if isinstance(t, (cst.Name, cst.Attribute))
+                     for k in (self.recognizer.key(t),) if k is not None]
+        if not atoms and not flags:
             return frontier
-        node = self.nodes[self._node(frontier)]
-        node.forget = frozenset(atoms)
-        if flag is not None:
-            node.sets = (flag, value.value == "True")  # type: ignore[union-attr]
-            self.flags.add(flag)
-        return [node.id]
+        for flag in flags or [None]:  # type: ignore[list-item]
+            node = self.nodes[self._node(frontier)]
+            node.forget = frozenset(atoms)
+            if flag is not None:
+                node.sets = (flag, value.value == "True")  # type: ignore[union-attr]
+                self.flags.add(flag)
+            frontier = [node.id]
+        return frontier
 
     def _suite(self, suite: cst.BaseSuite, frontier: Frontier) -> Frontier:
         return self._stmts(statements(suite), frontier)

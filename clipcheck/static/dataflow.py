@@ -161,7 +161,9 @@ def _strong(node: int, event: Event, state: OptState) -> OptState:
         if grads is Grads.KILLED and event.origin is Origin.CALLER:
             grads = Grads.NONE  # the caller zeroes between two updates, not inside one
         if grads is state.grads:
-            return replace(state, clip=_clip_after_zero(state.clip))
+            # Gradients surely none from here on (not merely untouched since the entry).
+            at = node if state.grads is Grads.NONE and state.grads_at == NO_NODE else state.grads_at
+            return replace(state, clip=_clip_after_zero(state.clip), grads_at=at)
         killed = state.grads_at if grads is Grads.KILLED else NO_NODE
         return replace(state, grads=grads, grads_at=node, killed_backward=killed,
                        clip=_clip_after_zero(state.clip))

@@ -39,7 +39,10 @@ def numeric_literal(expr: cst.BaseExpression) -> float | None:
     """The value of a number literal, possibly negated, or ``None``; ``float("inf")`` and
     ``math.inf`` (``torch.inf``, ``np.inf``) are infinite."""
     if isinstance(expr, (cst.Integer, cst.Float)):
-        return float(ast.literal_eval(expr.value))
+        try:
+            return float(ast.literal_eval(expr.value))
+        except (OverflowError, ValueError):  # an integer too large for a float
+            return math.inf
     if (isinstance(expr, cst.Attribute) and expr.attr.value == "inf" and isinstance(expr.value, cst.Name)
             and expr.value.value in INFINITY_MODULES):
         return math.inf

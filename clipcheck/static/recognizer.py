@@ -337,7 +337,7 @@ class Recognizer:
             return caller.passed(value)
         binding = self.scope.names.get(expr.value) if self.scope.parent is not None else None
         values = binding.values if binding is not None else ()
-        if len(values) == 1 and self._constant(values[0]):
+        if len(values) == 1 and self._constant(values[0]) and expr.value not in self.scope.rebound:
             return values[0]
         return expr
 
@@ -361,6 +361,8 @@ class Recognizer:
             return None if inner is None else (inner[0], not inner[1])
         if isinstance(test, cst.Attribute) and test.attr.value in accelerate.SYNC_FLAGS:
             return BoundaryTest.SYNC_FLAG, True
+        if _is_modulo(test):  # ``if i % accum:`` holds off the boundary, ``not i % accum`` on it
+            return BoundaryTest.MODULO, False
         if isinstance(test, cst.BooleanOperation):
             sides = (self.boundary_test(test.left, depth), self.boundary_test(test.right, depth))
             return next((side for side in sides if side is not None), None)
@@ -465,15 +467,17 @@ class Recognizer:
             if owners is not None:
                 self.loop_owners[name] = owners
         elements = self._optimizer_elements(iterable) if isinstance(target, cst.Name) else []
+        name = target.value if isinstance(target, cst.Name) else ""
+        outer = self.loop_elements.pop(name, None)  # an inner loop may reuse the name
         if elements:
-            assert isinstance(target, cst.Name)
-            self.loop_elements[target.value] = elements
+            self.loop_elements[name] = elements
         try:
             yield bool(elements)
         finally:
             self.loop_names -= names
-            if elements:
-                del self.loop_elements[target.value]  # type: ignore[union-attr]
+            self.loop_elements.pop(name, None)
+            if outer is not None:
+                self.loop_elements[name] = outer
             for name, previous in saved.items():
                 self.loop_owners.pop(name, None)
                 if previous is not None:

@@ -60,3 +60,36 @@ def returns(body: object) -> Iterator[cst.Return]:
             stmt, (cst.FunctionDef, cst.ClassDef)
         ):
             yield from returns(nested_statements(stmt))
+
+
+def rebound_names(node: cst.CSTNode) -> frozenset[str]:
+    """Names that ``node`` rebinds other than by plain assignment: augmented assignment,
+    ``for`` and comprehension targets, ``with ... as``, ``except ... as``, the walrus,
+    ``global``/``nonlocal`` and ``del``."""
+    found: set[str] = set()
+
+    def names(target: cst.CSTNode | None) -> None:
+        if isinstance(target, cst.Name):
+            found.add(target.value)
+        elif target is not None:
+            for child in target.children:
+                names(child)
+
+    def walk(current: cst.CSTNode) -> None:
+        if isinstance(current, (cst.AugAssign, cst.For, cst.CompFor)):
+            names(current.target)
+        elif isinstance(current, cst.WithItem) and current.asname is not None:
+            names(current.asname.name)
+        elif isinstance(current, cst.ExceptHandler) and current.name is not None:
+            names(current.name.name)
+        elif isinstance(current, cst.NamedExpr):
+            names(current.target)
+        elif isinstance(current, (cst.Global, cst.Nonlocal)):
+            found.update(n.name.value for n in current.names)
+        elif isinstance(current, cst.Del):
+            names(current.target)
+        for child in current.children:
+            walk(child)
+
+    walk(node)
+    return frozenset(found)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from clipcheck.static.dataflow import HAS_FRESH, STALE, USED, ZEROED, Clip, Grads, OptState
+from clipcheck.static.dataflow import HAS_FRESH, NO_NODE, STALE, USED, ZEROED, Clip, Grads, OptState
 from clipcheck.static.events import Event, EventKind, Origin
 from clipcheck.static.facts import UnitFacts
 from clipcheck.static.rules.base import (
@@ -82,8 +82,8 @@ class StepBeforeBackward(Rule):
     def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
         backwards = [n for n, e in facts.events(EventKind.BACKWARD)]
         for step, event in facts.events(EventKind.STEP):
-            if not facts.always(step, lambda s: s.grads in self.EMPTY):
-                continue
+            if not facts.always(step, lambda s: s.grads in self.EMPTY and s.grads_at != NO_NODE):
+                continue  # a step before anything touched the gradients has none: a no-op
             later = [b for b in backwards if b in facts.reachable_from(step)]
             if not later:
                 continue
