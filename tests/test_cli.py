@@ -234,3 +234,17 @@ def test_helpers_calling_helpers_at_many_places_stay_bounded(tmp_path: Path) -> 
     code, findings = run_json("train.py", cwd=tmp_path)
     assert code == 1
     assert [f["rule"] for f in findings] == ["zero-grad-before-step"]
+
+
+def test_odd_but_valid_code_never_ends_in_a_traceback(tmp_path: Path) -> None:
+    """A literal too large for a float, and a loop variable over optimizers reused inside."""
+    huge = "1" + "0" * 400
+    source = (f"import torch\n\nBIG = {huge}\n\n\ndef train(model, loader, opt_g, opt_d, n):\n"
+              f"    for x in loader:\n        if n > {huge}:\n            pass\n"
+              "        for opt in (opt_g, opt_d):\n            opt.zero_grad()\n"
+              "            for opt in (opt_g, opt_d):\n                pass\n"
+              "        model(x).sum().backward()\n        opt_g.step()\n        opt_d.step()\n")
+    write(tmp_path, "train.py", source)
+    result = run_clipcheck("check", "--output-format", "json", "train.py", cwd=tmp_path)
+    assert "Traceback" not in result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
