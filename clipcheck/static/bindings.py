@@ -12,7 +12,7 @@ import libcst as cst
 from clipcheck.static.frameworks import accelerate, lightning
 from clipcheck.static.frameworks import torch as vocab
 from clipcheck.static.names import ModuleNames, dotted
-from clipcheck.static.syntax import assignment_targets, nested_statements, returns, statements
+from clipcheck.static.syntax import assignment_targets, nested_statements, rebound_names, returns, statements
 
 
 class Kind(enum.Enum):
@@ -82,9 +82,18 @@ class Scope:
     cls: ClassInfo | None = None
     functions: dict[str, cst.FunctionDef] = field(default_factory=dict)
     params: frozenset[str] = frozenset()
-    # Names rebound in ways assignments do not show (``+=``, ``for``, ``with ... as``, walrus,
-    # ``global``/``nonlocal``, ``del``): never constants.
-    rebound: frozenset[str] = frozenset()
+    node: cst.CSTNode | None = None  # the function's body, for what assignments do not show
+    _rebound: frozenset[str] | None = field(default=None, compare=False, repr=False)
+
+    def rebinds(self, name: str) -> bool:
+        """Whether the function rebinds ``name`` other than by plain assignment (``+=``,
+        ``for``, ``with ... as``, walrus, ``global``/``nonlocal``, ``del``): then it is no
+        constant. Found by one walk of the body, only when a constant is asked about."""
+        if self.node is None:
+            return False
+        if self._rebound is None:
+            self._rebound = rebound_names(self.node)
+        return name in self._rebound
 
     def chain(self) -> Iterator[Scope]:
         """This scope, then the enclosing ones out to the module."""

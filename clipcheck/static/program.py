@@ -14,7 +14,7 @@ from clipcheck.static.events import Event, EventKind, Origin
 from clipcheck.static.frameworks import lightning
 from clipcheck.static.names import ModuleNames
 from clipcheck.static.recognizer import Inline, Recognizer
-from clipcheck.static.syntax import nested_statements, rebound_names, statements
+from clipcheck.static.syntax import nested_statements, statements
 
 
 @dataclass
@@ -59,7 +59,7 @@ class Program:
         params = frozenset(p.name.value for p in (*fn.params.params, *fn.params.kwonly_params,
                                                   *fn.params.posonly_params))
         scope = Scope({}, parent, cls, {f.name.value: f for f in _defs(statements(fn.body))}, params,
-                      rebound_names(fn.body))
+                      fn.body)
         collect_bindings(statements(fn.body), self.bindings, scope.names, None, scope)
         self.scopes[fn] = scope
         return scope

@@ -337,7 +337,7 @@ class Recognizer:
             return caller.passed(value)
         binding = self.scope.names.get(expr.value) if self.scope.parent is not None else None
         values = binding.values if binding is not None else ()
-        if len(values) == 1 and self._constant(values[0]) and expr.value not in self.scope.rebound:
+        if len(values) == 1 and self._constant(values[0]) and not self.scope.rebinds(expr.value):
             return values[0]
         return expr
 
