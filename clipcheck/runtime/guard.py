@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import operator
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -33,8 +34,8 @@ def _version(grad: torch.Tensor) -> int:
     return int((local if local is not None else grad)._version)
 
 
-def _plain_version(grad: torch.Tensor) -> int:
-    return grad._version
+# A plain tensor's version, read in C (no Python frame per tensor).
+_plain_version: Callable[[torch.Tensor], int] = operator.attrgetter("_version")
 
 
 def torch_optimizer(optimizer: object) -> torch.optim.Optimizer:
@@ -91,6 +92,7 @@ class Guard:
         self._ids: set[int] = set()  # of the hooked parameters
         self._frozen: list[torch.Tensor] = []
         self._group_sizes: list[int] = []
+        self._resync = True  # the parameters may have changed since the last sync
         self._version = _plain_version
         self.steps = 0
         self.inside_scaler_step = False
@@ -100,7 +102,6 @@ class Guard:
         self._zeroed_since_step = False
         self._unscaled = False
         self._stepped = False
-        self._no_op = False
         self._skip_check = attached_mid_step
         self._stale_backward: tuple[str | None] | None = None
         self._unclipped_step: tuple[int, str | None] | None = None
@@ -111,8 +112,7 @@ class Guard:
         self._violations: torch.Tensor | None = None
         self._first_violation: torch.Tensor | None = None
         self._worst_ratio: torch.Tensor | None = None
-        self._handles: list[Any] = [optimizer.register_step_pre_hook(self._pre_step),
-                                    optimizer.register_step_post_hook(self._post_step)]
+        self._handles: list[Any] = [optimizer.register_step_pre_hook(self._pre_step)]
         self._closed = False
         interception.register(self, optimizer)
         self.sync_params()
@@ -129,7 +129,11 @@ class Guard:
     def sync_params(self) -> None:
         """Hook the optimizer's trainable parameters not hooked yet: parameters frozen until now
         (``requires_grad=False`` has no gradient hook) and groups added with
-        ``add_param_group``. Cheap when nothing changed."""
+        ``add_param_group``. Runs at most once between two steps (unfreezing takes effect
+        from the next clip or step on), and is cheap when nothing changed."""
+        if not self._resync:
+            return
+        self._resync = False
         optimizer = self._optimizer()
         if optimizer is None:
             return
@@ -235,8 +239,8 @@ class Guard:
             raise errors.MaxNormExceededError(
                 f"clip_grad_norm_ uses max_norm={max_norm:g}, above the guard's max_norm="
                 f"{self.max_norm:g}.", step=self.steps + 1, location=location)
-        uncovered = self._ids.difference(covered)
-        missed = sum(1 for p in self.params if id(p) in uncovered and p.grad is not None) if uncovered else 0
+        missed = 0 if self._ids.issubset(covered) else sum(
+            1 for p in self.params if id(p) not in covered and p.grad is not None)
         if missed:
             raise errors.PartialClipError(
                 f"the clip leaves out {missed} parameter(s) of this optimizer that have gradients: "
@@ -294,43 +298,44 @@ class Guard:
     @torch.compiler.disable
     def _pre_step(self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...],
                   kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        """Checks the step about to run and books it (no post-step hook: one call per step).
+        A step that raises inside torch is booked all the same; the error reaches the user."""
         self.sync_params()
         location = self._where["step"] if self.inside_scaler_step else user_location()
         self._where["step"] = location
+        self._stepped = True  # the optimizer's own step runs (scaler.step did not skip it)
         # ``args`` starts with the optimizer itself.
         closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
         if closure is None:
-            self._check_step(location)
+            if self._check_step(location):
+                self._finish_step(location)
             return None
+        booked = False
 
         def checked_closure() -> Any:
+            # The closure runs backward inside the step (Lightning, LBFGS, which runs it
+            # several times): each run is checked, the step is booked once.
+            nonlocal booked
             result = closure()
-            self._check_step(location)  # the closure ran backward (LBFGS, Lightning)
+            if self._check_step(location) and not booked:
+                booked = True
+                self._finish_step(location)
             return result
 
         if "closure" in kwargs:
             return args, {**kwargs, "closure": checked_closure}
         return (args[0], checked_closure, *args[2:]), kwargs
 
-    @torch.compiler.disable
-    def _post_step(self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...],
-                   kwargs: dict[str, Any]) -> None:
-        self._stepped = True
-        if self._no_op:
-            self._no_op = False  # nothing had a gradient: torch skipped every parameter
-            return
-        self._finish_step(self._where.get("step"))
-
     # -- checks -------------------------------------------------------------------------------
-    def _check_step(self, location: str | None) -> None:
+    def _check_step(self, location: str | None) -> bool:
+        """Raises on a mistake; whether the step changes anything (and so is booked)."""
         if self._skip_check:
             self._skip_check = False
-            return
+            return True
         if self._t_acc <= self._t_step and not any(p.grad is not None for p in self.params):
             # No gradient at all and no backward since the last step (an optimizer whose
             # parameters took no part this time): torch's step changes nothing.
-            self._no_op = True
-            return
+            return False
         if self.scaler is not None and not self.inside_scaler_step:
             raise errors.StepBypassesScalerError(
                 "optimizer.step() is called directly while a GradScaler scales the loss: the "
@@ -343,6 +348,7 @@ class Guard:
                 self._unclipped_step = (self.steps + 1, location)
             elif not self._clip_vouches():
                 self._enqueue_norm_check()
+        return True
 
     def _check_order(self, location: str | None) -> None:
         step = self.steps + 1
@@ -454,6 +460,7 @@ class Guard:
     def _finish_step(self, location: str | None) -> None:
         self.steps += 1
         self._t_step = next(_CLOCK)
+        self._resync = True
         self._where["step"] = location
         self._zeroed_since_step = False
         self._stale_backward = None

@@ -22,48 +22,52 @@ from clipcheck.runtime.location import user_location
 if TYPE_CHECKING:
     from clipcheck.runtime.guard import Guard
 
-_optimizers: weakref.WeakKeyDictionary[torch.optim.Optimizer, Guard] = weakref.WeakKeyDictionary()
+# Guards by the id of their optimizer. A guard holds its optimizer weakly, and a finalizer
+# drops the entry when the optimizer goes (before its id can be reused), so this plain dict
+# keeps nothing alive and is cheaper on the hot path than a WeakKeyDictionary.
+_guards: dict[int, Guard] = {}
 _undo: list[Callable[[], None]] = []
-# The same guards, weakly, for iterating on the hot path (a list of references iterates much
-# faster than a WeakSet or a WeakKeyDictionary's values).
-_guards: list[weakref.ref[Guard]] = []
 
 
 def register(guard: Guard, optimizer: torch.optim.Optimizer) -> None:
-    if optimizer in _optimizers:
+    if guard_of(optimizer) is not None:
         raise ValueError("this optimizer already has a clipcheck guard")
-    _optimizers[optimizer] = guard  # first: a finalizer running meanwhile must see it
-    _guards.append(weakref.ref(guard))
+    _guards[id(optimizer)] = guard  # first: a finalizer running meanwhile must see it
     if not _undo:
         _patch_all()
-    weakref.finalize(optimizer, _release)  # a guard never closed goes with its optimizer
+    # A guard never closed goes with its optimizer.
+    weakref.finalize(optimizer, _forget, id(optimizer), weakref.ref(guard))
 
 
 def unregister(guard: Guard) -> None:
-    optimizer = guard.optimizer
-    if optimizer is not None and _optimizers.get(optimizer) is guard:
-        del _optimizers[optimizer]
-    _guards[:] = [r for r in _guards if r() is not None and r() is not guard]
+    for key, registered in list(_guards.items()):
+        if registered is guard:
+            del _guards[key]
+    _release()
+
+
+def _forget(key: int, guard: weakref.ref[Guard]) -> None:
+    if _guards.get(key) is guard():
+        _guards.pop(key, None)
     _release()
 
 
 def _release() -> None:
-    """Once no optimizer is guarded any more, put back what was patched (an optimizer being
-    collected right now already counts as gone)."""
-    _guards[:] = [r for r in _guards if r() is not None]
-    if not any(ref() is not None for ref in _optimizers.keyrefs()):
+    """Once no optimizer is guarded any more, put back what was patched."""
+    if not _guards:
         while _undo:
             _undo.pop()()
 
 
 def guard_of(optimizer: object) -> Guard | None:
-    return _optimizers.get(optimizer)  # type: ignore[call-overload]
+    guard = _guards.get(id(optimizer))
+    return guard if guard is not None and guard.optimizer is optimizer else None
 
 
 def guards_of(ids: set[int]) -> list[Guard]:
     """The guards owning any of the parameters whose ids are given (set operations in C: a
     clip or a zero-grad of many tensors costs little per tensor)."""
-    return [g for g in map(weakref.ref.__call__, _guards) if g is not None and not g.owns_none_of(ids)]
+    return [g for g in _guards.values() if not g.owns_none_of(ids)]
 
 
 def _replace(owner: Any, name: str, make: Callable[[Any], Any]) -> None:
@@ -88,8 +92,8 @@ def _as_list(parameters: Any) -> list[torch.Tensor]:
 
 
 def _patch_all() -> None:
-    _replace(torch.optim.Optimizer, "zero_grad", _optimizer_zero_grad)
-    _replace(torch.nn.Module, "zero_grad", _module_zero_grad)
+    _replace(torch.optim.Optimizer, "zero_grad", lambda f: _zero_grad(f, _optimizer_guards))
+    _replace(torch.nn.Module, "zero_grad", lambda f: _zero_grad(f, _module_guards))
     clip_grad = torch.nn.utils.clip_grad
     with_norm = clip_grad._clip_grads_with_norm_
     _replace(clip_grad, "_clip_grads_with_norm_", _clip_with_norm)
@@ -118,34 +122,36 @@ def _fsdp1_class() -> type | None:
     return FullyShardedDataParallel
 
 
-def _zeroing(guards: list[Guard], run: Callable[[], None]) -> None:
-    """Tell ``guards`` about a zero-grad around ``run``, the zero-grad itself."""
-    location = user_location() if guards else None
-    for guard in guards:
-        guard.before_zero(location)
-    run()
-    for guard in guards:
-        guard.after_zero()
+def _zero_grad(original: Callable[..., Any], owners: Callable[[Any], list[Guard]]) -> Callable[..., Any]:
+    """``zero_grad``, told to the guards ``owners`` finds for the object zeroed."""
+    # torch's own ``Optimizer.zero_grad`` is already hidden from dynamo: inside this wrapper,
+    # which is too, the function it wraps does the same work without a second wrapper's cost.
+    run = getattr(original, "_torchdynamo_orig_callable", original)
 
-
-def _optimizer_zero_grad(original: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(original)
+    @functools.wraps(original, updated=())  # not torch's dynamo attributes: this one has its own
     @torch.compiler.disable
-    def zero_grad(self: torch.optim.Optimizer, set_to_none: bool = True) -> None:
-        guard = _optimizers.get(self)
-        _zeroing([guard] if guard is not None else [], lambda: original(self, set_to_none))
+    def zero_grad(self: Any, set_to_none: bool = True) -> None:
+        guards = owners(self) if _guards else []
+        if not guards:
+            run(self, set_to_none)
+            return
+        location = user_location()
+        for guard in guards:
+            guard.before_zero(location)
+        run(self, set_to_none)
+        for guard in guards:
+            guard.after_zero()
 
     return zero_grad
 
 
-def _module_zero_grad(original: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(original)
-    @torch.compiler.disable
-    def zero_grad(self: torch.nn.Module, set_to_none: bool = True) -> None:
-        guards = guards_of(set(map(id, self.parameters()))) if _guards else []
-        _zeroing(guards, lambda: original(self, set_to_none))
+def _optimizer_guards(optimizer: torch.optim.Optimizer) -> list[Guard]:
+    guard = guard_of(optimizer)
+    return [guard] if guard is not None else []
 
-    return zero_grad
+
+def _module_guards(module: torch.nn.Module) -> list[Guard]:
+    return guards_of(set(map(id, module.parameters())))
 
 
 def _clipping(params: list[torch.Tensor], max_norm: float | None, run: Callable[[], Any]) -> Any:
@@ -163,6 +169,7 @@ def _clipping(params: list[torch.Tensor], max_norm: float | None, run: Callable[
 
 def _clip_with_norm(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
+    @torch.compiler.disable  # a compiled training step calls it eagerly
     def clip(parameters: Any, max_norm: float, total_norm: torch.Tensor, foreach: bool | None = None) -> None:
         params = _as_list(parameters)
         if math.isinf(max_norm):  # ``clip_grad_norm_(ps, inf)`` only measures the norm
@@ -175,6 +182,7 @@ def _clip_with_norm(original: Callable[..., Any]) -> Callable[..., Any]:
 
 def _clip_value(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
+    @torch.compiler.disable  # a compiled training step calls it eagerly
     def clip_grad_value_(parameters: Any, clip_value: float, foreach: bool | None = None) -> None:
         params = _as_list(parameters)
         _clipping(params, None, lambda: original(params, clip_value, foreach))
@@ -184,6 +192,7 @@ def _clip_value(original: Callable[..., Any]) -> Callable[..., Any]:
 
 def _fsdp_clip(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
+    @torch.compiler.disable  # a compiled training step calls it eagerly
     def clip_grad_norm_(self: torch.nn.Module, max_norm: float, *args: Any, **kwargs: Any) -> Any:
         return _clipping(list(self.parameters()), float(max_norm),
                          lambda: original(self, max_norm, *args, **kwargs))
@@ -193,8 +202,9 @@ def _fsdp_clip(original: Callable[..., Any]) -> Callable[..., Any]:
 
 def _scaler_unscale(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
+    @torch.compiler.disable  # a compiled training step calls it eagerly
     def unscale_(self: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> None:
-        guard = _optimizers.get(optimizer)
+        guard = guard_of(optimizer)
         if guard is not None and self.is_enabled() and not guard.inside_scaler_step:
             guard.before_unscale(self, user_location())
         original(self, optimizer)
@@ -204,8 +214,9 @@ def _scaler_unscale(original: Callable[..., Any]) -> Callable[..., Any]:
 
 def _scaler_step(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
+    @torch.compiler.disable  # a compiled training step calls it eagerly
     def step(self: torch.amp.GradScaler, optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
-        guard = _optimizers.get(optimizer)
+        guard = guard_of(optimizer)
         if guard is None or not self.is_enabled():  # a disabled scaler just calls step()
             return original(self, optimizer, *args, **kwargs)
         with guard.scaler_step(self, user_location()):
@@ -216,9 +227,10 @@ def _scaler_step(original: Callable[..., Any]) -> Callable[..., Any]:
 
 def _scaler_update(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
+    @torch.compiler.disable  # a compiled training step calls it eagerly
     def update(self: torch.amp.GradScaler, new_scale: Any = None) -> None:
         original(self, new_scale)
-        for guard in list(_optimizers.values()):
+        for guard in list(_guards.values()):
             if guard.scaler is self:
                 guard.after_scaler_update()
 

@@ -349,6 +349,37 @@ def test_compiled_model_still_catches_mistakes() -> None:
         zero_between(torch.compile(model), opt, x, y)
 
 
+def compiled_train_step(model, opt, x, y, steps=4, clip_first=False):
+    """The whole step under ``torch.compile``: dynamo calls the guard's hooks eagerly."""
+    @torch.compile(backend="aot_eager")  # traced by dynamo, no C++ toolchain needed
+    def step():
+        opt.zero_grad()
+        loss = loss_of(model, x, y)
+        if clip_first:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # <- compiled-clip-first
+        loss.backward()
+        if not clip_first:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    for _ in range(steps):
+        step()
+
+
+def test_compiled_train_step_is_silent_and_bit_identical() -> None:
+    guarded = _train(compiled_train_step, torch.optim.AdamW, guarded=True)
+    plain_weights = _train(compiled_train_step, torch.optim.AdamW, guarded=False)
+    assert all(torch.equal(a, b) for a, b in zip(guarded, plain_weights, strict=True))
+
+
+def test_compiled_train_step_still_catches_mistakes() -> None:
+    model, x, y = make()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    with pytest.raises(rt.ClipBeforeBackwardError) as caught, rt.guard(opt, max_norm=1.0):
+        compiled_train_step(model, opt, x, y, clip_first=True)
+    assert caught.value.location == marked_line(Path(__file__), "compiled-clip-first")
+
+
 def test_guarded_objects_stay_picklable() -> None:
     model, x, y = make()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
