@@ -12,6 +12,7 @@ nothing touched them since, the value check is skipped altogether.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import operator
 import threading
@@ -25,7 +26,8 @@ from clipcheck.runtime import errors, interception
 from clipcheck.runtime.location import user_location
 
 _CLOCK = itertools.count(1)
-_Snapshot = tuple[Callable[[], "torch.Tensor | None"], int]
+_grad_of = operator.attrgetter("grad")
+_is_tensor = functools.partial(operator.is_not, None)
 
 
 def _version(grad: torch.Tensor) -> int:
@@ -36,6 +38,40 @@ def _version(grad: torch.Tensor) -> int:
 
 # A plain tensor's version, read in C (no Python frame per tensor).
 _plain_version: Callable[[torch.Tensor], int] = operator.attrgetter("_version")
+
+
+class _Snapshot:
+    """Each parameter's gradient (weakly) and its version, in parameter order: what a later
+    check compares with. Without ``None`` gradients it is built and compared in C (CPython
+    hands out one weak reference per tensor, so equal references mean the same tensor)."""
+
+    __slots__ = ("refs", "versions")
+
+    def __init__(self, grads: list[torch.Tensor | None], version: Callable[[torch.Tensor], int]) -> None:
+        if all(map(_is_tensor, grads)):
+            self.refs: list[weakref.ref[torch.Tensor] | None] = list(map(weakref.ref, grads))  # type: ignore[arg-type]
+            self.versions: list[int] = list(map(version, grads))  # type: ignore[arg-type]
+        else:
+            self.refs = [None if g is None else weakref.ref(g) for g in grads]
+            self.versions = [-1 if g is None else version(g) for g in grads]
+
+    def holds(self, grads: list[torch.Tensor | None], version: Callable[[torch.Tensor], int]) -> bool:
+        """The very same gradients, untouched since."""
+        if len(grads) != len(self.refs):
+            return False
+        if all(map(_is_tensor, grads)):
+            return (all(map(operator.is_, map(weakref.ref, grads), self.refs))  # type: ignore[arg-type]
+                    and list(map(version, grads)) == self.versions)  # type: ignore[arg-type]
+        return all(r is None if g is None else r is not None and r() is g and version(g) == v
+                   for g, r, v in zip(grads, self.refs, self.versions, strict=True))
+
+    def accumulated_once(self, index: int, grad: torch.Tensor | None,
+                         version: Callable[[torch.Tensor], int]) -> bool:
+        """Parameter ``index``'s gradient is the one snapshotted, with exactly one more
+        accumulation in it."""
+        ref = self.refs[index] if index < len(self.refs) else None
+        return (ref is not None and grad is not None and ref() is grad
+                and version(grad) == self.versions[index] + 1)
 
 
 def torch_optimizer(optimizer: object) -> torch.optim.Optimizer:
@@ -105,8 +141,8 @@ class Guard:
         self._skip_check = attached_mid_step
         self._stale_backward: tuple[str | None] | None = None
         self._unclipped_step: tuple[int, str | None] | None = None
-        self._used: list[_Snapshot | None] = []
-        self._clipped: list[_Snapshot | None] | None = None
+        self._used: _Snapshot | None = None
+        self._clipped: _Snapshot | None = None
         self._vouched = False
         self._clip_max_norm: float | None = None
         self._violations: torch.Tensor | None = None
@@ -154,7 +190,6 @@ class Guard:
                 self._handles.append(param.register_post_accumulate_grad_hook(
                     self._accumulate_hook(len(self.params))))
                 self.params.append(param)
-                self._used.append(None)
                 if hasattr(param, "_local_tensor") or hasattr(param.grad, "_local_tensor"):
                     self._version = _version
 
@@ -184,11 +219,10 @@ class Guard:
         # Compiled autograd, which would trace it, is not supported.
         def accumulated(param: torch.Tensor) -> None:
             self._t_acc = next(_CLOCK)
-            used = self._used[index]
+            used = self._used
             if used is None or self._zeroed_since_step or self._stale_backward is not None:
                 return
-            grad = param.grad
-            if grad is not None and used[0]() is grad and self._version(grad) == used[1] + 1:
+            if used.accumulated_once(index, param.grad, self._version):
                 # Only this accumulation touched the gradient the last step used.
                 self._stale_backward = (user_location(thread=self._thread),)
 
@@ -248,10 +282,8 @@ class Guard:
                 step=self.steps + 1, location=location)
         self._where["clip"] = location
 
-    def _snapshot(self) -> list[_Snapshot | None]:
-        """Each parameter's gradient (weakly) and its version: what a later check compares."""
-        version = self._version
-        return [None if g is None else (weakref.ref(g), version(g)) for g in [p.grad for p in self.params]]
+    def _snapshot(self) -> _Snapshot:
+        return _Snapshot(list(map(_grad_of, self.params)), self._version)
 
     def after_clip(self, max_norm: float | None) -> None:
         self._t_clip = next(_CLOCK)
@@ -399,17 +431,10 @@ class Guard:
         clipped = self._clipped
         if clipped is None or self._clip_max_norm is None or self.max_norm is None:
             return False
-        if self._clip_max_norm > self.max_norm or len(clipped) != len(self.params):
+        if self._clip_max_norm > self.max_norm:
             return False
-        version = self._version
-        for snap, grad in zip(clipped, [p.grad for p in self.params], strict=True):
-            if snap is None:
-                if grad is not None:
-                    return False
-            elif snap[0]() is not grad or version(grad) != snap[1]:  # type: ignore[arg-type]
-                return False
-        self._vouched = True
-        return True
+        self._vouched = clipped.holds(list(map(_grad_of, self.params)), self._version)
+        return self._vouched
 
     def _enqueue_norm_check(self) -> None:
         """Queue, on the gradients' device, a comparison of the unscaled total norm with max_norm."""

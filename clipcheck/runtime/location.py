@@ -6,7 +6,7 @@ import importlib.util
 import os
 import sys
 import threading
-from types import CodeType, FrameType
+from types import FrameType
 
 import torch
 
@@ -29,8 +29,9 @@ def _library_folders() -> tuple[str, ...]:
 
 
 _MACHINERY = _library_folders()
-# Per code object: whether its frames are machinery (a stack walk per event stays cheap).
-_is_machinery: dict[CodeType, bool] = {}
+# Per file name: whether its frames are machinery. Keyed by the name, whose hash the string
+# caches (a code object's hash is recomputed from its contents on every lookup).
+_is_machinery: dict[str, bool] = {}
 
 
 def user_location(frame: FrameType | None = None, thread: int | None = None) -> str | None:
@@ -46,13 +47,12 @@ def user_location(frame: FrameType | None = None, thread: int | None = None) -> 
         else:
             frame = sys._getframe(1)
     while frame is not None:
-        code = frame.f_code
-        machinery = _is_machinery.get(code)
+        filename = frame.f_code.co_filename
+        machinery = _is_machinery.get(filename)
         if machinery is None:
-            filename = code.co_filename
             machinery = filename.startswith(_MACHINERY) or filename.startswith("<frozen")
-            _is_machinery[code] = machinery
+            _is_machinery[filename] = machinery
         if not machinery:
-            return f"{code.co_filename}:{frame.f_lineno}"
+            return f"{filename}:{frame.f_lineno}"
         frame = frame.f_back
     return None
