@@ -13,30 +13,57 @@ import torch
 import clipcheck
 
 
-def _library_folders() -> tuple[str, ...]:
-    """The folders of torch, clipcheck and the training frameworks installed (found without
-    importing them): their frames are machinery, not the offending call."""
-    folders = [os.path.dirname(module.__file__) for module in (torch, clipcheck) if module.__file__]
-    for name in ("accelerate", "lightning", "pytorch_lightning", "lightning_fabric", "transformers",
-                 "deepspeed"):
+def _package_folders(names: tuple[str, ...]) -> list[str]:
+    """The folders of the packages installed under ``names``, found without importing them."""
+    folders: list[str] = []
+    for name in names:
         try:
             spec = importlib.util.find_spec(name)
         except (ImportError, ValueError):
             continue
         if spec is not None and spec.submodule_search_locations:
             folders.extend(spec.submodule_search_locations)
+    return folders
+
+
+def _prefixes(folders: list[str]) -> tuple[str, ...]:
     return tuple(os.path.join(f, "") for f in folders)
 
 
-_MACHINERY = _library_folders()
+_LIGHTNING = _prefixes(_package_folders(("lightning", "pytorch_lightning")))
+# torch, clipcheck and the training frameworks: their frames are machinery, not the offending call.
+_MACHINERY = _prefixes([os.path.dirname(module.__file__) for module in (torch, clipcheck) if module.__file__]
+                       + _package_folders(("accelerate", "lightning", "pytorch_lightning", "lightning_fabric",
+                                           "transformers", "deepspeed")))
 # Per file name: whether its frames are machinery. Keyed by the name, whose hash the string
 # caches (a code object's hash is recomputed from its contents on every lookup).
 _is_machinery: dict[str, bool] = {}
 
 
+def _machinery(filename: str) -> bool:
+    machinery = _is_machinery.get(filename)
+    if machinery is None:
+        machinery = filename.startswith(_MACHINERY) or filename.startswith("<frozen")
+        _is_machinery[filename] = machinery
+    return machinery
+
+
+def _training_step_of(frame: FrameType) -> str | None:
+    """Under Lightning's automatic optimization, the step (with the closure that runs
+    ``training_step``, zero-grad and backward) is called by Lightning's ``optimizer_step``: the
+    user's code behind it is their module's ``training_step``, found in that frame's locals."""
+    local_vars = frame.f_locals
+    for name in ("self", "model"):
+        code = getattr(getattr(type(local_vars.get(name)), "training_step", None), "__code__", None)
+        if code is not None and not _machinery(code.co_filename):
+            return f"{code.co_filename}:{code.co_firstlineno}"
+    return None
+
+
 def user_location(frame: FrameType | None = None, thread: int | None = None) -> str | None:
     """``file:line`` of the innermost frame outside torch, clipcheck and the training
-    frameworks.
+    frameworks; when Lightning's automatic optimization called it from ``trainer.fit``, the
+    ``training_step`` of the module being trained.
 
     ``thread`` picks another thread's stack: autograd hooks can run on the engine's threads
     while the training thread waits in ``backward()``.
@@ -46,13 +73,14 @@ def user_location(frame: FrameType | None = None, thread: int | None = None) -> 
             frame = sys._current_frames().get(thread)
         else:
             frame = sys._getframe(1)
+    lightning_step: str | None = None
     while frame is not None:
         filename = frame.f_code.co_filename
         machinery = _is_machinery.get(filename)
-        if machinery is None:
-            machinery = filename.startswith(_MACHINERY) or filename.startswith("<frozen")
-            _is_machinery[filename] = machinery
-        if not machinery:
-            return f"{filename}:{frame.f_lineno}"
+        if not (_machinery(filename) if machinery is None else machinery):
+            return lightning_step or f"{filename}:{frame.f_lineno}"
+        if (lightning_step is None and frame.f_code.co_name == "optimizer_step"
+                and filename.startswith(_LIGHTNING)):
+            lightning_step = _training_step_of(frame)
         frame = frame.f_back
-    return None
+    return lightning_step

@@ -1,0 +1,79 @@
+"""Under Lightning's automatic optimization, Lightning creates, clips, zeroes and steps the
+optimizer: the guard installed the way ``clipcheck run`` installs it stays silent on a correct
+module (weights bit-identical) and names the user's own code when a mistake happens: the hook
+they wrote, or their ``training_step`` when the offending call is Lightning's."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+lightning = pytest.importorskip("lightning")
+
+from conftest import marked_line  # noqa: E402
+
+import clipcheck.runtime as rt  # noqa: E402
+
+logging.getLogger("lightning").setLevel(logging.ERROR)
+logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+
+
+class Regressor(lightning.LightningModule):
+    def __init__(self, zero_in_hook: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+        self.zero_in_hook = zero_in_hook
+
+    def training_step(self, batch, batch_idx):  # <- training_step
+        x, y = batch
+        return torch.nn.functional.mse_loss(self.net(x), y) * 100
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self.zero_in_hook:
+            optimizer.zero_grad()  # <- hook-zero
+
+
+def fit(module: Regressor, clip: float | None) -> list[torch.Tensor]:
+    torch.manual_seed(1)
+    data = torch.utils.data.TensorDataset(torch.randn(64, 8), torch.randn(64, 1) * 10)
+    trainer = lightning.Trainer(max_steps=6, gradient_clip_val=clip, accelerator="cpu", devices=1,
+                                logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                                enable_model_summary=False)
+    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=8))
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def guarded_fit(module: Regressor, clip: float | None) -> list[torch.Tensor]:
+    rt.install(max_norm=1.0, check_every=1)
+    try:
+        weights = fit(module, clip)
+    except BaseException:
+        rt.uninstall(check=False)
+        raise
+    assert rt.uninstall(check=True) > 1
+    return weights
+
+
+def test_clipping_by_the_trainer_is_silent_and_bit_identical() -> None:
+    guarded = guarded_fit(Regressor(), clip=1.0)
+    plain = fit(Regressor(), clip=1.0)
+    assert all(torch.equal(a, b) for a, b in zip(guarded, plain, strict=True))
+
+
+def test_a_zero_grad_in_a_hook_is_reported_at_the_hook() -> None:
+    with pytest.raises(rt.ZeroGradBeforeStepError) as caught:
+        guarded_fit(Regressor(zero_in_hook=True), clip=1.0)
+    assert caught.value.location == marked_line(Path(__file__), "hook-zero")
+
+
+def test_a_step_lightning_runs_is_reported_at_the_training_step() -> None:
+    with pytest.raises(rt.MissingClipError) as caught:
+        guarded_fit(Regressor(), clip=None)
+    assert caught.value.location == marked_line(Path(__file__), "training_step")
