@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import os
 import runpy
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 import click
 
 from clipcheck import __version__
+from clipcheck.config import ConfigError, Overrides, Resolver
 from clipcheck.docs import rule_doc
-from clipcheck.engine import check_paths
+from clipcheck.engine import check as check_sources
 from clipcheck.output import FORMATS
+from clipcheck.sources import STDIN
 from clipcheck.static.rules import RULES, Rule
+from clipcheck.suppressions import UNUSED_CODE
 
 
 def _rule_by_id(identifier: str) -> Rule:
@@ -22,58 +27,114 @@ def _rule_by_id(identifier: str) -> Rule:
         if identifier.upper() == rule.code or identifier.lower() == rule.name:
             return rule
     known = ", ".join(f"{r.code} ({r.name})" for r in RULES)
-    raise click.BadParameter(f"unknown rule {identifier!r}; known rules: {known}")
+    raise click.UsageError(f"unknown rule {identifier!r}; known rules: {known}")
 
 
-def _rule_ids(values: Sequence[str]) -> list[Rule]:
-    return [_rule_by_id(part.strip()) for value in values for part in value.split(",") if part.strip()]
+def _selectors(values: Sequence[str]) -> tuple[str, ...]:
+    """Comma-separated option values, split (``--select CC101,CC102 --select CC2``)."""
+    return tuple(part.strip() for value in values for part in value.split(",") if part.strip())
 
 
-@click.group()
+def _use_color(choice: str) -> bool:
+    if choice != "auto":
+        return choice == "always"
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="clipcheck")
 def main() -> None:
     """Find misplaced gradient clipping, zero-grad and optimizer steps in PyTorch training code."""
 
 
 @main.command()
-@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
-@click.option("--output-format", type=click.Choice(sorted(FORMATS)), default="text",
-              show_default=True, help="Text for people, JSON for CI.")
+@click.argument("paths", nargs=-1)
+@click.option("--output-format", type=click.Choice(list(FORMATS)), default="text", show_default=True,
+              help="text and concise for people; json, json-lines, github and sarif for tools and CI.")
 @click.option("--select", multiple=True, metavar="RULES",
-              help="Only these rules (codes or names, comma-separated).")
-@click.option("--ignore", multiple=True, metavar="RULES",
-              help="Skip these rules (codes or names, comma-separated).")
-def check(paths: tuple[Path, ...], output_format: str, select: tuple[str, ...],
-          ignore: tuple[str, ...]) -> None:
-    """Check Python files (default: the current directory, recursively).
+              help="Only these rules (codes, names or code prefixes, comma-separated); "
+                   "replaces the config's.")
+@click.option("--extend-select", multiple=True, metavar="RULES", help="Rules to add to the selection.")
+@click.option("--ignore", multiple=True, metavar="RULES", help="Rules to skip (added to the config's).")
+@click.option("--exclude", multiple=True, metavar="PATTERN",
+              help="Gitignore-style patterns of files and folders to skip (added to the config's).")
+@click.option("--force-exclude", is_flag=True,
+              help="Apply exclusions to files named on the command line too (for pre-commit).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Use this configuration file instead of the nearest one above each file.")
+@click.option("--stdin-filename", metavar="PATH",
+              help="The name to report (and to pick settings by) for code read from standard input.")
+@click.option("--report-unused-suppressions", is_flag=True,
+              help=f"Report suppression comments that suppress nothing ({UNUSED_CODE}).")
+@click.option("--statistics", is_flag=True, help="Print how many findings each rule made, instead of them.")
+@click.option("--exit-zero", is_flag=True,
+              help="Exit 0 even when there are findings (not for unreadable files).")
+@click.option("-q", "--quiet", is_flag=True, help="Print findings only: no summary, no notices.")
+@click.option("--color", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True,
+              help="Colour text output (auto: on a terminal, unless NO_COLOR is set).")
+@click.option("--show-settings", is_flag=True,
+              help="Print the settings in effect for the first path, and exit.")
+def check(paths: tuple[str, ...], output_format: str, select: tuple[str, ...], extend_select: tuple[str, ...],
+          ignore: tuple[str, ...], exclude: tuple[str, ...], force_exclude: bool, config_file: Path | None,
+          stdin_filename: str | None, report_unused_suppressions: bool, statistics: bool, exit_zero: bool,
+          quiet: bool, color: str, show_settings: bool) -> None:
+    """Check Python files and notebooks (default: the current directory, recursively; ``-`` reads
+    standard input).
 
     Exit status: 0 no findings, 1 findings, 2 usage error or a file that could not be analysed.
     """
+    overrides = Overrides(_selectors(select), _selectors(extend_select), _selectors(ignore),
+                          _selectors(exclude))
+    if stdin_filename is not None and not paths:
+        paths = (STDIN,)
     try:
-        selected = _rule_ids(select) if select else list(RULES)
-        ignored = {r.code for r in _rule_ids(ignore)}
-    except click.BadParameter as error:
-        raise click.UsageError(error.message) from error
-    rules = [r for r in selected if r.code not in ignored]
-    report = check_paths(paths or (Path("."),), rules)
-    click.echo(FORMATS[output_format](report.findings, report.sources, sys.stdout.isatty()))
+        resolver = Resolver(overrides, config_file)
+        if show_settings:
+            first = Path(paths[0]) if paths and paths[0] != STDIN else Path(stdin_filename or ".")
+            click.echo(resolver.for_path(first).describe())
+            return
+        report = check_sources(list(paths), resolver, force_exclude, report_unused_suppressions,
+                               stdin_filename)
+    except ConfigError as error:
+        raise click.UsageError(str(error)) from error
+    if statistics:
+        counts = Counter((f.code, f.rule) for f in report.findings)
+        for (code, rule), count in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
+            click.echo(f"{count:>5}  {code}  {rule}")
+    else:
+        output = FORMATS[output_format](report, _use_color(color) and output_format in ("text", "concise"))
+        if quiet and output_format in ("text", "concise"):
+            output = "\n".join(output.splitlines()[:-1])
+        if output:
+            click.echo(output)
+    if report.checked == 0 and not quiet:
+        click.echo("clipcheck: no Python file or notebook was found to check.", err=True)
     if any(f.unanalysable for f in report.findings):
         sys.exit(2)
-    sys.exit(1 if report.findings else 0)
+    sys.exit(1 if report.findings and not exit_zero else 0)
 
 
 @main.command("rules")
 @click.argument("rule", required=False)
-def rules_command(rule: str | None) -> None:
-    """List the rules, or show one rule's documentation."""
+@click.option("--output-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def rules_command(rule: str | None, output_format: str) -> None:
+    """List the rules (json: for tools), or show one rule's page."""
     if rule is not None:
-        try:
-            click.echo(rule_doc(_rule_by_id(rule)))
-        except click.BadParameter as error:
-            raise click.UsageError(error.message) from error
+        click.echo(rule_doc(_rule_by_id(rule)))
+        return
+    if output_format == "json":
+        click.echo(json.dumps([{"code": r.code, "name": r.name, "summary": r.summary,
+                                "explanation": rule_doc(r)} for r in RULES], indent=2))
         return
     for r in RULES:
         click.echo(f"{r.code}  {r.name:<26} {r.summary}")
+
+
+@main.command()
+@click.argument("rule")
+def explain(rule: str) -> None:
+    """Print a rule's page (by code or name): what is wrong, why it matters, how to fix it."""
+    click.echo(rule_doc(_rule_by_id(rule)))
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})

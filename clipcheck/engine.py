@@ -1,78 +1,137 @@
-"""Checking files: read, decode, parse, analyse. Returns findings and never prints; every input
-that cannot be analysed becomes a CC000 finding with its reason, and the run goes on."""
+"""Checking sources: read, decode, parse, analyse, suppress. Returns findings and never prints;
+every input that cannot be analysed becomes a CC000 finding with its reason, and the run goes on."""
 
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import libcst as cst
 
-from clipcheck.findings import Finding, unanalysable
-from clipcheck.sources import python_files
+from clipcheck import notebooks, suppressions
+from clipcheck.config import Resolver
+from clipcheck.findings import Finding, in_cell, unanalysable
+from clipcheck.sources import Source, Unreadable, decode, discover, read_bytes
 from clipcheck.static.analysis import ModuleAnalysis
 from clipcheck.static.rules import RULES, Rule
 
 # Words without which a file cannot contain a training event: files lacking all of them are
-# only checked for syntax (by CPython's faster parser), never analysed.
+# only checked for syntax, never analysed.
 RELEVANT_WORDS = ("backward", "step", "grad", "parameters", "scale")
 
 
 @dataclass
 class Report:
-    """The findings of a run, sorted, and the lines of each file that has some (for text)."""
+    """The findings of a run, sorted; the lines of each file (or notebook cell) that has some,
+    for text output; how many sources were checked."""
 
     findings: list[Finding] = field(default_factory=list)
-    sources: dict[str, list[str]] = field(default_factory=dict)
+    lines: dict[tuple[str, int | None], list[str]] = field(default_factory=dict)
+    checked: int = 0
+
+    def line_text(self, finding: Finding) -> str | None:
+        lines = self.lines.get((finding.path, finding.cell), [])
+        return lines[finding.line - 1] if 0 < finding.line <= len(lines) else None
 
 
 def might_train(source: str) -> bool:
     return any(word in source for word in RELEVANT_WORDS)
 
 
-def analyse_source(source: str, path: str, rules: Sequence[Rule] = RULES) -> list[Finding]:
-    """Findings for one file's text. Raises ``libcst.ParserSyntaxError`` (or ``SyntaxError``
-    for a file without training code) if it does not parse."""
-    if not might_train(source):
-        ast.parse(source, path)
-        return []
-    return ModuleAnalysis(cst.parse_module(source), rules).findings(path)
-
-
-def check_file(path: Path, shown: str, rules: Sequence[Rule]) -> tuple[list[Finding], list[str]]:
-    """Findings for one file (or its CC000), and its lines for the text report."""
+def _syntax_error(source: str, shown: str) -> tuple[str, int, int] | None:
+    """CPython's verdict first: the exact position of a syntax error, and a cheap refusal of
+    pathological nesting (before LibCST's recursive parser sees it)."""
     try:
-        data = path.read_bytes()
-    except OSError as error:
-        return [unanalysable(shown, f"cannot read the file: {error.strerror or error}")], []
-    try:
-        source = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        return [unanalysable(shown, f"not UTF-8: byte 0x{data[error.start]:02x} at offset "
-                                    f"{error.start} cannot be decoded")], []
-    try:
-        return analyse_source(source, shown, rules), source.splitlines()
-    except cst.ParserSyntaxError as error:
-        message = f"syntax error: {error.message}"
-        return [unanalysable(shown, message, error.raw_line, error.raw_column + 1)], []
+        compile(source, shown, "exec", ast.PyCF_ONLY_AST, dont_inherit=True)
     except SyntaxError as error:
-        message = f"syntax error: {error.msg}"
-        return [unanalysable(shown, message, error.lineno or 1, error.offset or 1)], []
+        return f"syntax error: {error.msg}", error.lineno or 1, error.offset or 1
+    except (RecursionError, MemoryError):
+        return "the file nests too deeply to analyse", 1, 1
+    except ValueError as error:  # e.g. a null byte
+        return f"cannot be parsed: {error}", 1, 1
+    return None
+
+
+def analyse_source(source: str, shown: str, rules: Sequence[Rule] = RULES) -> list[Finding]:
+    """Findings for one program's text (syntax errors included, as CC000)."""
+    error = _syntax_error(source, shown)
+    if error is not None:
+        return [unanalysable(shown, *error)]
+    if not might_train(source) or not rules:
+        return []
+    try:
+        module = cst.parse_module(source)
+    except cst.ParserSyntaxError as failure:
+        return [unanalysable(shown, f"syntax error: {failure.message}", failure.raw_line,
+                             failure.raw_column + 1)]
     except RecursionError:
-        return [unanalysable(shown, "the file nests too deeply to analyse")], []
+        return [unanalysable(shown, "the file nests too deeply to analyse")]
+    try:
+        return ModuleAnalysis(module, rules).findings(shown)
+    except RecursionError:
+        return [unanalysable(shown, "the file nests too deeply to analyse")]
 
 
-def check_paths(paths: Iterable[Path], rules: Sequence[Rule]) -> Report:
-    """Every Python file under ``paths``, checked in order."""
+@dataclass
+class Checked:
+    """One source's findings, the lines to show them with, and its suppression comments."""
+
+    findings: list[Finding]
+    lines: dict[int | None, list[str]]
+    suppressions: dict[int, suppressions.Suppression]
+
+
+def _check_notebook(text: str, shown: str, rules: Sequence[Rule]) -> Checked:
+    try:
+        nb = notebooks.program(text)
+    except notebooks.BrokenNotebook as error:
+        return Checked([unanalysable(shown, str(error))], {}, {})
+    found = analyse_source(nb.text, shown, rules)
+    comments = suppressions.parse(nb.text)
+    kept = suppressions.apply(found, comments)
+    placed = []
+    for finding in kept:
+        cell, line = nb.place(finding.line)
+        end_cell, end_line = nb.place(finding.end_line)
+        placed.append(in_cell(finding, cell, line, end_line if end_cell == cell else line))
+    lines: dict[int | None, list[str]] = {cell: text for cell, text in nb.cells.items()}
+    return Checked(placed, lines, {})
+
+
+def check_source(source: Source, rules: Sequence[Rule]) -> Checked:
+    """Findings for one source (or its CC000), with its lines and suppression comments."""
+    try:
+        data = read_bytes(source)
+        if source.is_notebook:
+            try:
+                return _check_notebook(data.decode("utf-8-sig"), source.shown, rules)
+            except UnicodeDecodeError:
+                raise Unreadable("not a notebook: not UTF-8") from None
+        text = decode(data)
+    except Unreadable as reason:
+        return Checked([unanalysable(source.shown, str(reason))], {}, {})
+    comments = suppressions.parse(text)
+    found = suppressions.apply(analyse_source(text, source.shown, rules), comments)
+    return Checked(found, {None: text.splitlines()}, comments)
+
+
+def check(paths: Sequence[str], resolver: Resolver, force_exclude: bool = False,
+          report_unused: bool = False, stdin_name: str | None = None) -> Report:
+    """Every source ``paths`` name, each with the settings in effect for it (standard input's
+    by the name it is given)."""
     report = Report()
-    for root in paths:
-        for path in python_files(root):
-            shown = str(path)
-            file_findings, lines = check_file(path, shown, rules)
-            report.findings.extend(file_findings)
-            if file_findings:
-                report.sources[shown] = lines
-    report.findings.sort(key=lambda f: (f.path, f.line, f.column, f.code))
+    for source in discover(paths, resolver.excluded, force_exclude, stdin_name):
+        where = source.path if source.path is not None else Path(source.shown)
+        rules = resolver.for_path(where).rules_for(where)
+        checked = check_source(source, rules)
+        report.checked += source.missing is None
+        report.findings.extend(checked.findings)
+        if report_unused:
+            report.findings.extend(suppressions.unused(source.shown, checked.suppressions))
+        if checked.findings:
+            for cell, lines in checked.lines.items():
+                report.lines[(source.shown, cell)] = lines
+    report.findings.sort(key=lambda f: (f.path, f.cell or 0, f.line, f.column, f.code))
     return report

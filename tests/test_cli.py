@@ -85,7 +85,7 @@ def test_gitignored_files_are_skipped(tmp_path: Path) -> None:
     write(tmp_path, "generated/train.py", BAD)
     write(tmp_path, "train.py", BAD)
     _, findings = run_json(".", cwd=tmp_path)
-    assert [f["path"] for f in findings] == ["train.py"]
+    assert [f["path"] for f in findings] == ["./train.py"]  # the folder given, joined
 
 
 def test_select_and_ignore_by_code_or_name(tmp_path: Path) -> None:
@@ -105,8 +105,12 @@ def test_unknown_rule_is_a_usage_error(tmp_path: Path) -> None:
     assert "unknown rule 'no-such-rule'" in result.stderr
 
 
-def test_missing_path_is_a_usage_error(tmp_path: Path) -> None:
-    assert run_clipcheck("check", "nope.py", cwd=tmp_path).returncode == 2
+def test_a_missing_path_is_cc000_and_the_others_are_still_checked(tmp_path: Path) -> None:
+    write(tmp_path, "train.py", BAD)
+    code, findings = run_json("nope.py", "./train.py", "train.py", cwd=tmp_path)
+    assert code == 2
+    assert [(f["path"], f["code"]) for f in findings] == [("./train.py", "CC104"), ("nope.py", "CC000")]
+    assert "no such file or directory" in findings[1]["message"]
 
 
 def test_bad_files_are_reported_and_the_rest_still_checked(tmp_path: Path) -> None:
@@ -114,7 +118,7 @@ def test_bad_files_are_reported_and_the_rest_still_checked(tmp_path: Path) -> No
     write(tmp_path, "a_untrained.py", "def helper(:\n    pass\n")
     write(tmp_path, "b_latin1.py", "# caf\xe9\nloss.backward()\n".encode("latin-1"))
     write(tmp_path, "c_train.py", BAD)
-    code, findings = run_json(".", cwd=tmp_path)
+    code, findings = run_json(cwd=tmp_path)
     assert code == 2
     summary = [(f["path"], f["code"], f["rule"]) for f in findings]
     assert summary == [
@@ -125,7 +129,7 @@ def test_bad_files_are_reported_and_the_rest_still_checked(tmp_path: Path) -> No
     ]
     assert "syntax error" in findings[0]["message"]
     assert "not UTF-8" in findings[2]["message"]
-    text = run_clipcheck("check", ".", cwd=tmp_path)
+    text = run_clipcheck("check", cwd=tmp_path)
     assert text.returncode == 2
     assert "Found 1 problem and 3 files that could not be analysed." in text.stdout
 

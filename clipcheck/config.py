@@ -1,0 +1,210 @@
+"""Settings: ``[tool.clipcheck]`` in the nearest ``pyproject.toml`` (or a ``clipcheck.toml``)
+walking up from each checked file, then the command line's flags on top.
+
+Keys (Ruff's spelling): ``select``, ``extend-select``, ``ignore``, ``exclude``,
+``extend-exclude``, ``per-file-ignores``. Rules are named by code, kebab name or code prefix
+(``CC1``, ``ALL``). Anything unknown is a :class:`ConfigError` naming the key or rule.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pathspec
+
+from clipcheck.static.rules import RULES, Rule
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+KEYS = ("select", "extend-select", "ignore", "exclude", "extend-exclude", "per-file-ignores")
+CONFIG_FILES = ("clipcheck.toml", "pyproject.toml")  # the first found in a folder wins
+
+
+class ConfigError(Exception):
+    """A configuration or a rule selector that cannot be used (exit code 2)."""
+
+
+def rules_matching(selector: str, where: str = "") -> list[Rule]:
+    """The rules a selector names: a code, a kebab name, a code prefix, or ``ALL``."""
+    wanted = selector.strip()
+    if wanted.upper() == "ALL":
+        return list(RULES)
+    found = [r for r in RULES if r.name == wanted.lower() or r.code.startswith(wanted.upper())]
+    if not found or (wanted.upper().startswith("CC") and len(wanted) < 3):
+        known = ", ".join(f"{r.code} ({r.name})" for r in RULES)
+        raise ConfigError(f"unknown rule {selector!r}{where}; known rules: {known}")
+    return found
+
+
+def codes(selectors: Iterable[str], where: str = "") -> frozenset[str]:
+    return frozenset(r.code for s in selectors for r in rules_matching(s, where))
+
+
+def _spec(patterns: Sequence[str]) -> pathspec.PathSpec:
+    return pathspec.PathSpec.from_lines("gitwildmatch", patterns)
+
+
+def _relative(path: Path, root: Path) -> str | None:
+    try:
+        return Path(os.path.abspath(path)).relative_to(root).as_posix()
+    except ValueError:
+        return None
+
+
+def _matches(spec: pathspec.PathSpec, path: Path, root: Path) -> bool:
+    """Whether gitignore-style ``spec``, relative to ``root``, matches file or folder ``path``."""
+    relative = _relative(path, root)
+    if relative is None or relative == ".":
+        return False
+    return spec.match_file(relative) or (path.is_dir() and spec.match_file(relative + "/"))
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """What the command line says; it wins over every configuration file."""
+
+    select: tuple[str, ...] = ()
+    extend_select: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The settings in effect for the files under ``root``."""
+
+    root: Path
+    source: Path | None  # the configuration file, if any
+    selected: frozenset[str]  # rule codes
+    exclude: tuple[str, ...] = ()
+    per_file_ignores: tuple[tuple[str, frozenset[str]], ...] = ()
+    _excluded: pathspec.PathSpec = field(default_factory=lambda: _spec([]), compare=False, repr=False)
+    _ignores: tuple[tuple[pathspec.PathSpec, frozenset[str]], ...] = field(default=(), compare=False,
+                                                                          repr=False)
+
+    def _relative(self, path: Path) -> str | None:
+        return _relative(path, self.root)
+
+    def excluded(self, path: Path) -> bool:
+        return _matches(self._excluded, path, self.root)
+
+    def rules_for(self, path: Path | None) -> list[Rule]:
+        """The rules to run on ``path`` (per-file ignores applied)."""
+        ignored: set[str] = set()
+        relative = self._relative(path) if path is not None else None
+        if relative is not None:
+            for spec, rule_codes in self._ignores:
+                if spec.match_file(relative):
+                    ignored |= rule_codes
+        return [r for r in RULES if r.code in self.selected and r.code not in ignored]
+
+    def describe(self) -> str:
+        """What ``--show-settings`` prints."""
+        lines = [f"configuration file: {self.source or '(none: defaults)'}",
+                 f"project root: {self.root}",
+                 "rules: " + ", ".join(f"{r.code} ({r.name})" for r in RULES if r.code in self.selected),
+                 "exclude: " + (", ".join(self.exclude) or "(none beyond the built-in folders)")]
+        for pattern, rule_codes in self.per_file_ignores:
+            lines.append(f"per-file-ignores: {pattern} -> {', '.join(sorted(rule_codes))}")
+        return "\n".join(lines)
+
+
+def _strings(table: dict[str, Any], key: str, where: str) -> list[str]:
+    value = table.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"`{key}`{where} must be a list of strings")
+    return value
+
+
+def _table(path: Path) -> dict[str, Any] | None:
+    """``[tool.clipcheck]`` of a pyproject.toml (``None`` without one), or a clipcheck.toml."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read {path}: {error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path} is not valid TOML: {error}") from None
+    if path.name == "pyproject.toml":
+        table = data.get("tool", {}).get("clipcheck")
+        if table is not None and not isinstance(table, dict):
+            raise ConfigError(f"[tool.clipcheck] in {path} must be a table")
+        return table
+    return data
+
+
+def build(root: Path, source: Path | None, table: dict[str, Any], cli: Overrides) -> Settings:
+    """Settings from one configuration table (empty for defaults) with the command line on top."""
+    where = f" in {source}" if source is not None else ""
+    unknown = sorted(set(table) - set(KEYS))
+    if unknown:
+        raise ConfigError(f"unknown key `{unknown[0]}`{where}; known keys: {', '.join(KEYS)}")
+    select = cli.select or tuple(_strings(table, "select", where)) or ("ALL",)
+    selected = codes(select, where) | codes(_strings(table, "extend-select", where), where)
+    selected |= codes(cli.extend_select, " (--extend-select)")
+    selected -= codes(_strings(table, "ignore", where), where) | codes(cli.ignore, " (--ignore)")
+    exclude = (*_strings(table, "exclude", where), *_strings(table, "extend-exclude", where))
+    per_file = table.get("per-file-ignores", {})
+    if not isinstance(per_file, dict):
+        raise ConfigError(f"`per-file-ignores`{where} must be a table of glob = [rules]")
+    ignores = tuple((pattern, codes(_strings(per_file, pattern, where), where)) for pattern in per_file)
+    return Settings(root, source, selected, exclude, ignores, _spec(exclude),
+                    tuple((_spec([pattern]), rule_codes) for pattern, rule_codes in ignores))
+
+
+class Resolver:
+    """The settings for each checked path, from the nearest configuration file above it
+    (cached per folder)."""
+
+    def __init__(self, cli: Overrides, config_file: Path | None = None) -> None:
+        self.cli = cli
+        self._forced = None if config_file is None else self._load(config_file)
+        self._by_folder: dict[Path, Settings] = {}
+        self._default = build(Path.cwd(), None, {}, cli)
+        self._cli_excluded = _spec(cli.exclude)  # relative to the current folder, like the paths
+
+    def excluded(self, path: Path) -> bool:
+        """Excluded by the command line or by the settings in effect for it."""
+        return _matches(self._cli_excluded, path, Path.cwd()) or self.for_path(path).excluded(path)
+
+    def _load(self, path: Path) -> Settings:
+        table = _table(path)
+        return build(path.resolve().parent, path, table or {}, self.cli)
+
+    def for_path(self, path: Path | None) -> Settings:
+        if self._forced is not None:
+            return self._forced
+        if path is None:
+            path = Path.cwd() / "-"
+        folder = Path(os.path.abspath(path))
+        folder = folder if folder.is_dir() else folder.parent
+        chain: list[Path] = []
+        settings = None
+        for candidate in (folder, *folder.parents):
+            if candidate in self._by_folder:
+                settings = self._by_folder[candidate]
+                break
+            chain.append(candidate)
+            settings = self._in(candidate)
+            if settings is not None:
+                break
+        settings = settings or self._default
+        for visited in chain:
+            self._by_folder[visited] = settings
+        return settings
+
+    def _in(self, folder: Path) -> Settings | None:
+        for name in CONFIG_FILES:
+            path = folder / name
+            if path.is_file():
+                table = _table(path)
+                if table is not None:
+                    return build(folder, path, table, self.cli)
+        return None
