@@ -4,8 +4,10 @@ every input that cannot be analysed becomes a CC000 finding with its reason, and
 from __future__ import annotations
 
 import ast
+import functools
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import libcst as cst
@@ -83,6 +85,20 @@ class Checked:
     suppressions: dict[int, suppressions.Suppression]
 
 
+# "line 12", "lines 12 and 30", "lines 3, 12 and 30" in a message: the program's lines.
+_LINES = re.compile(r"\blines? \d+(?:, \d+)*(?: and \d+)?")
+
+
+def _cell_lines(match: re.Match[str], *, nb: notebooks.Program, cell: int) -> str:
+    """A message's program line numbers as notebook places (``line 4 of cell 2`` when the
+    line is in another cell than the finding's)."""
+    def place(number: re.Match[str]) -> str:
+        other, line = nb.place(int(number.group()))
+        return str(line) if other == cell else f"{line} of cell {other}"
+
+    return re.sub(r"\d+", place, match.group())
+
+
 def _check_notebook(text: str, shown: str, rules: Sequence[Rule]) -> Checked:
     try:
         nb = notebooks.program(text)
@@ -95,7 +111,9 @@ def _check_notebook(text: str, shown: str, rules: Sequence[Rule]) -> Checked:
     for finding in kept:
         cell, line = nb.place(finding.line)
         end_cell, end_line = nb.place(finding.end_line)
-        placed.append(in_cell(finding, cell, line, end_line if end_cell == cell else line))
+        message = _LINES.sub(functools.partial(_cell_lines, nb=nb, cell=cell), finding.message)
+        placed.append(replace(in_cell(finding, cell, line, end_line if end_cell == cell else line),
+                              message=message))
     lines: dict[int | None, list[str]] = {cell: text for cell, text in nb.cells.items()}
     return Checked(placed, lines, {})
 
