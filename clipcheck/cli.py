@@ -102,11 +102,12 @@ def check(paths: tuple[str, ...], output_format: str, select: tuple[str, ...], e
         for (code, rule), count in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
             click.echo(f"{count:>5}  {code}  {rule}")
     else:
-        output = FORMATS[output_format](report, _use_color(color) and output_format in ("text", "concise"))
+        colored = _use_color(color) and output_format in ("text", "concise")
+        output = FORMATS[output_format](report, colored)
         if quiet and output_format in ("text", "concise"):
             output = "\n".join(output.splitlines()[:-1])
         if output:
-            click.echo(output)
+            click.echo(output, color=colored)
     if report.checked == 0 and not quiet:
         click.echo("clipcheck: no Python file or notebook was found to check.", err=True)
     if any(f.unanalysable for f in report.findings):

@@ -55,8 +55,9 @@ def _descriptors() -> list[dict[str, object]]:
     return rules
 
 
-def _fingerprint(finding: Finding, line_text: str, occurrence: int) -> str:
-    key = f"{finding.path}\0{finding.cell}\0{finding.code}\0{line_text.strip()}\0{occurrence}"
+def _fingerprint(finding: Finding, uri: str, line_text: str, occurrence: int) -> str:
+    """Stable across runs from anywhere in the repository and across lines moving."""
+    key = f"{uri}\0{finding.cell}\0{finding.code}\0{line_text.strip()}\0{occurrence}"
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
@@ -85,10 +86,10 @@ def to_sarif(findings: Sequence[Finding], report: Report) -> str:
     seen: dict[tuple[str, int | None, str, str], int] = {}
     results = []
     for f in findings:
-        text = report.line_text(f) or ""
-        key = (f.path, f.cell, f.code, text.strip())
+        text, uri = report.line_text(f) or "", _uri(f.path, root)
+        key = (uri, f.cell, f.code, text.strip())
         seen[key] = seen.get(key, 0) + 1
-        results.append(_result(f, index[f.code], _uri(f.path, root), _fingerprint(f, text, seen[key])))
+        results.append(_result(f, index[f.code], uri, _fingerprint(f, uri, text, seen[key])))
     log = {
         "$schema": SCHEMA, "version": "2.1.0",
         "runs": [{
