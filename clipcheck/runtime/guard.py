@@ -153,8 +153,8 @@ class Guard:
         interception.register(self, optimizer)
         self.sync_params()
 
-    def owns_none_of(self, ids: set[int]) -> bool:
-        self.sync_params()  # a parameter unfrozen since the last step is this guard's too
+    def owns_none_of(self, ids: set[int], settle: bool = True) -> bool:
+        self.sync_params(settle)  # a parameter unfrozen since the last step is this guard's too
         return self._ids.isdisjoint(ids)
 
     @property
@@ -162,14 +162,15 @@ class Guard:
         """The guarded optimizer, or ``None`` once it has been garbage-collected."""
         return self._optimizer()
 
-    def sync_params(self) -> None:
+    def sync_params(self, settle: bool = True) -> None:
         """Hook the optimizer's trainable parameters not hooked yet: parameters frozen until now
         (``requires_grad=False`` has no gradient hook) and groups added with
-        ``add_param_group``. Runs at most once between two steps (unfreezing takes effect
-        from the next clip or step on), and is cheap when nothing changed."""
+        ``add_param_group``. Cheap when nothing changed, and done once between two steps by
+        the first clip or step (``settle``); an earlier zero-grad syncs without settling, so
+        unfreezing after it is still seen."""
         if not self._resync:
             return
-        self._resync = False
+        self._resync = not settle
         optimizer = self._optimizer()
         if optimizer is None:
             return

@@ -64,10 +64,11 @@ def guard_of(optimizer: object) -> Guard | None:
     return guard if guard is not None and guard.optimizer is optimizer else None
 
 
-def guards_of(ids: set[int]) -> list[Guard]:
+def guards_of(ids: set[int], settle: bool = True) -> list[Guard]:
     """The guards owning any of the parameters whose ids are given (set operations in C: a
-    clip or a zero-grad of many tensors costs little per tensor)."""
-    return [g for g in _guards.values() if not g.owns_none_of(ids)]
+    clip or a zero-grad of many tensors costs little per tensor). ``settle``: see
+    :meth:`Guard.sync_params`."""
+    return [g for g in _guards.values() if not g.owns_none_of(ids, settle)]
 
 
 def _replace(owner: Any, name: str, make: Callable[[Any], Any]) -> None:
@@ -147,11 +148,17 @@ def _zero_grad(original: Callable[..., Any], owners: Callable[[Any], list[Guard]
 
 def _optimizer_guards(optimizer: torch.optim.Optimizer) -> list[Guard]:
     guard = guard_of(optimizer)
+    if guard is None:
+        # A wrapper that inherits ``zero_grad`` from torch (Lightning's ``LightningOptimizer``
+        # subclasses the class of the optimizer it wraps) zeroes the wrapped optimizer.
+        inner = getattr(optimizer, "_optimizer", None) or getattr(optimizer, "optimizer", None)
+        guard = guard_of(inner) if inner is not None else None
     return [guard] if guard is not None else []
 
 
 def _module_guards(module: torch.nn.Module) -> list[Guard]:
-    return guards_of(set(map(id, module.parameters())))
+    # A zero-grad may come before this step's unfreezing: the clip and the step sync again.
+    return guards_of(set(map(id, module.parameters())), settle=False)
 
 
 def _clipping(params: list[torch.Tensor], max_norm: float | None, run: Callable[[], Any]) -> Any:

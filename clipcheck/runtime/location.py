@@ -50,13 +50,13 @@ def _machinery(filename: str) -> bool:
 
 def _training_step_of(frame: FrameType) -> str | None:
     """Under Lightning's automatic optimization, the step (with the closure that runs
-    ``training_step``, zero-grad and backward) is called by Lightning's ``optimizer_step``: the
-    user's code behind it is their module's ``training_step``, found in that frame's locals."""
-    local_vars = frame.f_locals
-    for name in ("self", "model"):
-        code = getattr(getattr(type(local_vars.get(name)), "training_step", None), "__code__", None)
-        if code is not None and not _machinery(code.co_filename):
-            return f"{code.co_filename}:{code.co_firstlineno}"
+    ``training_step``, zero-grad and backward) is called by ``LightningModule.optimizer_step``:
+    the user's code behind it is their module's ``training_step``. Only that frame's ``self``
+    counts: the strategy's and precision plugin's ``optimizer_step`` also run for a step the
+    user calls by hand (manual optimization), whose own line is then the one to name."""
+    code = getattr(getattr(type(frame.f_locals.get("self")), "training_step", None), "__code__", None)
+    if code is not None and not _machinery(code.co_filename):
+        return f"{code.co_filename}:{code.co_firstlineno}"
     return None
 
 

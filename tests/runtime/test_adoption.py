@@ -74,6 +74,20 @@ def test_unfrozen_parameters_are_picked_up_and_checked() -> None:
     assert caught.value.location == line_of("clip")
 
 
+def test_unfreezing_after_a_module_zero_grad_is_checked_at_once() -> None:
+    model = backbone_and_head()
+    model[0].requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    x, y = batch()
+    with rt.guard(opt, max_norm=1.0, check_every=1):
+        finetune(model, opt, steps=1)
+        model.zero_grad()
+        model[0].requires_grad_(True)  # unfrozen after this iteration's zero-grad
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        with pytest.raises(rt.PartialClipError):
+            torch.nn.utils.clip_grad_norm_(model[2].parameters(), 1.0)
+
+
 def test_added_param_groups_are_picked_up() -> None:
     model = backbone_and_head()
     opt = torch.optim.SGD(model[2].parameters(), lr=1e-2)

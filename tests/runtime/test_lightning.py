@@ -40,6 +40,30 @@ class Regressor(lightning.LightningModule):
             optimizer.zero_grad()  # <- hook-zero
 
 
+class ManualRegressor(Regressor):
+    """Manual optimization with the zero-grad misplaced between backward and step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        opt = self.optimizers()
+        x, y = batch
+        self.manual_backward(torch.nn.functional.mse_loss(self.net(x), y))
+        self.clip_gradients(opt, gradient_clip_val=1.0, gradient_clip_algorithm="norm")
+        opt.zero_grad(set_to_none=False)  # <- manual-zero
+        opt.step()
+
+
+class SteppingTwice(Regressor):
+    """Automatic optimization with an ``optimizer_step`` override that steps twice."""
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        optimizer.step(closure=optimizer_closure)
+        optimizer.step()  # <- second-step
+
+
 def fit(module: Regressor, clip: float | None) -> list[torch.Tensor]:
     torch.manual_seed(1)
     data = torch.utils.data.TensorDataset(torch.randn(64, 8), torch.randn(64, 1) * 10)
@@ -77,3 +101,16 @@ def test_a_step_lightning_runs_is_reported_at_the_training_step() -> None:
     with pytest.raises(rt.MissingClipError) as caught:
         guarded_fit(Regressor(), clip=None)
     assert caught.value.location == marked_line(Path(__file__), "training_step")
+
+
+def test_manual_optimization_names_the_users_own_calls() -> None:
+    # The zero runs through Lightning's optimizer wrapper, which inherits torch's zero_grad.
+    with pytest.raises(rt.ZeroGradBeforeStepError) as caught:
+        guarded_fit(ManualRegressor(), clip=None)
+    assert caught.value.location == marked_line(Path(__file__), "manual-zero")
+
+
+def test_an_overridden_optimizer_step_is_named_itself() -> None:
+    with pytest.raises(rt.GradientOrderError) as caught:
+        guarded_fit(SteppingTwice(), clip=1.0)
+    assert caught.value.location == marked_line(Path(__file__), "second-step")
