@@ -15,6 +15,7 @@ import click
 from clipcheck import __version__
 from clipcheck.config import ConfigError, Overrides, Resolver
 from clipcheck.docs import rule_doc
+from clipcheck.engine import Fixing
 from clipcheck.engine import check as check_sources
 from clipcheck.output import FORMATS
 from clipcheck.sources import STDIN
@@ -72,12 +73,15 @@ def main() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="Print findings only: no summary, no notices.")
 @click.option("--color", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True,
               help="Colour text output (auto: on a terminal, unless NO_COLOR is set).")
+@click.option("--fix", is_flag=True, help="Apply the safe fixes (with --unsafe-fixes, the unsafe ones too).")
+@click.option("--unsafe-fixes", is_flag=True, help="Let --fix and --diff make the fixes labelled unsafe.")
+@click.option("--diff", is_flag=True, help="Print the fixes as a unified diff instead of writing them.")
 @click.option("--show-settings", is_flag=True,
               help="Print the settings in effect for the first path, and exit.")
 def check(paths: tuple[str, ...], output_format: str, select: tuple[str, ...], extend_select: tuple[str, ...],
           ignore: tuple[str, ...], exclude: tuple[str, ...], force_exclude: bool, config_file: Path | None,
           stdin_filename: str | None, report_unused_suppressions: bool, statistics: bool, exit_zero: bool,
-          quiet: bool, color: str, show_settings: bool) -> None:
+          quiet: bool, color: str, fix: bool, unsafe_fixes: bool, diff: bool, show_settings: bool) -> None:
     """Check Python files and notebooks (default: the current directory, recursively; ``-`` reads
     standard input).
 
@@ -93,10 +97,18 @@ def check(paths: tuple[str, ...], output_format: str, select: tuple[str, ...], e
             first = Path(paths[0]) if paths and paths[0] != STDIN else Path(stdin_filename or ".")
             click.echo(resolver.for_path(first).describe())
             return
+        fixing = Fixing(unsafe=unsafe_fixes, diff=diff) if fix or diff else None
         report = check_sources(list(paths), resolver, force_exclude, report_unused_suppressions,
-                               stdin_filename)
+                               stdin_filename, fixing)
     except ConfigError as error:
         raise click.UsageError(str(error)) from error
+    if diff:
+        click.echo("".join(report.diffs), nl=False)
+        if any(f.unanalysable for f in report.findings):
+            sys.exit(2)
+        sys.exit(1 if report.diffs else 0)
+    if report.fixed and not quiet:
+        click.echo(f"clipcheck: fixed {report.fixed} problem{'s' if report.fixed != 1 else ''}.", err=True)
     if statistics:
         counts = Counter((f.code, f.rule) for f in report.findings)
         for (code, rule), count in sorted(counts.items(), key=lambda item: (-item[1], item[0])):

@@ -15,6 +15,7 @@ import libcst as cst
 from clipcheck import notebooks, suppressions
 from clipcheck.config import Resolver
 from clipcheck.findings import Finding, in_cell, unanalysable
+from clipcheck.fixes import fix_text, unified_diff, write_whole
 from clipcheck.sources import Source, Unreadable, decode, discover, read_bytes
 from clipcheck.static.analysis import ModuleAnalysis
 from clipcheck.static.rules import RULES, Rule
@@ -32,6 +33,8 @@ class Report:
     findings: list[Finding] = field(default_factory=list)
     lines: dict[tuple[str, int | None], list[str]] = field(default_factory=dict)
     checked: int = 0
+    fixed: int = 0  # fixes written
+    diffs: list[str] = field(default_factory=list)  # with --diff: the fixes not written
 
     def line_text(self, finding: Finding) -> str | None:
         lines = self.lines.get((finding.path, finding.cell), [])
@@ -118,8 +121,36 @@ def _check_notebook(text: str, shown: str, rules: Sequence[Rule]) -> Checked:
     return Checked(placed, lines, {})
 
 
-def check_source(source: Source, rules: Sequence[Rule]) -> Checked:
-    """Findings for one source (or its CC000), with its lines and suppression comments."""
+@dataclass(frozen=True)
+class Fixing:
+    """What ``--fix``/``--diff`` asked for: unsafe fixes too, and whether to only show them."""
+
+    unsafe: bool = False
+    diff: bool = False
+
+
+def _fix(source: Source, text: str, encoding: str, rules: Sequence[Rule], fixing: Fixing,
+         report: Report) -> str:
+    """Make the fixes in ``text``; write the file (or, with ``diff``, keep the diff). The text
+    the findings are then reported on."""
+    fixed, count = fix_text(text, lambda t: analyse_source(t, source.shown, rules), fixing.unsafe)
+    if not count or source.path is None:
+        return text
+    if fixing.diff:
+        report.diffs.append(unified_diff(text, fixed, source.shown))
+        return text
+    try:
+        write_whole(source.path, fixed.encode(encoding))
+    except (OSError, UnicodeEncodeError) as error:
+        raise Unreadable(f"cannot write the fixed file (left unchanged): {error}") from None
+    report.fixed += count
+    return fixed
+
+
+def check_source(source: Source, rules: Sequence[Rule], fixing: Fixing | None = None,
+                 report: Report | None = None) -> Checked:
+    """Findings for one source (or its CC000), with its lines and suppression comments; with
+    ``fixing``, after its fixes (notebooks and standard input are never rewritten)."""
     try:
         data = read_bytes(source)
         if source.is_notebook:
@@ -127,7 +158,9 @@ def check_source(source: Source, rules: Sequence[Rule]) -> Checked:
                 return _check_notebook(data.decode("utf-8-sig"), source.shown, rules)
             except UnicodeDecodeError:
                 raise Unreadable("not a notebook: not UTF-8") from None
-        text = decode(data)
+        text, encoding = decode(data)
+        if fixing is not None and report is not None:
+            text = _fix(source, text, encoding, rules, fixing, report)
     except Unreadable as reason:
         return Checked([unanalysable(source.shown, str(reason))], {}, {})
     comments = suppressions.parse(text)
@@ -136,14 +169,14 @@ def check_source(source: Source, rules: Sequence[Rule]) -> Checked:
 
 
 def check(paths: Sequence[str], resolver: Resolver, force_exclude: bool = False,
-          report_unused: bool = False, stdin_name: str | None = None) -> Report:
+          report_unused: bool = False, stdin_name: str | None = None, fixing: Fixing | None = None) -> Report:
     """Every source ``paths`` name, each with the settings in effect for it (standard input's
     by the name it is given)."""
     report = Report()
     for source in discover(paths, resolver.excluded, force_exclude, stdin_name):
         where = source.path if source.path is not None else Path(source.shown)
         rules = resolver.for_path(where).rules_for(where)
-        checked = check_source(source, rules)
+        checked = check_source(source, rules, fixing, report)
         report.checked += source.missing is None
         report.findings.extend(checked.findings)
         if report_unused:

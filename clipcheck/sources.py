@@ -124,8 +124,9 @@ class Unreadable(Exception):
     """A source whose text cannot be had; the message is the reason."""
 
 
-def decode(data: bytes) -> str:
-    """The text of a Python file: UTF-8, or the encoding its PEP 263 coding line names."""
+def decode(data: bytes) -> tuple[str, str]:
+    """The text of a Python file, and its encoding: UTF-8, or what its PEP 263 coding line
+    names."""
     try:
         encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
     except SyntaxError as error:
@@ -135,7 +136,7 @@ def decode(data: bytes) -> str:
         if "missing encoding" not in error.msg:
             raise Unreadable(f"bad coding line: {error.msg}") from None
     try:
-        return data.decode("utf-8-sig" if encoding == "utf-8-sig" else encoding)
+        return data.decode(encoding), encoding
     except UnicodeDecodeError as error:
         if encoding in ("utf-8", "utf-8-sig"):
             raise Unreadable(f"not UTF-8 and no coding line: byte 0x{data[error.start]:02x} at offset "

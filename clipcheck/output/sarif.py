@@ -75,8 +75,19 @@ def _result(finding: Finding, index: int, uri: str, fingerprint: str) -> dict[st
         "partialFingerprints": {"clipcheck/v1": fingerprint},
     }
     if finding.fix is not None:
-        result["fixes"] = [finding.fix]
+        result["fixes"] = [_fix(finding.fix, artifact)]
     return result
+
+
+def _fix(fix: dict[str, object], artifact: dict[str, str]) -> dict[str, object]:
+    """The JSON ``fix`` as a SARIF fix: each edit replaces a region (empty: an insertion)."""
+    replacements = [{
+        "deletedRegion": {"startLine": e["location"]["row"], "startColumn": e["location"]["column"],
+                          "endLine": e["end_location"]["row"], "endColumn": e["end_location"]["column"]},
+        "insertedContent": {"text": e["content"]},
+    } for e in fix["edits"]]  # type: ignore[attr-defined]
+    return {"description": {"text": f"{fix['message']} ({fix['applicability']})"},
+            "artifactChanges": [{"artifactLocation": artifact, "replacements": replacements}]}
 
 
 def to_sarif(findings: Sequence[Finding], report: Report) -> str:

@@ -23,6 +23,9 @@ def to_text(report: Report, color: bool) -> str:
         head = f"{f.place}: {f.code} {f.rule}"
         lines.append(click.style(head, bold=True) if color else head)
         lines.append(f"  {f.message}")
+        if f.fix is not None:
+            how = "--fix" if f.fix.get("applicability") == "safe" else "--fix --unsafe-fixes"
+            lines.append(f"  fix ({f.fix.get('applicability')}, {how}): {f.fix.get('message')}")
         text = None if f.unanalysable else report.line_text(f)
         if text is not None:
             text = text.rstrip("\n").expandtabs(1)

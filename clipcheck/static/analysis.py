@@ -26,8 +26,14 @@ from clipcheck.static.dataflow import (
 )
 from clipcheck.static.events import Event, EventKind
 from clipcheck.static.facts import UnitFacts
+from clipcheck.static.fixing import FixPlanner
 from clipcheck.static.program import Program, Unit
 from clipcheck.static.rules import RULES, RawFinding, Rule
+
+# What each fixable rule's fix does with the finding's anchor.
+MOVE_AFTER_ANCHOR = "CC101"  # the clip goes right after the backward pass
+MOVE_BEFORE_ANCHOR = "CC102"  # the clip goes right before the step
+WRAP_ANCHOR_IN_LIST = "CC302"  # the stored generator becomes a list
 
 PSEUDO_OPTIMIZER = "*"
 # Events that name the modules whose gradients they touch.
@@ -111,6 +117,21 @@ class ModuleAnalysis:
     def line_of(self, node: cst.CSTNode) -> int:
         return self._positions[node].start.line  # type: ignore[attr-defined]
 
+    @cached_property
+    def _planner(self) -> FixPlanner:
+        return FixPlanner(self.module, self._positions)
+
+    def _fix(self, finding: RawFinding) -> dict[str, object] | None:
+        """The edit ``--fix`` would make for this finding, where it is certain."""
+        anchor, code = finding.anchor, finding.rule.code
+        if anchor is None:
+            return None
+        if code in (MOVE_AFTER_ANCHOR, MOVE_BEFORE_ANCHOR):
+            return self._planner.move(finding.event, anchor, after=code == MOVE_AFTER_ANCHOR)
+        if code == WRAP_ANCHOR_IN_LIST:
+            return self._planner.wrap_in_list(anchor)
+        return None
+
     def findings(self, path: str) -> list[Finding]:
         raw = [f for unit in self.program.units for f in self.raw_findings(unit)]
         # A finding that rests on a caller's implied step stands where a caller shows it.
@@ -132,7 +153,7 @@ class ModuleAnalysis:
             out.append(Finding(
                 path, where.start.line, where.start.column + 1,  # type: ignore[attr-defined]
                 where.end.line, where.end.column + 1,  # type: ignore[attr-defined]
-                f.rule.code, f.rule.name, f.message,
+                f.rule.code, f.rule.name, f.message, self._fix(f),
             ))
         return sorted(out, key=lambda x: (x.line, x.column, x.code))
 

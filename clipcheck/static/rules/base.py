@@ -22,6 +22,9 @@ class RawFinding:
     # It rests on the step an unseen caller runs after the function: it stands only where a
     # caller in the module shows that step (and is then reported inside the function).
     implied: bool = False
+    # The event a fix moves the offending call next to (clip rules) or edits (a generator's
+    # binding); ``None``: no fix is offered.
+    anchor: Event | None = None
 
 
 class Rule:
@@ -32,8 +35,9 @@ class Rule:
     def check(self, facts: UnitFacts) -> Iterable[RawFinding]:
         raise NotImplementedError
 
-    def finding(self, event: Event, message: str, step: Event | None = None) -> RawFinding:
-        return RawFinding(self, event, message, step is not None and step.origin is Origin.CALLER)
+    def finding(self, event: Event, message: str, step: Event | None = None,
+                anchor: Event | None = None) -> RawFinding:
+        return RawFinding(self, event, message, step is not None and step.origin is Origin.CALLER, anchor)
 
 
 def label(event: Event) -> str:

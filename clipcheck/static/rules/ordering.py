@@ -35,7 +35,7 @@ class ClipBeforeBackward(Rule):
                        and not s.guessed for s in through):
                     backward = max(s.grads_at for s in through)
                     yield self.finding(facts.event(clip), self._message(facts, clip, backward, step_event),
-                                       step_event)
+                                       step_event, anchor=facts.event(backward))
 
     @staticmethod
     def _message(facts: UnitFacts, clip: int, backward: int, step: Event) -> str:
@@ -64,7 +64,8 @@ class ClipAfterStep(Rule):
             if not facts.always(clip, lambda s: s.grads in (Grads.USED, Grads.ZEROED_USED)):
                 continue
             steps = origins((s for k in facts.surely(clip) for s in facts.steady(clip, k)), "step_at")
-            yield self.finding(event, (
+            anchor = facts.event(steps[0]) if len(steps) == 1 else None
+            yield self.finding(event, anchor=anchor, message=(
                 f"{subject(facts, event)} clips after the optimizer {plural(len(steps), 'step')} at "
                 f"{lines(facts.line(s) for s in steps)}: that update already used the unclipped "
                 "gradients, and the clipped ones are discarded by the next zero-grad. Move the clip "

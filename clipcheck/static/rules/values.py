@@ -63,7 +63,9 @@ class ExhaustedParameters(Rule):
                 "the optimizer gets an empty parameter list (`ValueError: optimizer got an "
                 "empty parameter list`, or a parameter group that trains nothing)"
             )
-            yield self.finding(event, (
+            bindings = [e for _, e in facts.events(EventKind.PARAMS_BIND)
+                        if e.name == event.name and e.generator]
+            yield self.finding(event, anchor=bindings[0] if len(bindings) == 1 else None, message=(
                 f"`{event.name}` holds a generator (such as `model.parameters()`) that an "
                 f"earlier use already consumed, so {label(event)} receives nothing: {effect}. "
                 "Store `list(model.parameters())`, or call `model.parameters()` again here."

@@ -1,0 +1,99 @@
+"""Fixes, offered only where the edit is certain: moving a clip statement next to its anchor
+in the same block (the backward it must follow, the step it must precede), or wrapping a
+stored parameter generator in ``list(...)`` where it is created.
+
+A fix is a set of whole-line or in-line text edits, described in the JSON ``fix`` field the
+way Ruff describes its own: ``applicability`` (``safe`` or ``unsafe``), ``message`` and
+``edits`` with 1-based ``location``/``end_location`` (end exclusive) and ``content``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import libcst as cst
+
+from clipcheck.static.events import Event, Origin
+
+Positions = Mapping[cst.CSTNode, object]
+
+
+def _edit(start: tuple[int, int], end: tuple[int, int], content: str) -> dict[str, object]:
+    return {"content": content, "location": {"row": start[0], "column": start[1]},
+            "end_location": {"row": end[0], "column": end[1]}}
+
+
+class FixPlanner:
+    """Builds fixes for one module; parents are computed once, on the first request."""
+
+    def __init__(self, module: cst.Module, positions: Positions) -> None:
+        self.module = module
+        self.positions = positions
+        self.lines = module.code.splitlines(keepends=True)
+        self._parents: dict[cst.CSTNode, cst.CSTNode] | None = None
+
+    def _parent(self, node: cst.CSTNode) -> cst.CSTNode | None:
+        if self._parents is None:
+            parents: dict[cst.CSTNode, cst.CSTNode] = {}
+
+            def visit(parent: cst.CSTNode) -> None:
+                for child in parent.children:
+                    parents[child] = parent
+                    visit(child)
+
+            visit(self.module)
+            self._parents = parents
+        return self._parents.get(node)
+
+    def _statement(self, event: Event) -> tuple[cst.SimpleStatementLine, cst.CSTNode] | None:
+        """The line holding ``event``'s call alone as an expression statement, and its block."""
+        if event.chain or event.origin is not Origin.SOURCE or not isinstance(event.node, cst.Call):
+            return None
+        expr = self._parent(event.node)
+        line = self._parent(expr) if isinstance(expr, cst.Expr) else None
+        if not isinstance(line, cst.SimpleStatementLine) or len(line.body) != 1:
+            return None
+        block = self._parent(line)
+        return (line, block) if block is not None else None
+
+    def _rows(self, node: cst.CSTNode) -> tuple[int, int]:
+        where = self.positions[node]
+        return where.start.line, where.end.line  # type: ignore[attr-defined]
+
+    def move(self, clip: Event, anchor: Event, after: bool) -> dict[str, object] | None:
+        """Move the clip's line to just after (``after``) or just before its anchor's line,
+        when both are lone expression statements of the same block."""
+        found, target = self._statement(clip), self._statement(anchor)
+        if found is None or target is None or found[1] is not target[1]:
+            return None
+        body = list(getattr(found[1], "body", ()))
+        if found[0] not in body or target[0] not in body:
+            return None
+        if (body.index(found[0]) < body.index(target[0])) != after:
+            return None
+        first, last = self._rows(found[0])
+        anchor_first, anchor_last = self._rows(target[0])
+        text = "".join(self.lines[first - 1:last])
+        if not text.endswith("\n"):
+            return None  # the clip is the file's last line without a newline: leave it
+        removal = _edit((first, 1), (last + 1, 1), "")
+        at = anchor_last + 1 if after else anchor_first
+        where = f"after the backward pass at line {anchor_first}" if after else \
+            f"before the step at line {anchor_first}"
+        return {"applicability": "unsafe", "message": f"Move the clip {where}",
+                "edits": [removal, _edit((at, 1), (at, 1), text)]}
+
+    def wrap_in_list(self, binding: Event) -> dict[str, object] | None:
+        """``params = model.parameters()`` becomes ``params = list(model.parameters())``."""
+        if binding.chain or binding.origin is not Origin.SOURCE:
+            return None
+        node = binding.node
+        value = getattr(node, "value", None)
+        if not isinstance(node, (cst.Assign, cst.AnnAssign)) or not isinstance(value, cst.Call):
+            return None
+        where = self.positions[value]
+        start = (where.start.line, where.start.column + 1)  # type: ignore[attr-defined]
+        end = (where.end.line, where.end.column + 1)  # type: ignore[attr-defined]
+        return {"applicability": "safe",
+                "message": f"Store `list({self.module.code_for_node(value)})`",
+                "edits": [_edit(end, end, ")"), _edit(start, start, "list(")]}

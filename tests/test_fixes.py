@@ -1,0 +1,136 @@
+"""Fixes: the edit each one makes, idempotence, a clean re-check for the rule fixed, comments
+and permissions kept, safe versus unsafe, --diff writing nothing, and no partial write."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, run_clipcheck, run_json
+from test_cli import write
+
+CLIP_FIRST = """import torch
+
+
+def train(model, loader, optimizer):
+    for x, y in loader:
+        optimizer.zero_grad()
+        # keep the norm in check
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # max norm from the paper
+        loss = model(x).sum()
+        loss.backward()
+        optimizer.step()
+"""
+CLIP_FIRST_FIXED = """import torch
+
+
+def train(model, loader, optimizer):
+    for x, y in loader:
+        optimizer.zero_grad()
+        # keep the norm in check
+        loss = model(x).sum()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # max norm from the paper
+        optimizer.step()
+"""
+CLIP_LAST = """import torch
+
+
+def train(model, loader, optimizer):
+    for x, y in loader:
+        optimizer.zero_grad()
+        model(x).sum().backward()
+        optimizer.step()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+"""
+CLIP_LAST_FIXED = """import torch
+
+
+def train(model, loader, optimizer):
+    for x, y in loader:
+        optimizer.zero_grad()
+        model(x).sum().backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+"""
+GENERATOR = """import torch
+
+
+def build(model):
+    params = model.parameters()  # trainable weights
+    print(sum(p.numel() for p in params))
+    return torch.optim.AdamW(params, lr=1e-3)
+"""
+GENERATOR_FIXED = GENERATOR.replace("params = model.parameters()", "params = list(model.parameters())")
+
+
+@pytest.mark.parametrize(("before", "after", "rule"), [
+    (CLIP_FIRST, CLIP_FIRST_FIXED, "CC101"), (CLIP_LAST, CLIP_LAST_FIXED, "CC102"),
+    (GENERATOR, GENERATOR_FIXED, "CC302"),
+])
+def test_a_fix_makes_its_edit_once_and_the_file_rechecks_clean(tmp_path: Path, before: str, after: str,
+                                                                 rule: str) -> None:
+    path = write(tmp_path, "train.py", before)
+    path.chmod(0o640)
+    result = run_clipcheck("check", "--fix", "--unsafe-fixes", "train.py", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout
+    assert path.read_text() == after  # comments and formatting kept
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert run_json("--select", rule, "train.py", cwd=tmp_path) == (0, [])
+    again = run_clipcheck("check", "--fix", "--unsafe-fixes", "train.py", cwd=tmp_path)
+    assert again.returncode == 0 and path.read_text() == after  # idempotent
+    assert sorted(os.listdir(tmp_path)) == ["train.py"]  # no temporary file left behind
+
+
+def test_moves_are_unsafe_and_need_the_flag(tmp_path: Path) -> None:
+    path = write(tmp_path, "train.py", CLIP_FIRST)
+    _, findings = run_json("train.py", cwd=tmp_path)
+    fix = findings[0]["fix"]
+    assert fix["applicability"] == "unsafe" and "after the backward pass at line 10" in fix["message"]
+    assert fix["edits"][0] == {"content": "", "location": {"row": 8, "column": 1},
+                               "end_location": {"row": 9, "column": 1}}
+    assert run_clipcheck("check", "--fix", "train.py", cwd=tmp_path).returncode == 1
+    assert path.read_text() == CLIP_FIRST
+
+
+def test_diff_shows_the_fix_and_writes_nothing(tmp_path: Path) -> None:
+    path = write(tmp_path, "train.py", GENERATOR)
+    result = run_clipcheck("check", "--diff", "train.py", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "-    params = model.parameters()  # trainable weights" in result.stdout
+    assert "+    params = list(model.parameters())  # trainable weights" in result.stdout
+    assert path.read_text() == GENERATOR
+
+
+def test_no_fix_where_the_clip_and_its_anchor_are_in_different_blocks(tmp_path: Path) -> None:
+    guarded = "        if True:\n            torch.nn.utils.clip_grad_norm_"
+    write(tmp_path, "train.py", CLIP_FIRST.replace("        torch.nn.utils.clip_grad_norm_", guarded))
+    code, findings = run_json("train.py", cwd=tmp_path)
+    assert code == 1 and [f["fix"] for f in findings] == [None]
+
+
+def test_a_failed_write_leaves_the_file_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from clipcheck import fixes
+
+    path = write(tmp_path, "train.py", GENERATOR)
+
+    def refuse(*_: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fixes.os, "replace", refuse)
+    with pytest.raises(OSError):
+        fixes.write_whole(path, GENERATOR_FIXED.encode())
+    assert path.read_text() == GENERATOR
+    assert sorted(os.listdir(tmp_path)) == ["train.py"]
+
+
+def test_sarif_carries_the_fix(tmp_path: Path) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    write(tmp_path, "train.py", GENERATOR)
+    log = json.loads(run_clipcheck("check", "--output-format", "sarif", "train.py", cwd=tmp_path).stdout)
+    jsonschema.validate(log, json.loads((ROOT / "tests" / "data" / "sarif-schema-2.1.0.json").read_text()))
+    change = log["runs"][0]["results"][0]["fixes"][0]["artifactChanges"][0]
+    assert [r["insertedContent"]["text"] for r in change["replacements"]] == [")", "list("]
