@@ -9,6 +9,7 @@ Keys (Ruff's spelling): ``select``, ``extend-select``, ``ignore``, ``exclude``,
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,9 @@ from typing import Any
 
 import pathspec
 
+from clipcheck.static.frameworks.custom import KEYS as VOCABULARY_KEYS
+from clipcheck.static.frameworks.custom import NONE as NO_CUSTOM_VOCABULARY
+from clipcheck.static.frameworks.custom import Vocabulary
 from clipcheck.static.rules import RULES, Rule
 
 if sys.version_info >= (3, 11):
@@ -24,7 +28,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-KEYS = ("select", "extend-select", "ignore", "exclude", "extend-exclude", "per-file-ignores")
+KEYS = ("select", "extend-select", "ignore", "exclude", "extend-exclude", "per-file-ignores", "vocabulary")
 CONFIG_FILES = ("clipcheck.toml", "pyproject.toml")  # the first found in a folder wins
 
 
@@ -86,6 +90,7 @@ class Settings:
     selected: frozenset[str]  # rule codes
     exclude: tuple[str, ...] = ()
     per_file_ignores: tuple[tuple[str, frozenset[str]], ...] = ()
+    vocabulary: Vocabulary = NO_CUSTOM_VOCABULARY
     _excluded: pathspec.PathSpec = field(default_factory=lambda: _spec([]), compare=False, repr=False)
     _ignores: tuple[tuple[pathspec.PathSpec, frozenset[str]], ...] = field(default=(), compare=False,
                                                                           repr=False)
@@ -114,6 +119,8 @@ class Settings:
                  "exclude: " + (", ".join(self.exclude) or "(none beyond the built-in folders)")]
         for pattern, rule_codes in self.per_file_ignores:
             lines.append(f"per-file-ignores: {pattern} -> {', '.join(sorted(rule_codes))}")
+        for name, kind in self.vocabulary.entries:
+            lines.append(f"vocabulary: {name} counts as {kind.value}")
         return "\n".join(lines)
 
 
@@ -140,6 +147,28 @@ def _table(path: Path) -> dict[str, Any] | None:
     return data
 
 
+_DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
+
+
+def _vocabulary(table: dict[str, Any], where: str) -> Vocabulary:
+    """``[tool.clipcheck.vocabulary]``: dotted names of in-house callables, by what they do."""
+    section = table.get("vocabulary", {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"`vocabulary`{where} must be a table")
+    unknown = sorted(set(section) - set(VOCABULARY_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown key `vocabulary.{unknown[0]}`{where}; known keys: "
+                          f"{', '.join(VOCABULARY_KEYS)}")
+    entries = []
+    for key, kind in VOCABULARY_KEYS.items():
+        for name in _strings(section, key, where):
+            if not _DOTTED.match(name):
+                raise ConfigError(f"`vocabulary.{key}`{where}: {name!r} is not a dotted name "
+                                  "such as `mylib.Trainer.backward`")
+            entries.append((name, kind))
+    return Vocabulary(tuple(entries))
+
+
 def build(root: Path, source: Path | None, table: dict[str, Any], cli: Overrides) -> Settings:
     """Settings from one configuration table (empty for defaults) with the command line on top."""
     where = f" in {source}" if source is not None else ""
@@ -155,7 +184,7 @@ def build(root: Path, source: Path | None, table: dict[str, Any], cli: Overrides
     if not isinstance(per_file, dict):
         raise ConfigError(f"`per-file-ignores`{where} must be a table of glob = [rules]")
     ignores = tuple((pattern, codes(_strings(per_file, pattern, where), where)) for pattern in per_file)
-    return Settings(root, source, selected, exclude, ignores, _spec(exclude),
+    return Settings(root, source, selected, exclude, ignores, _vocabulary(table, where), _spec(exclude),
                     tuple((_spec([pattern]), rule_codes) for pattern, rule_codes in ignores))
 
 

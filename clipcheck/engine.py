@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -18,6 +18,8 @@ from clipcheck.findings import Finding, in_cell, unanalysable
 from clipcheck.fixes import fix_text, unified_diff, write_whole
 from clipcheck.sources import Source, Unreadable, decode, discover, read_bytes
 from clipcheck.static.analysis import ModuleAnalysis
+from clipcheck.static.frameworks.custom import NONE as NO_CUSTOM_VOCABULARY
+from clipcheck.static.frameworks.custom import Vocabulary
 from clipcheck.static.rules import RULES, Rule
 
 # Words without which a file cannot contain a training event: files lacking all of them are
@@ -59,7 +61,8 @@ def _syntax_error(source: str, shown: str) -> tuple[str, int, int] | None:
     return None
 
 
-def analyse_source(source: str, shown: str, rules: Sequence[Rule] = RULES) -> list[Finding]:
+def analyse_source(source: str, shown: str, rules: Sequence[Rule] = RULES,
+                   custom: Vocabulary = NO_CUSTOM_VOCABULARY) -> list[Finding]:
     """Findings for one program's text (syntax errors included, as CC000)."""
     error = _syntax_error(source, shown)
     if error is not None:
@@ -74,7 +77,7 @@ def analyse_source(source: str, shown: str, rules: Sequence[Rule] = RULES) -> li
     except RecursionError:
         return [unanalysable(shown, "the file nests too deeply to analyse")]
     try:
-        return ModuleAnalysis(module, rules).findings(shown)
+        return ModuleAnalysis(module, rules, custom).findings(shown)
     except RecursionError:
         return [unanalysable(shown, "the file nests too deeply to analyse")]
 
@@ -102,12 +105,16 @@ def _cell_lines(match: re.Match[str], *, nb: notebooks.Program, cell: int) -> st
     return re.sub(r"\d+", place, match.group())
 
 
-def _check_notebook(text: str, shown: str, rules: Sequence[Rule]) -> Checked:
+# One source's analysis: its text in, its findings out (with its name, rules and vocabulary bound).
+Analyse = Callable[[str], list[Finding]]
+
+
+def _check_notebook(text: str, shown: str, analyse: Analyse) -> Checked:
     try:
         nb = notebooks.program(text)
     except notebooks.BrokenNotebook as error:
         return Checked([unanalysable(shown, str(error))], {}, {})
-    found = analyse_source(nb.text, shown, rules)
+    found = analyse(nb.text)
     comments = suppressions.parse(nb.text)
     kept = suppressions.apply(found, comments)
     placed = []
@@ -129,11 +136,10 @@ class Fixing:
     diff: bool = False
 
 
-def _fix(source: Source, text: str, encoding: str, rules: Sequence[Rule], fixing: Fixing,
-         report: Report) -> str:
+def _fix(source: Source, text: str, encoding: str, analyse: Analyse, fixing: Fixing, report: Report) -> str:
     """Make the fixes in ``text``; write the file (or, with ``diff``, keep the diff). The text
     the findings are then reported on."""
-    fixed, count = fix_text(text, lambda t: analyse_source(t, source.shown, rules), fixing.unsafe)
+    fixed, count = fix_text(text, analyse, fixing.unsafe)
     if not count or source.path is None:
         return text
     if fixing.diff:
@@ -147,7 +153,7 @@ def _fix(source: Source, text: str, encoding: str, rules: Sequence[Rule], fixing
     return fixed
 
 
-def check_source(source: Source, rules: Sequence[Rule], fixing: Fixing | None = None,
+def check_source(source: Source, analyse: Analyse, fixing: Fixing | None = None,
                  report: Report | None = None) -> Checked:
     """Findings for one source (or its CC000), with its lines and suppression comments; with
     ``fixing``, after its fixes (notebooks and standard input are never rewritten)."""
@@ -155,16 +161,16 @@ def check_source(source: Source, rules: Sequence[Rule], fixing: Fixing | None = 
         data = read_bytes(source)
         if source.is_notebook:
             try:
-                return _check_notebook(data.decode("utf-8-sig"), source.shown, rules)
+                return _check_notebook(data.decode("utf-8-sig"), source.shown, analyse)
             except UnicodeDecodeError:
                 raise Unreadable("not a notebook: not UTF-8") from None
         text, encoding = decode(data)
         if fixing is not None and report is not None:
-            text = _fix(source, text, encoding, rules, fixing, report)
+            text = _fix(source, text, encoding, analyse, fixing, report)
     except Unreadable as reason:
         return Checked([unanalysable(source.shown, str(reason))], {}, {})
     comments = suppressions.parse(text)
-    found = suppressions.apply(analyse_source(text, source.shown, rules), comments)
+    found = suppressions.apply(analyse(text), comments)
     return Checked(found, {None: text.splitlines()}, comments)
 
 
@@ -175,8 +181,10 @@ def check(paths: Sequence[str], resolver: Resolver, force_exclude: bool = False,
     report = Report()
     for source in discover(paths, resolver.excluded, force_exclude, stdin_name):
         where = source.path if source.path is not None else Path(source.shown)
-        rules = resolver.for_path(where).rules_for(where)
-        checked = check_source(source, rules, fixing, report)
+        settings = resolver.for_path(where)
+        analyse = functools.partial(analyse_source, shown=source.shown, rules=settings.rules_for(where),
+                                    custom=settings.vocabulary)
+        checked = check_source(source, analyse, fixing, report)
         report.checked += source.missing is None
         report.findings.extend(checked.findings)
         if report_unused:

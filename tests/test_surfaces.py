@@ -242,3 +242,45 @@ def test_explain_and_rules_json(tmp_path: Path) -> None:
     rules = json.loads(run_clipcheck("rules", "--output-format", "json").stdout)
     assert {"code": "CC104", "name": "zero-grad-before-step"}.items() <= rules[3].items()
     assert all(r["summary"] and r["explanation"] for r in rules)
+
+
+# -- the project's own vocabulary -----------------------------------------------------------------
+
+IN_HOUSE = """from mylib import Trainer
+from mylib.utils import apply_update, clip_all
+
+
+def fit(model, loader, optimizer):
+    trainer = Trainer(model)
+    for batch in loader:
+        optimizer.zero_grad()
+        clip_all(model.parameters())
+        trainer.backward(model(batch).sum())
+        apply_update(optimizer)
+"""
+
+
+def test_in_house_trainers_join_the_vocabulary(tmp_path: Path) -> None:
+    write(tmp_path, "train.py", IN_HOUSE)
+    assert run_json("train.py", cwd=tmp_path) == (0, [])  # unknown calls: silence, not a guess
+    write(tmp_path, "pyproject.toml", '[tool.clipcheck.vocabulary]\n'
+                                      'backward = ["mylib.Trainer.backward"]\n'
+                                      'clip = ["mylib.utils.clip_all"]\n'
+                                      'step = ["mylib.utils.apply_update"]\n')
+    code, findings = run_json("train.py", cwd=tmp_path)
+    assert (code, [(f["code"], f["line"]) for f in findings]) == (1, [("CC101", 9)])
+    fixed = IN_HOUSE.replace("        clip_all(model.parameters())\n", "").replace(
+        "        apply_update", "        clip_all(model.parameters())\n        apply_update")
+    write(tmp_path, "train.py", fixed)
+    assert run_json("train.py", cwd=tmp_path) == (0, [])
+
+
+@pytest.mark.parametrize(("vocabulary", "named"), [
+    ('[tool.clipcheck.vocabulary]\nbackwards = ["a.b"]\n', "unknown key `vocabulary.backwards`"),
+    ('[tool.clipcheck.vocabulary]\nclip = ["clip all"]\n', "not a dotted name"),
+])
+def test_a_bad_vocabulary_is_a_usage_error(tmp_path: Path, vocabulary: str, named: str) -> None:
+    write(tmp_path, "pyproject.toml", vocabulary)
+    write(tmp_path, "train.py", BAD)
+    result = run_clipcheck("check", "train.py", cwd=tmp_path)
+    assert result.returncode == 2 and named in result.stderr

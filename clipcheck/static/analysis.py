@@ -27,6 +27,8 @@ from clipcheck.static.dataflow import (
 from clipcheck.static.events import Event, EventKind
 from clipcheck.static.facts import UnitFacts
 from clipcheck.static.fixing import FixPlanner
+from clipcheck.static.frameworks.custom import NONE as NO_CUSTOM_VOCABULARY
+from clipcheck.static.frameworks.custom import Vocabulary
 from clipcheck.static.program import Program, Unit
 from clipcheck.static.rules import RULES, RawFinding, Rule
 
@@ -41,10 +43,11 @@ MODULE_EVENTS = frozenset({EventKind.ZERO_GRAD, EventKind.GRAD_WRITE, EventKind.
 
 
 class ModuleAnalysis:
-    def __init__(self, module: cst.Module, rules: Sequence[Rule] = RULES) -> None:
+    def __init__(self, module: cst.Module, rules: Sequence[Rule] = RULES,
+                 custom: Vocabulary = NO_CUSTOM_VOCABULARY) -> None:
         self.module = module
         self.rules = rules
-        self.program = Program(module)
+        self.program = Program(module, custom)
         self._init_params: dict[cst.FunctionDef, ParamsState] = {}
 
     def raw_findings(self, unit: Unit) -> list[RawFinding]:

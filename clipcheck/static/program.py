@@ -12,6 +12,8 @@ from clipcheck.static.bindings import Bindings, ClassInfo, Kind, Scope, collect_
 from clipcheck.static.cfg import Cfg, CfgBuilder, Edge
 from clipcheck.static.events import Event, EventKind, Origin
 from clipcheck.static.frameworks import lightning
+from clipcheck.static.frameworks.custom import NONE as NO_CUSTOM_VOCABULARY
+from clipcheck.static.frameworks.custom import Vocabulary
 from clipcheck.static.names import ModuleNames
 from clipcheck.static.recognizer import Inline, Recognizer
 from clipcheck.static.syntax import nested_statements, statements
@@ -28,8 +30,9 @@ class Unit:
 
 
 class Program:
-    def __init__(self, module: cst.Module) -> None:
+    def __init__(self, module: cst.Module, custom: Vocabulary = NO_CUSTOM_VOCABULARY) -> None:
         self.module = module
+        self.custom = custom
         self.names = ModuleNames.of(module)
         self.bindings = Bindings(self.names)
         # Every ``def`` of the top level, also inside ``if __name__ == "__main__":`` and the like.
@@ -123,7 +126,7 @@ class Program:
         chain = caller.chain if inline.dynamic else (*caller.chain, inline.call)
         if isinstance(inline.callee, cst.Lambda):
             return Recognizer(self.module, self.names, self.bindings, caller.scope,
-                              caller.arguments, chain, caller.local_suffix)
+                              caller.arguments, chain, caller.local_suffix, self.custom)
         scope = self.scopes.get(inline.callee)
         # An optimizer or scaler handed over makes a helper's calls on it events, whatever
         # the parameter is called (``def update(o): o.step()``).
@@ -134,7 +137,7 @@ class Program:
         if scope.parent is not self.module_scope and scope.parent is not None:
             arguments = {**caller.arguments, **caller.enclosed(scope), **arguments}
         return Recognizer(self.module, self.names, self.bindings, scope, arguments, chain,
-                          local_suffix=f"@{id(inline.call)}")
+                          local_suffix=f"@{id(inline.call)}", custom=self.custom)
 
     def _may_have_events(self, fn: cst.FunctionDef) -> bool:
         """Whether a helper has training events of its own (or through what it calls);
@@ -156,7 +159,7 @@ class Program:
 
     def _build(self, scope: Scope, body: Sequence[cst.BaseStatement],
                before: Sequence[Event] = (), after: Sequence[Event] = ()) -> Cfg:
-        recognizer = Recognizer(self.module, self.names, self.bindings, scope)
+        recognizer = Recognizer(self.module, self.names, self.bindings, scope, custom=self.custom)
         return CfgBuilder(recognizer, self.expansion).build(body, before, after)
 
 

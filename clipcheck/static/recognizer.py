@@ -19,6 +19,8 @@ from clipcheck.static.bindings import Bindings, Kind, Scope
 from clipcheck.static.events import Consumer, Event, EventKind
 from clipcheck.static.frameworks import accelerate, lightning, naming
 from clipcheck.static.frameworks import torch as vocab
+from clipcheck.static.frameworks.custom import NONE as NO_CUSTOM_VOCABULARY
+from clipcheck.static.frameworks.custom import Vocabulary
 from clipcheck.static.names import ModuleNames, dotted, numeric_literal
 from clipcheck.static.syntax import assignment_targets, statements
 
@@ -193,8 +195,10 @@ class Recognizer:
         arguments: dict[str, Argument] | None = None,
         chain: tuple[cst.CSTNode, ...] = (),
         local_suffix: str = "",
+        custom: Vocabulary = NO_CUSTOM_VOCABULARY,
     ) -> None:
         self.module = module
+        self.custom = custom
         self.names = names
         self.bindings = bindings
         self.scope = scope
@@ -617,6 +621,9 @@ class Recognizer:
                     out.append(self._event(EventKind.PARAMS_USE, call, func, name=key,
                                            consumer=consumer_kind))
         recognised = len(out)
+        custom = self.custom.of_function(qualified) if self.custom.entries else None
+        if custom is not None:
+            return [*out, *self._custom(custom, call, call.args[0].value if call.args else None)]
         if qualified is not None:
             if qualified in vocab.CLIP_FUNCTIONS:
                 params = call.args[0].value if call.args else None
@@ -724,6 +731,10 @@ class Recognizer:
             method_def = self.scope.cls.method(method)
             if method_def is not None:
                 return self._inline(method_def, call, is_method=True)
+        if self.custom.entries:
+            custom = self.custom.of_method(self._constructors(receiver), method)
+            if custom is not None:
+                return self._custom(custom, call, positional[0] if positional else None)
         wrapper = self._local_class_method(receiver, method)
         if wrapper is not None:
             return self._inline(wrapper, call, is_method=True, instance=receiver)
@@ -776,6 +787,28 @@ class Recognizer:
         if param is not None and method in vocab.HAND_WRITE_METHODS:
             return [self._event(EventKind.GRAD_WRITE, call, func, models=self._grad_owner(param))]
         return []
+
+    def _constructors(self, receiver: cst.BaseExpression) -> frozenset[str]:
+        """The qualified names of what built the object ``receiver`` names (``Trainer(...)``)."""
+        key = dotted(receiver)
+        binding = self.scope.lookup(key) if key else None
+        if binding is None:
+            return frozenset()
+        return frozenset(self.names.qualify(v.func) or "" for v in binding.values
+                         if isinstance(v, cst.Call) and self.names.is_imported(v.func))
+
+    def _custom(self, kind: EventKind, call: cst.Call, subject: cst.BaseExpression | None) -> list[Item]:
+        """An event of the project's own vocabulary, about ``subject`` (the loss, the
+        parameters or the optimizer it was handed; ``None``: all of them)."""
+        if kind is EventKind.BACKWARD:
+            return [self._backward(call, call.func, *([subject] if subject is not None else []))]
+        if kind is EventKind.CLIP:
+            return self._clip(call, None, **self._clipped(subject))
+        if subject is not None and self.kind(subject) is Kind.OPTIMIZER:
+            return [self._event(kind, call, call.func, **self._about(subject))]
+        models = self.owners(subject) if subject is not None else None
+        return [self._event(kind, call, call.func, **({"models": models} if kind is EventKind.ZERO_GRAD
+                                                        else self._about(None)))]
 
     def _clip_gradients(self, call: cst.Call, receiver: cst.BaseExpression) -> list[Item]:
         optimizer = next(
