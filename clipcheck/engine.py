@@ -89,6 +89,8 @@ class Checked:
     findings: list[Finding]
     lines: dict[int | None, list[str]]
     suppressions: dict[int, suppressions.Suppression]
+    # Where a finding on the analysed text belongs (a notebook's cell); others stay put.
+    relocate: Callable[[Finding], Finding] = lambda finding: finding
 
 
 # "line 12", "lines 12 and 30", "lines 3, 12 and 30" in a message: the program's lines.
@@ -109,23 +111,24 @@ def _cell_lines(match: re.Match[str], *, nb: notebooks.Program, cell: int) -> st
 Analyse = Callable[[str], list[Finding]]
 
 
+def _in_notebook(finding: Finding, nb: notebooks.Program) -> Finding:
+    """A finding on the notebook's program, placed in its cell (messages too)."""
+    cell, line = nb.place(finding.line)
+    end_cell, end_line = nb.place(finding.end_line)
+    message = _LINES.sub(functools.partial(_cell_lines, nb=nb, cell=cell), finding.message)
+    return replace(in_cell(finding, cell, line, end_line if end_cell == cell else line), message=message)
+
+
 def _check_notebook(text: str, shown: str, analyse: Analyse) -> Checked:
     try:
         nb = notebooks.program(text)
     except notebooks.BrokenNotebook as error:
         return Checked([unanalysable(shown, str(error))], {}, {})
-    found = analyse(nb.text)
     comments = suppressions.parse(nb.text)
-    kept = suppressions.apply(found, comments)
-    placed = []
-    for finding in kept:
-        cell, line = nb.place(finding.line)
-        end_cell, end_line = nb.place(finding.end_line)
-        message = _LINES.sub(functools.partial(_cell_lines, nb=nb, cell=cell), finding.message)
-        placed.append(replace(in_cell(finding, cell, line, end_line if end_cell == cell else line),
-                              message=message))
+    kept = suppressions.apply(analyse(nb.text), comments)
     lines: dict[int | None, list[str]] = {cell: text for cell, text in nb.cells.items()}
-    return Checked(placed, lines, {})
+    relocate = functools.partial(_in_notebook, nb=nb)
+    return Checked([relocate(f) for f in kept], lines, comments, relocate)
 
 
 @dataclass(frozen=True)
@@ -186,10 +189,12 @@ def check(paths: Sequence[str], resolver: Resolver, force_exclude: bool = False,
                                     custom=settings.vocabulary)
         checked = check_source(source, analyse, fixing, report)
         report.checked += source.missing is None
-        report.findings.extend(checked.findings)
+        found = checked.findings
         if report_unused:
-            report.findings.extend(suppressions.unused(source.shown, checked.suppressions))
-        if checked.findings:
+            unused = suppressions.unused(source.shown, checked.suppressions)
+            found = found + [checked.relocate(f) for f in unused]
+        report.findings.extend(found)
+        if found:
             for cell, lines in checked.lines.items():
                 report.lines[(source.shown, cell)] = lines
     report.findings.sort(key=lambda f: (f.path, f.cell or 0, f.line, f.column, f.code))

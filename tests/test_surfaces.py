@@ -221,6 +221,14 @@ def test_notebook_findings_name_the_cell_and_the_line_in_it(tmp_path: Path) -> N
     assert "    optimizer.zero_grad()" in text
 
 
+def test_unused_suppressions_in_a_notebook_name_their_cell(tmp_path: Path) -> None:
+    write(tmp_path, "nb.ipynb", notebook(("code", "import torch\n"), ("code", CLEAN.replace(
+        "optimizer.step()", "optimizer.step()  # noqa: CC102"))))
+    result = run_clipcheck("check", "--report-unused-suppressions", "--output-format", "json", "nb.ipynb",
+                           cwd=tmp_path)
+    assert [(f["code"], f["cell"], f["line"]) for f in json.loads(result.stdout)] == [("CC900", 2, 8)]
+
+
 def test_a_broken_notebook_is_cc000(tmp_path: Path) -> None:
     write(tmp_path, "a.ipynb", "{not json")
     write(tmp_path, "b.ipynb", '{"cells": 3}')
