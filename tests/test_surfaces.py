@@ -114,6 +114,15 @@ def test_only_top_level_build_and_env_folders_are_skipped(tmp_path: Path) -> Non
     assert [f["path"] for f in findings] == ["pkg/build/train.py"]
 
 
+def test_an_unreadable_file_is_cc000_and_the_json_stays_an_array(tmp_path: Path) -> None:
+    (tmp_path / "gone.py").symlink_to(tmp_path / "nowhere.py")
+    write(tmp_path, "train.py", BAD)
+    code, findings = run_json("gone.py", "train.py", cwd=tmp_path)
+    assert code == 2
+    assert [(f["path"], f["code"]) for f in findings] == [("gone.py", "CC000"), ("train.py", "CC104")]
+    assert "cannot read the file" in findings[0]["message"]
+
+
 def test_a_run_that_checks_nothing_says_so(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     result = run_clipcheck("check", "empty", cwd=tmp_path)
