@@ -17,6 +17,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from clipcheck.runtime import interception
+from clipcheck.runtime.eager import eager
 from clipcheck.runtime.errors import (
     BackwardAfterUnscaleError,
     ClipAfterStepError,
@@ -68,7 +69,7 @@ class _Installation:
         self.steps = 0
         self.handle = register_optimizer_step_pre_hook(self._attach)
 
-    @torch.compiler.disable
+    @eager
     def _attach(self, optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
         self.steps += 1
         if interception.guard_of(optimizer) is None:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from clipcheck.runtime import errors, interception
+from clipcheck.runtime.eager import eager
 from clipcheck.runtime.location import user_location
 
 _CLOCK = itertools.count(1)
@@ -216,7 +217,7 @@ class Guard:
     # -- events -------------------------------------------------------------------------------
     def _accumulate_hook(self, index: int) -> Callable[[torch.Tensor], None]:
         # Runs in the eager autograd engine, also for compiled models (AccumulateGrad is not
-        # traced), so it skips the cost of a torch.compiler.disable wrapper on every parameter.
+        # traced), so it needs no dynamo boundary (see eager.py) on every parameter.
         # Compiled autograd, which would trace it, is not supported.
         def accumulated(param: torch.Tensor) -> None:
             self._t_acc = next(_CLOCK)
@@ -328,7 +329,7 @@ class Guard:
             self._check_order(location)
             self._finish_step(location)
 
-    @torch.compiler.disable
+    @eager
     def _pre_step(self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...],
                   kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
         """Checks the step about to run and books it (no post-step hook: one call per step).

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from clipcheck.runtime.eager import eager
 from clipcheck.runtime.location import user_location
 
 if TYPE_CHECKING:
@@ -130,7 +131,7 @@ def _zero_grad(original: Callable[..., Any], owners: Callable[[Any], list[Guard]
     run = getattr(original, "_torchdynamo_orig_callable", original)
 
     @functools.wraps(original, updated=())  # not torch's dynamo attributes: this one has its own
-    @torch.compiler.disable
+    @eager
     def zero_grad(self: Any, set_to_none: bool = True) -> None:
         guards = owners(self) if _guards else []
         if not guards:
@@ -176,7 +177,7 @@ def _clipping(params: list[torch.Tensor], max_norm: float | None, run: Callable[
 
 def _clip_with_norm(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
-    @torch.compiler.disable  # a compiled training step calls it eagerly
+    @eager  # a compiled training step calls it eagerly
     def clip(parameters: Any, max_norm: float, total_norm: torch.Tensor, foreach: bool | None = None) -> None:
         params = _as_list(parameters)
         if math.isinf(max_norm):  # ``clip_grad_norm_(ps, inf)`` only measures the norm
@@ -189,7 +190,7 @@ def _clip_with_norm(original: Callable[..., Any]) -> Callable[..., Any]:
 
 def _clip_value(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
-    @torch.compiler.disable  # a compiled training step calls it eagerly
+    @eager  # a compiled training step calls it eagerly
     def clip_grad_value_(parameters: Any, clip_value: float, foreach: bool | None = None) -> None:
         params = _as_list(parameters)
         _clipping(params, None, lambda: original(params, clip_value, foreach))
@@ -199,7 +200,7 @@ def _clip_value(original: Callable[..., Any]) -> Callable[..., Any]:
 
 def _fsdp_clip(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
-    @torch.compiler.disable  # a compiled training step calls it eagerly
+    @eager  # a compiled training step calls it eagerly
     def clip_grad_norm_(self: torch.nn.Module, max_norm: float, *args: Any, **kwargs: Any) -> Any:
         return _clipping(list(self.parameters()), float(max_norm),
                          lambda: original(self, max_norm, *args, **kwargs))
@@ -209,7 +210,7 @@ def _fsdp_clip(original: Callable[..., Any]) -> Callable[..., Any]:
 
 def _scaler_unscale(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
-    @torch.compiler.disable  # a compiled training step calls it eagerly
+    @eager  # a compiled training step calls it eagerly
     def unscale_(self: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> None:
         guard = guard_of(optimizer)
         if guard is not None and self.is_enabled() and not guard.inside_scaler_step:
@@ -221,7 +222,7 @@ def _scaler_unscale(original: Callable[..., Any]) -> Callable[..., Any]:
 
 def _scaler_step(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
-    @torch.compiler.disable  # a compiled training step calls it eagerly
+    @eager  # a compiled training step calls it eagerly
     def step(self: torch.amp.GradScaler, optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
         guard = guard_of(optimizer)
         if guard is None or not self.is_enabled():  # a disabled scaler just calls step()
@@ -234,7 +235,7 @@ def _scaler_step(original: Callable[..., Any]) -> Callable[..., Any]:
 
 def _scaler_update(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
-    @torch.compiler.disable  # a compiled training step calls it eagerly
+    @eager  # a compiled training step calls it eagerly
     def update(self: torch.amp.GradScaler, new_scale: Any = None) -> None:
         original(self, new_scale)
         for guard in list(_guards.values()):
