@@ -16,6 +16,8 @@ import libcst as cst
 from clipcheck.static.events import Event, Origin
 
 Positions = Mapping[cst.CSTNode, object]
+# Words of loss scaling: where they appear, where a clip belongs depends on ``unscale_``.
+SCALING = ("GradScaler", "unscale_", ".scale(")
 
 
 def _edit(start: tuple[int, int], end: tuple[int, int], content: str) -> dict[str, object]:
@@ -60,9 +62,21 @@ class FixPlanner:
         where = self.positions[node]
         return where.start.line, where.end.line  # type: ignore[attr-defined]
 
+    def _plain(self, anchor: Event) -> bool:
+        """``loss.backward()`` or ``optimizer.step()`` in a module without loss scaling: next to
+        ``scaler.scale(loss).backward()``, ``scaler.step(optimizer)`` or
+        ``accelerator.backward(loss)`` a moved clip could see scaled gradients."""
+        call = anchor.node
+        if not isinstance(call, cst.Call) or any(a.keyword is None for a in call.args):
+            return False
+        receiver = call.func.value if isinstance(call.func, cst.Attribute) else None
+        return not isinstance(receiver, cst.Call) and not any(word in self.module.code for word in SCALING)
+
     def move(self, clip: Event, anchor: Event, after: bool) -> dict[str, object] | None:
         """Move the clip's line to just after (``after``) or just before its anchor's line,
         when both are lone expression statements of the same block."""
+        if not self._plain(anchor):
+            return None
         found, target = self._statement(clip), self._statement(anchor)
         if found is None or target is None or found[1] is not target[1]:
             return None
