@@ -78,6 +78,8 @@ def test_nearest_pyproject_configures_the_files_below_it(tmp_path: Path) -> None
     ('[tool.clipcheck]\nignore = ["no-such-rule"]\n', "unknown rule 'no-such-rule'"),
     ('[tool.clipcheck]\nignore = "CC101"\n', "`ignore`"),
     ("[tool.clipcheck\n", "not valid TOML"),
+    ('[tool.clipcheck.vocabulary]\nbackwards = ["a.b"]\n', "unknown key `vocabulary.backwards`"),
+    ('[tool.clipcheck.vocabulary]\nclip = ["clip all"]\n', "not a dotted name"),
 ])
 def test_a_bad_configuration_is_a_usage_error_naming_it(tmp_path: Path, config: str, named: str) -> None:
     write(tmp_path, "pyproject.toml", config)
@@ -290,14 +292,3 @@ def test_in_house_trainers_join_the_vocabulary(tmp_path: Path) -> None:
         "        apply_update", "        clip_all(model.parameters())\n        apply_update")
     write(tmp_path, "train.py", fixed)
     assert run_json("train.py", cwd=tmp_path) == (0, [])
-
-
-@pytest.mark.parametrize(("vocabulary", "named"), [
-    ('[tool.clipcheck.vocabulary]\nbackwards = ["a.b"]\n', "unknown key `vocabulary.backwards`"),
-    ('[tool.clipcheck.vocabulary]\nclip = ["clip all"]\n', "not a dotted name"),
-])
-def test_a_bad_vocabulary_is_a_usage_error(tmp_path: Path, vocabulary: str, named: str) -> None:
-    write(tmp_path, "pyproject.toml", vocabulary)
-    write(tmp_path, "train.py", BAD)
-    result = run_clipcheck("check", "train.py", cwd=tmp_path)
-    assert result.returncode == 2 and named in result.stderr
