@@ -76,19 +76,12 @@ class _Snapshot:
 
 
 def torch_optimizer(optimizer: object) -> torch.optim.Optimizer:
-    """The torch optimizer behind a framework's wrapper (accelerate's ``AcceleratedOptimizer``,
-    Lightning's ``LightningOptimizer``, any object exposing the one it wraps)."""
-    seen = optimizer
-    for _ in range(8):  # accelerate's wrapper is an Optimizer subclass that never set up hooks
-        inner = next((getattr(seen, a) for a in ("optimizer", "_optimizer")
-                      if getattr(seen, a, None) is not None), None)
-        if inner is None:
-            if isinstance(seen, torch.optim.Optimizer):
-                return seen
-            break
-        seen = inner
-    raise TypeError(f"clipcheck guards torch optimizers; {type(optimizer).__name__} neither is one "
-                    "nor exposes the one it wraps (as .optimizer or ._optimizer)")
+    """The torch optimizer ``optimizer`` is or wraps; a ``TypeError`` for anything else."""
+    found = interception.wrapped_optimizer(optimizer)
+    if found is None:
+        raise TypeError(f"clipcheck guards torch optimizers; {type(optimizer).__name__} neither is one "
+                        "nor exposes the one it wraps (as .optimizer or ._optimizer)")
+    return found
 
 
 def _tolerance(grads: list[torch.Tensor]) -> float:

@@ -147,13 +147,26 @@ def _zero_grad(original: Callable[..., Any], owners: Callable[[Any], list[Guard]
     return zero_grad
 
 
+def wrapped_optimizer(optimizer: object) -> torch.optim.Optimizer | None:
+    """The torch optimizer behind a framework's wrapper (accelerate's ``AcceleratedOptimizer``,
+    Lightning's ``LightningOptimizer``, any object exposing the one it wraps as ``.optimizer``
+    or ``._optimizer``), the optimizer itself, or ``None``."""
+    seen = optimizer
+    for _ in range(8):  # accelerate's wrapper is an Optimizer subclass that never set up hooks
+        inner = next((getattr(seen, a) for a in ("optimizer", "_optimizer")
+                      if getattr(seen, a, None) is not None), None)
+        if inner is None:
+            return seen if isinstance(seen, torch.optim.Optimizer) else None
+        seen = inner
+    return None
+
+
 def _optimizer_guards(optimizer: torch.optim.Optimizer) -> list[Guard]:
     guard = guard_of(optimizer)
     if guard is None:
         # A wrapper that inherits ``zero_grad`` from torch (Lightning's ``LightningOptimizer``
         # subclasses the class of the optimizer it wraps) zeroes the wrapped optimizer.
-        inner = getattr(optimizer, "_optimizer", None) or getattr(optimizer, "optimizer", None)
-        guard = guard_of(inner) if inner is not None else None
+        guard = guard_of(wrapped_optimizer(optimizer))
     return [guard] if guard is not None else []
 
 
