@@ -139,21 +139,23 @@ class Fixing:
     diff: bool = False
 
 
-def _fix(source: Source, text: str, encoding: str, analyse: Analyse, fixing: Fixing, report: Report) -> str:
+def _fix(source: Source, text: str, encoding: str, analyse: Analyse, fixing: Fixing,
+         report: Report) -> tuple[str, list[Finding]]:
     """Make the fixes in ``text``; write the file (or, with ``diff``, keep the diff). The text
-    the findings are then reported on."""
-    fixed, count = fix_text(text, analyse, fixing.unsafe)
-    if not count or source.path is None:
-        return text
-    if fixing.diff:
-        report.diffs.append(unified_diff(text, fixed, source.shown))
-        return text
+    the findings are then reported on, and its findings."""
+    fixed, count, findings = fix_text(text, analyse, fixing.unsafe)
+    if not count:
+        return text, findings
+    if source.path is None or fixing.diff:
+        if source.path is not None:
+            report.diffs.append(unified_diff(text, fixed, source.shown))
+        return text, analyse(text)  # nothing written: the findings are those of the text as it is
     try:
         write_whole(source.path, fixed.encode(encoding))
     except (OSError, UnicodeEncodeError) as error:
         raise Unreadable(f"cannot write the fixed file (left unchanged): {error}") from None
     report.fixed += count
-    return fixed
+    return fixed, findings
 
 
 def check_source(source: Source, analyse: Analyse, fixing: Fixing | None = None,
@@ -169,12 +171,13 @@ def check_source(source: Source, analyse: Analyse, fixing: Fixing | None = None,
                 raise Unreadable("not a notebook: not UTF-8") from None
         text, encoding = decode(data)
         if fixing is not None and report is not None:
-            text = _fix(source, text, encoding, analyse, fixing, report)
+            text, found = _fix(source, text, encoding, analyse, fixing, report)
+        else:
+            found = analyse(text)
     except Unreadable as reason:
         return Checked([unanalysable(source.shown, str(reason))], {}, {})
     comments = suppressions.parse(text)
-    found = suppressions.apply(analyse(text), comments)
-    return Checked(found, {None: text.splitlines()}, comments)
+    return Checked(suppressions.apply(found, comments), {None: text.splitlines()}, comments)
 
 
 def check(paths: Sequence[str], resolver: Resolver, force_exclude: bool = False,

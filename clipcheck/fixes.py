@@ -42,19 +42,22 @@ def apply_edits(text: str, fixes: Sequence[dict[str, object]]) -> tuple[str, int
     return text, applied
 
 
-def fix_text(text: str, analyse: Analyse, unsafe: bool) -> tuple[str, int]:
-    """The text with every applicable fix made, and how many were made."""
+def fix_text(text: str, analyse: Analyse, unsafe: bool) -> tuple[str, int, list[Finding]]:
+    """The text with every applicable fix made, how many were made, and the findings on the
+    text returned (its last analysis, so that nobody analyses it again)."""
     total = 0
+    findings = analyse(text)
     for _ in range(MAX_PASSES):
-        fixes = [f.fix for f in analyse(text) if f.fix is not None
+        fixes = [f.fix for f in findings if f.fix is not None
                  and (unsafe or f.fix.get("applicability") == "safe")]
         if not fixes:
             break
-        text, applied = apply_edits(text, fixes)
+        fixed, applied = apply_edits(text, fixes)
         if not applied:
             break
-        total += applied
-    return text, total
+        text, total = fixed, total + applied
+        findings = analyse(text)
+    return text, total, findings
 
 
 def unified_diff(before: str, after: str, shown: str) -> str:
