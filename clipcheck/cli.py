@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from clipcheck import __version__
-from clipcheck.config import ConfigError, Overrides, Resolver
+from clipcheck.config import ConfigError, Overrides, Resolver, rule_named
 from clipcheck.docs import rule_doc
 from clipcheck.engine import Fixing
 from clipcheck.engine import check as check_sources
@@ -24,11 +24,10 @@ from clipcheck.suppressions import UNUSED_CODE
 
 
 def _rule_by_id(identifier: str) -> Rule:
-    for rule in RULES:
-        if identifier.upper() == rule.code or identifier.lower() == rule.name:
-            return rule
-    known = ", ".join(f"{r.code} ({r.name})" for r in RULES)
-    raise click.UsageError(f"unknown rule {identifier!r}; known rules: {known}")
+    try:
+        return rule_named(identifier)
+    except ConfigError as error:
+        raise click.UsageError(str(error)) from error
 
 
 def _selectors(values: Sequence[str]) -> tuple[str, ...]:

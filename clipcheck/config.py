@@ -36,6 +36,19 @@ class ConfigError(Exception):
     """A configuration or a rule selector that cannot be used (exit code 2)."""
 
 
+def _unknown(selector: str, where: str) -> ConfigError:
+    known = ", ".join(f"{r.code} ({r.name})" for r in RULES)
+    return ConfigError(f"unknown rule {selector!r}{where}; known rules: {known}")
+
+
+def rule_named(identifier: str) -> Rule:
+    """The one rule a code or kebab name names (no prefixes: ``explain``, ``rules RULE``)."""
+    found = [r for r in RULES if identifier.upper() == r.code or identifier.lower() == r.name]
+    if not found:
+        raise _unknown(identifier, "")
+    return found[0]
+
+
 def rules_matching(selector: str, where: str = "") -> list[Rule]:
     """The rules a selector names: a code, a kebab name, a code prefix, or ``ALL``."""
     wanted = selector.strip()
@@ -43,8 +56,7 @@ def rules_matching(selector: str, where: str = "") -> list[Rule]:
         return list(RULES)
     found = [r for r in RULES if r.name == wanted.lower() or r.code.startswith(wanted.upper())]
     if not found or (wanted.upper().startswith("CC") and len(wanted) < 3):
-        known = ", ".join(f"{r.code} ({r.name})" for r in RULES)
-        raise ConfigError(f"unknown rule {selector!r}{where}; known rules: {known}")
+        raise _unknown(selector, where)
     return found
 
 
