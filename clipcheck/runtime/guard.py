@@ -28,6 +28,8 @@ from clipcheck.runtime.location import user_location
 
 _CLOCK = itertools.count(1)
 _grad_of = operator.attrgetter("grad")
+_params_of = operator.itemgetter("params")
+_requires_grad = operator.attrgetter("requires_grad")
 _is_tensor = functools.partial(operator.is_not, None)
 
 
@@ -128,8 +130,12 @@ class Guard:
         self.inside_scaler_step = False
         self._thread = threading.get_ident()
         self._t_acc = self._t_zero = self._t_clip = self._t_unscale = self._t_step = 0
-        self._where: dict[str, str | None] = {}
-        self._zeroed_since_step = False
+        # Where the zero-grad, clip and unscale that a later error may blame were called. The
+        # zero-grad's is looked up only when it discards a backward's gradients (its walk up the
+        # stack would cost every step otherwise); a step's, only when it goes unclipped.
+        self._zero_site: str | None = None
+        self._clip_site: str | None = None
+        self._unscale_site: str | None = None
         self._unscaled = False
         self._stepped = False
         self._skip_check = attached_mid_step
@@ -169,8 +175,8 @@ class Guard:
         if optimizer is None:
             return
         groups = optimizer.param_groups
-        sizes = [len(g["params"]) for g in groups]
-        if sizes == self._group_sizes and not any(p.requires_grad for p in self._frozen):
+        sizes = list(map(len, map(_params_of, groups)))
+        if sizes == self._group_sizes and not any(map(_requires_grad, self._frozen)):
             return
         self._group_sizes = sizes
         self._frozen = []
@@ -214,8 +220,8 @@ class Guard:
         # Compiled autograd, which would trace it, is not supported.
         def accumulated(param: torch.Tensor) -> None:
             self._t_acc = next(_CLOCK)
-            used = self._used
-            if used is None or self._zeroed_since_step or self._stale_backward is not None:
+            used = self._used  # dropped by a zero-grad
+            if used is None or self._stale_backward is not None:
                 return
             if used.accumulated_once(index, param.grad, self._version):
                 # Only this accumulation touched the gradient the last step used.
@@ -223,13 +229,14 @@ class Guard:
 
         return accumulated
 
-    def before_zero(self, location: str | None) -> None:
+    def before_zero(self) -> None:
         self._raise_unclipped()
+        # A zero-grad after a backward and before any step: if a step follows, it is to blame.
+        self._zero_site = user_location() if self._t_acc > self._t_step else None
         self._t_zero = next(_CLOCK)
-        self._where["zero"] = location
 
     def after_zero(self) -> None:
-        self._zeroed_since_step = True
+        self._used = None  # what the last step used is gone: no backward can accumulate into it
         self._stale_backward = None  # what the stale backward added is gone before any step
         self._clipped = None
 
@@ -248,12 +255,12 @@ class Guard:
             self._missing_clip(step, step_location)
         if self.steps and not backward_since_step and self._t_step > self._t_zero:
             raise errors.ClipAfterStepError(
-                f"this clip runs after optimizer.step() (at {self._where.get('step')}) and before any "
-                "new backward(): that update already used unclipped gradients. Clip between "
-                "backward() and step().", step=self.steps, location=location)
+                "this clip runs after optimizer.step() and before any new backward(): that update "
+                "already used unclipped gradients. Clip between backward() and step().",
+                step=self.steps, location=location)
         if self._t_acc > self._t_clip > max(self._t_step, self._t_zero):
             raise errors.ClipInsideAccumulationError(
-                f"gradients were already clipped since the last step (at {self._where.get('clip')}) "
+                f"gradients were already clipped since the last step (at {self._clip_site}) "
                 "and a backward() has accumulated more since: clipping every micro-batch rescales "
                 "partial sums. Clip once, after the last backward() and right before step().",
                 step=self.steps + 1, location=location)
@@ -275,52 +282,49 @@ class Guard:
                 f"the clip leaves out {missed} parameter(s) of this optimizer that have gradients: "
                 "those reach step() unclipped. Clip all of the optimizer's parameters at once.",
                 step=self.steps + 1, location=location)
-        self._where["clip"] = location
-
-    def _snapshot(self) -> _Snapshot:
-        return _Snapshot(list(map(_grad_of, self.params)), self._version)
+        self._clip_site = location
 
     def after_clip(self, max_norm: float | None) -> None:
         self._t_clip = next(_CLOCK)
         self._clip_max_norm = max_norm
-        self._clipped = self._snapshot() if max_norm is not None else None
+        self._clipped = _Snapshot(self._grads(), self._version) if max_norm is not None else None
 
     def before_unscale(self, scaler: torch.amp.GradScaler, location: str | None) -> None:
         if self.scaler is None:
             self.scaler = scaler
         if self._unscaled and self._t_step > self._t_unscale:
             raise errors.MissingScalerUpdateError(
-                f"scaler.update() did not run after the step at {self._where.get('step')}: the "
-                "scale never adapts (and torch refuses this unscale_). Call scaler.update() once "
-                "after each scaler.step(optimizer).", step=self.steps + 1, location=location)
+                "scaler.update() did not run after the last step: the scale never adapts (and "
+                "torch refuses this unscale_). Call scaler.update() once after each "
+                "scaler.step(optimizer).", step=self.steps + 1, location=location)
         if self._unscaled:
             raise errors.UnscaleTwiceError(
-                f"scaler.unscale_(optimizer) already ran for this step (at {self._where.get('unscale')}); "
+                f"scaler.unscale_(optimizer) already ran for this step (at {self._unscale_site}); "
                 "a second call raises in torch and would divide by the scale twice. Unscale once, "
                 "right before clipping.", step=self.steps + 1, location=location)
         self._unscaled = True
         self._t_unscale = next(_CLOCK)
-        self._where["unscale"] = location
+        self._unscale_site = location
 
     def after_scaler_update(self) -> None:
         self._unscaled = False
 
     @contextlib.contextmanager
-    def scaler_step(self, scaler: torch.amp.GradScaler, location: str | None) -> Iterator[None]:
+    def scaler_step(self, scaler: torch.amp.GradScaler) -> Iterator[None]:
         """``scaler.step(optimizer)``: the optimizer's own step runs inside, or, after an inf or
         nan, not at all (then no optimizer hook runs, and the step is booked as skipped)."""
         if self.scaler is None:
             self.scaler = scaler
         self.inside_scaler_step = True
         self._stepped = False
-        self._where["step"] = location
         try:
             yield
         finally:
             self.inside_scaler_step = False
         if not self._stepped:
-            self._check_order(location)
-            self._finish_step(location)
+            grads = self._grads()
+            self._check_order(any(map(_is_tensor, grads)))
+            self._finish_step(grads)
 
     @eager
     def _pre_step(self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...],
@@ -328,14 +332,13 @@ class Guard:
         """Checks the step about to run and books it (no post-step hook: one call per step).
         A step that raises inside torch is booked all the same; the error reaches the user."""
         self.sync_params()
-        location = self._where["step"] if self.inside_scaler_step else user_location()
-        self._where["step"] = location
         self._stepped = True  # the optimizer's own step runs (scaler.step did not skip it)
         # ``args`` starts with the optimizer itself.
         closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
         if closure is None:
-            if self._check_step(location):
-                self._finish_step(location)
+            grads = self._check_step()
+            if grads is not None:
+                self._finish_step(grads)
             return None
         booked = False
 
@@ -344,9 +347,10 @@ class Guard:
             # several times): each run is checked, the step is booked once.
             nonlocal booked
             result = closure()
-            if self._check_step(location) and not booked:
+            grads = self._check_step()
+            if grads is not None and not booked:
                 booked = True
-                self._finish_step(location)
+                self._finish_step(grads)
             return result
 
         if "closure" in kwargs:
@@ -354,45 +358,56 @@ class Guard:
         return (args[0], checked_closure, *args[2:]), kwargs
 
     # -- checks -------------------------------------------------------------------------------
-    def _check_step(self, location: str | None) -> bool:
-        """Raises on a mistake; whether the step changes anything (and so is booked)."""
+    # A check names the line of the call it runs in (the step, a clip) only when it raises: it
+    # looks it up then, with ``user_location()``.
+    def _grads(self) -> list[torch.Tensor | None]:
+        return list(map(_grad_of, self.params))
+
+    def _check_step(self) -> list[torch.Tensor | None] | None:
+        """Raises on a mistake; the gradients the step uses, or ``None`` when it changes
+        nothing (and so is not booked)."""
+        grads = self._grads()
         if self._skip_check:
             self._skip_check = False
-            return True
-        if self._t_acc <= self._t_step and not any(p.grad is not None for p in self.params):
+            return grads
+        has_grad = any(map(_is_tensor, grads))
+        if self._t_acc <= self._t_step and not has_grad:
             # No gradient at all and no backward since the last step (an optimizer whose
             # parameters took no part this time): torch's step changes nothing.
-            return False
+            return None
         if self.scaler is not None and not self.inside_scaler_step:
             raise errors.StepBypassesScalerError(
                 "optimizer.step() is called directly while a GradScaler scales the loss: the "
                 "gradients are still scaled and inf/nan steps are not skipped. Use "
                 "scaler.step(optimizer) followed by scaler.update().",
-                step=self.steps + 1, location=location)
-        self._check_order(location)
+                step=self.steps + 1, location=user_location())
+        self._check_order(has_grad)
         if self.max_norm is not None:
             if self._t_clip <= self._t_step:
-                self._unclipped_step = (self.steps + 1, location)
-            elif not self._clip_vouches():
+                self._unclipped_step = (self.steps + 1, user_location())
+            elif not self._clip_vouches(grads):
                 self._enqueue_norm_check()
-        return True
+        return grads
 
-    def _check_order(self, location: str | None) -> None:
+    def _check_order(self, has_grad: bool) -> None:
+        """The order of this step's events; ``has_grad``: any of the optimizer's parameters has
+        a gradient."""
         step = self.steps + 1
         self._raise_unclipped()
         if self._t_acc <= self._t_step:
             zeroed = self._t_zero > self._t_step
             raise errors.StepBeforeBackwardError(
                 "no backward() ran since " + ("the previous step" if self.steps else "the guard started")
-                + (f" and the zero_grad() at {self._where.get('zero')}" if zeroed else "")
+                + (" and zero_grad() ran since" if zeroed else "")
                 + ": this step applies " + ("zeroed" if zeroed else "the previous step's")
-                + " gradients. Call backward() before step().", step=step, location=location)
-        if self._t_zero > self._t_acc or not any(p.grad is not None for p in self.params):
+                + " gradients. Call backward() before step().", step=step, location=user_location())
+        zeroed_after_backward = self._t_zero > self._t_acc
+        if zeroed_after_backward or not has_grad:
             raise errors.ZeroGradBeforeStepError(
                 "the gradients were zeroed after backward() and before this step"
-                + (f" (zero_grad() at {self._where.get('zero')})" if self._t_zero > self._t_acc else "")
+                + (f" (zero_grad() at {self._zero_site})" if zeroed_after_backward else "")
                 + ": the update sees nothing. Zero before backward() or after step().",
-                step=step, location=self._where.get("zero") if self._t_zero > self._t_acc else location)
+                step=step, location=self._zero_site if zeroed_after_backward else user_location())
         if self._stale_backward is not None:
             raise errors.MissingZeroGradError(
                 f"this backward() accumulated into the gradients step {self.steps} already applied: "
@@ -400,14 +415,14 @@ class Guard:
                 "optimizer.zero_grad() once per update.", step=step, location=self._stale_backward[0])
         if self._t_step < self._t_unscale < self._t_acc:
             raise errors.BackwardAfterUnscaleError(
-                f"backward() ran after scaler.unscale_(optimizer) (at {self._where.get('unscale')}): "
+                f"backward() ran after scaler.unscale_(optimizer) (at {self._unscale_site}): "
                 "the new gradients are still scaled when step() runs. Unscale after the last backward().",
-                step=step, location=location)
+                step=step, location=user_location())
         if self._t_step < self._t_clip < self._t_acc:
             raise errors.ClipBeforeBackwardError(
-                f"backward() ran after this clip, before the step at {location}: the step applies "
-                "gradients the clip never saw. Clip once, after the last backward() and right "
-                "before step().", step=step, location=self._where.get("clip"))
+                f"backward() ran after this clip, before the step at {user_location()}: the step "
+                "applies gradients the clip never saw. Clip once, after the last backward() and "
+                "right before step().", step=step, location=self._clip_site)
 
     def _raise_unclipped(self) -> None:
         if self._unclipped_step is not None:
@@ -421,14 +436,15 @@ class Guard:
             f"max_norm={self.max_norm:g}). Call clip_grad_norm_ between backward() (and "
             "scaler.unscale_) and step().", step=step, location=location)
 
-    def _clip_vouches(self) -> bool:
-        """An intercepted clip covered every gradient, within max_norm, and none changed since."""
+    def _clip_vouches(self, grads: list[torch.Tensor | None]) -> bool:
+        """An intercepted clip covered every gradient, within max_norm, and none changed since
+        (``grads``: the step's)."""
         clipped = self._clipped
         if clipped is None or self._clip_max_norm is None or self.max_norm is None:
             return False
         if self._clip_max_norm > self.max_norm:
             return False
-        self._vouched = clipped.holds(list(map(_grad_of, self.params)), self._version)
+        self._vouched = clipped.holds(grads, self._version)
         return self._vouched
 
     def _enqueue_norm_check(self) -> None:
@@ -477,15 +493,15 @@ class Guard:
                 f"(first at step {first}, worst {worst:.3g} x max_norm): the gradients were not "
                 "clipped, or were changed after the clip.", step=first, location=None)
 
-    def _finish_step(self, location: str | None) -> None:
+    def _finish_step(self, grads: list[torch.Tensor | None]) -> None:
+        """Book the step that used ``grads``."""
         self.steps += 1
         self._t_step = next(_CLOCK)
         self._resync = True
-        self._where["step"] = location
-        self._zeroed_since_step = False
         self._stale_backward = None
         # What the step used: the clip's snapshot when it vouched for these very gradients.
-        self._used = self._clipped if self._vouched and self._clipped is not None else self._snapshot()
+        clipped = self._clipped
+        self._used = clipped if self._vouched and clipped is not None else _Snapshot(grads, self._version)
         self._vouched = False
         self._clipped = None
         if self._violations is not None and self.steps % self.check_every == 0:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -137,9 +138,8 @@ def _zero_grad(original: Callable[..., Any], owners: Callable[[Any], list[Guard]
         if not guards:
             run(self, set_to_none)
             return
-        location = user_location()
         for guard in guards:
-            guard.before_zero(location)
+            guard.before_zero()
         run(self, set_to_none)
         for guard in guards:
             guard.after_zero()
@@ -179,7 +179,11 @@ def _clipping(params: list[torch.Tensor], max_norm: float | None, run: Callable[
     """Tell the guards owning ``params`` about a clip around ``run``, the clip itself."""
     ids = set(map(id, params))
     guards = guards_of(ids)
-    location = user_location() if guards else None
+    if not guards:
+        return run()
+    # The walk to the user's line starts above this frame, the clip function that called it
+    # and that function's dynamo boundary (``eager``): all clipcheck's.
+    location = user_location(sys._getframe(3))
     for guard in guards:
         guard.before_clip(ids, max_norm, location)
     result = run()
@@ -240,7 +244,7 @@ def _scaler_step(original: Callable[..., Any]) -> Callable[..., Any]:
         guard = guard_of(optimizer)
         if guard is None or not self.is_enabled():  # a disabled scaler just calls step()
             return original(self, optimizer, *args, **kwargs)
-        with guard.scaler_step(self, user_location()):
+        with guard.scaler_step(self):
             return original(self, optimizer, *args, **kwargs)
 
     return step
