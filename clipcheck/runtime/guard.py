@@ -144,7 +144,6 @@ class Guard:
         self._used: _Snapshot | None = None
         self._clipped: _Snapshot | None = None
         self._vouched = False
-        self._clip_max_norm: float | None = None
         self._violations: torch.Tensor | None = None
         self._first_violation: torch.Tensor | None = None
         self._worst_ratio: torch.Tensor | None = None
@@ -154,7 +153,8 @@ class Guard:
         self.sync_params()
 
     def owns_none_of(self, ids: set[int], settle: bool = True) -> bool:
-        self.sync_params(settle)  # a parameter unfrozen since the last step is this guard's too
+        if self._resync:
+            self.sync_params(settle)  # a parameter unfrozen since the last step is this guard's too
         return self._ids.isdisjoint(ids)
 
     @property
@@ -162,12 +162,16 @@ class Guard:
         """The guarded optimizer, or ``None`` once it has been garbage-collected."""
         return self._optimizer()
 
+    def params_added(self) -> None:
+        """``add_param_group`` ran: the next event hooks the new parameters."""
+        self._resync = True
+
     def sync_params(self, settle: bool = True) -> None:
-        """Hook the optimizer's trainable parameters not hooked yet: parameters frozen until now
-        (``requires_grad=False`` has no gradient hook) and groups added with
-        ``add_param_group``. Cheap when nothing changed, and done once between two steps by
-        the first clip or step (``settle``); an earlier zero-grad syncs without settling, so
-        unfreezing after it is still seen."""
+        """Hook the optimizer's trainable parameters not hooked yet: groups added with
+        ``add_param_group`` and parameters frozen until now (``requires_grad=False`` has no
+        gradient hook). While some are frozen, done once between two steps by the first clip
+        or step (``settle``); an earlier zero-grad syncs without settling, so unfreezing after
+        it is still seen."""
         if not self._resync:
             return
         self._resync = not settle
@@ -230,7 +234,8 @@ class Guard:
         return accumulated
 
     def before_zero(self) -> None:
-        self._raise_unclipped()
+        if self._unclipped_step is not None:
+            self._raise_unclipped()
         # A zero-grad after a backward and before any step: if a step follows, it is to blame.
         self._zero_site = user_location() if self._t_acc > self._t_step else None
         self._t_zero = next(_CLOCK)
@@ -286,8 +291,10 @@ class Guard:
 
     def after_clip(self, max_norm: float | None) -> None:
         self._t_clip = next(_CLOCK)
-        self._clip_max_norm = max_norm
-        self._clipped = _Snapshot(self._grads(), self._version) if max_norm is not None else None
+        # What the step's value check can skip: a clip to the guard's max_norm or less (a
+        # larger one has raised already) vouches for the gradients it leaves, until they change.
+        vouches = max_norm is not None and self.max_norm is not None and max_norm <= self.max_norm
+        self._clipped = _Snapshot(list(map(_grad_of, self.params)), self._version) if vouches else None
 
     def before_unscale(self, scaler: torch.amp.GradScaler, location: str | None) -> None:
         if self.scaler is None:
@@ -322,7 +329,7 @@ class Guard:
         finally:
             self.inside_scaler_step = False
         if not self._stepped:
-            grads = self._grads()
+            grads = list(map(_grad_of, self.params))
             self._check_order(any(map(_is_tensor, grads)))
             self._finish_step(grads)
 
@@ -331,10 +338,12 @@ class Guard:
                   kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
         """Checks the step about to run and books it (no post-step hook: one call per step).
         A step that raises inside torch is booked all the same; the error reaches the user."""
-        self.sync_params()
+        if self._resync:
+            self.sync_params()
         self._stepped = True  # the optimizer's own step runs (scaler.step did not skip it)
-        # ``args`` starts with the optimizer itself.
-        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+        # ``args`` starts with the optimizer itself; ``step()`` mostly comes without a closure.
+        closure = (kwargs.get("closure", args[1] if len(args) > 1 else None)
+                   if kwargs or len(args) > 1 else None)
         if closure is None:
             grads = self._check_step()
             if grads is not None:
@@ -360,13 +369,10 @@ class Guard:
     # -- checks -------------------------------------------------------------------------------
     # A check names the line of the call it runs in (the step, a clip) only when it raises: it
     # looks it up then, with ``user_location()``.
-    def _grads(self) -> list[torch.Tensor | None]:
-        return list(map(_grad_of, self.params))
-
     def _check_step(self) -> list[torch.Tensor | None] | None:
         """Raises on a mistake; the gradients the step uses, or ``None`` when it changes
         nothing (and so is not booked)."""
-        grads = self._grads()
+        grads = list(map(_grad_of, self.params))
         if self._skip_check:
             self._skip_check = False
             return grads
@@ -393,7 +399,8 @@ class Guard:
         """The order of this step's events; ``has_grad``: any of the optimizer's parameters has
         a gradient."""
         step = self.steps + 1
-        self._raise_unclipped()
+        if self._unclipped_step is not None:
+            self._raise_unclipped()
         if self._t_acc <= self._t_step:
             zeroed = self._t_zero > self._t_step
             raise errors.StepBeforeBackwardError(
@@ -440,11 +447,7 @@ class Guard:
         """An intercepted clip covered every gradient, within max_norm, and none changed since
         (``grads``: the step's)."""
         clipped = self._clipped
-        if clipped is None or self._clip_max_norm is None or self.max_norm is None:
-            return False
-        if self._clip_max_norm > self.max_norm:
-            return False
-        self._vouched = clipped.holds(grads, self._version)
+        self._vouched = clipped is not None and clipped.holds(grads, self._version)
         return self._vouched
 
     def _enqueue_norm_check(self) -> None:
@@ -497,7 +500,7 @@ class Guard:
         """Book the step that used ``grads``."""
         self.steps += 1
         self._t_step = next(_CLOCK)
-        self._resync = True
+        self._resync = bool(self._frozen)  # one may be unfrozen before the next step
         self._stale_backward = None
         # What the step used: the clip's snapshot when it vouched for these very gradients.
         clipped = self._clipped

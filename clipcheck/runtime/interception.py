@@ -97,6 +97,7 @@ def _as_list(parameters: Any) -> list[torch.Tensor]:
 def _patch_all() -> None:
     _replace(torch.optim.Optimizer, "zero_grad", lambda f: _zero_grad(f, _optimizer_guards))
     _replace(torch.nn.Module, "zero_grad", lambda f: _zero_grad(f, _module_guards))
+    _replace(torch.optim.Optimizer, "add_param_group", _add_param_group)
     clip_grad = torch.nn.utils.clip_grad
     with_norm = clip_grad._clip_grads_with_norm_
     _replace(clip_grad, "_clip_grads_with_norm_", _clip_with_norm)
@@ -147,6 +148,17 @@ def _zero_grad(original: Callable[..., Any], owners: Callable[[Any], list[Guard]
     return zero_grad
 
 
+def _add_param_group(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original, updated=())
+    @eager
+    def add_param_group(self: torch.optim.Optimizer, param_group: dict[str, Any]) -> None:
+        original(self, param_group)
+        for guard in _optimizer_guards(self):
+            guard.params_added()
+
+    return add_param_group
+
+
 def wrapped_optimizer(optimizer: object) -> torch.optim.Optimizer | None:
     """The torch optimizer behind a framework's wrapper (accelerate's ``AcceleratedOptimizer``,
     Lightning's ``LightningOptimizer``, any object exposing the one it wraps as ``.optimizer``
@@ -162,11 +174,12 @@ def wrapped_optimizer(optimizer: object) -> torch.optim.Optimizer | None:
 
 
 def _optimizer_guards(optimizer: torch.optim.Optimizer) -> list[Guard]:
-    guard = guard_of(optimizer)
-    if guard is None:
-        # A wrapper that inherits ``zero_grad`` from torch (Lightning's ``LightningOptimizer``
-        # subclasses the class of the optimizer it wraps) zeroes the wrapped optimizer.
-        guard = guard_of(wrapped_optimizer(optimizer))
+    guard = _guards.get(id(optimizer))
+    if guard is not None and guard.optimizer is optimizer:
+        return [guard]
+    # A wrapper that inherits ``zero_grad`` from torch (Lightning's ``LightningOptimizer``
+    # subclasses the class of the optimizer it wraps) zeroes the wrapped optimizer.
+    guard = guard_of(wrapped_optimizer(optimizer))
     return [guard] if guard is not None else []
 
 
@@ -175,18 +188,19 @@ def _module_guards(module: torch.nn.Module) -> list[Guard]:
     return guards_of(set(map(id, module.parameters())), settle=False)
 
 
-def _clipping(params: list[torch.Tensor], max_norm: float | None, run: Callable[[], Any]) -> Any:
-    """Tell the guards owning ``params`` about a clip around ``run``, the clip itself."""
+def _clipping(params: list[torch.Tensor], max_norm: float | None, clip: Callable[..., Any],
+              *args: Any) -> Any:
+    """Tell the guards owning ``params`` about the clip ``clip(*args)`` around it."""
     ids = set(map(id, params))
     guards = guards_of(ids)
     if not guards:
-        return run()
+        return clip(*args)
     # The walk to the user's line starts above this frame, the clip function that called it
     # and that function's dynamo boundary (``eager``): all clipcheck's.
     location = user_location(sys._getframe(3))
     for guard in guards:
         guard.before_clip(ids, max_norm, location)
-    result = run()
+    result = clip(*args)
     for guard in guards:
         guard.after_clip(max_norm)
     return result
@@ -200,7 +214,7 @@ def _clip_with_norm(original: Callable[..., Any]) -> Callable[..., Any]:
         if math.isinf(max_norm):  # ``clip_grad_norm_(ps, inf)`` only measures the norm
             original(params, max_norm, total_norm, foreach)
             return
-        _clipping(params, float(max_norm), lambda: original(params, max_norm, total_norm, foreach))
+        _clipping(params, float(max_norm), original, params, max_norm, total_norm, foreach)
 
     return clip
 
@@ -210,7 +224,7 @@ def _clip_value(original: Callable[..., Any]) -> Callable[..., Any]:
     @eager  # a compiled training step calls it eagerly
     def clip_grad_value_(parameters: Any, clip_value: float, foreach: bool | None = None) -> None:
         params = _as_list(parameters)
-        _clipping(params, None, lambda: original(params, clip_value, foreach))
+        _clipping(params, None, original, params, clip_value, foreach)
 
     return clip_grad_value_
 
@@ -220,7 +234,7 @@ def _fsdp_clip(original: Callable[..., Any]) -> Callable[..., Any]:
     @eager  # a compiled training step calls it eagerly
     def clip_grad_norm_(self: torch.nn.Module, max_norm: float, *args: Any, **kwargs: Any) -> Any:
         return _clipping(list(self.parameters()), float(max_norm),
-                         lambda: original(self, max_norm, *args, **kwargs))
+                         functools.partial(original, **kwargs), self, max_norm, *args)
 
     return clip_grad_norm_
 

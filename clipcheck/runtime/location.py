@@ -35,17 +35,21 @@ _LIGHTNING = _prefixes(_package_folders(("lightning", "pytorch_lightning")))
 _MACHINERY = _prefixes([os.path.dirname(module.__file__) for module in (torch, clipcheck) if module.__file__]
                        + _package_folders(("accelerate", "lightning", "pytorch_lightning", "lightning_fabric",
                                            "transformers", "deepspeed")))
-# Per file name: whether its frames are machinery. Keyed by the name, whose hash the string
-# caches (a code object's hash is recomputed from its contents on every lookup).
-_is_machinery: dict[str, bool] = {}
+_USER, _LIBRARY, _LIGHTNING_LIBRARY = 0, 1, 2
+# Per file name, what its frames are. Keyed by the name, whose hash the string caches (a code
+# object's hash is recomputed from its contents on every lookup).
+_kind_of: dict[str, int] = {}
 
 
-def _machinery(filename: str) -> bool:
-    machinery = _is_machinery.get(filename)
-    if machinery is None:
-        machinery = filename.startswith(_MACHINERY) or filename.startswith("<frozen")
-        _is_machinery[filename] = machinery
-    return machinery
+def _classify(filename: str) -> int:
+    if filename.startswith(_LIGHTNING):
+        kind = _LIGHTNING_LIBRARY
+    elif filename.startswith(_MACHINERY) or filename.startswith("<frozen"):
+        kind = _LIBRARY
+    else:
+        kind = _USER
+    _kind_of[filename] = kind
+    return kind
 
 
 def _training_step_of(frame: FrameType) -> str | None:
@@ -55,15 +59,16 @@ def _training_step_of(frame: FrameType) -> str | None:
     counts: the strategy's and precision plugin's ``optimizer_step`` also run for a step the
     user calls by hand (manual optimization), whose own line is then the one to name."""
     code = getattr(getattr(type(frame.f_locals.get("self")), "training_step", None), "__code__", None)
-    if code is not None and not _machinery(code.co_filename):
+    if code is not None and _classify(code.co_filename) == _USER:
         return f"{code.co_filename}:{code.co_firstlineno}"
     return None
 
 
 def user_location(frame: FrameType | None = None, thread: int | None = None) -> str | None:
     """``file:line`` of the innermost frame outside torch, clipcheck and the training
-    frameworks; when Lightning's automatic optimization called it from ``trainer.fit``, the
-    ``training_step`` of the module being trained.
+    frameworks, starting at ``frame`` (by default the caller's); when Lightning's automatic
+    optimization called it from ``trainer.fit``, the ``training_step`` of the module being
+    trained.
 
     ``thread`` picks another thread's stack: autograd hooks can run on the engine's threads
     while the training thread waits in ``backward()``.
@@ -74,13 +79,15 @@ def user_location(frame: FrameType | None = None, thread: int | None = None) -> 
         else:
             frame = sys._getframe(1)
     lightning_step: str | None = None
+    kind_of = _kind_of
     while frame is not None:
-        filename = frame.f_code.co_filename
-        machinery = _is_machinery.get(filename)
-        if not (_machinery(filename) if machinery is None else machinery):
-            return lightning_step or f"{filename}:{frame.f_lineno}"
-        if (lightning_step is None and frame.f_code.co_name == "optimizer_step"
-                and filename.startswith(_LIGHTNING)):
+        code = frame.f_code
+        kind = kind_of.get(code.co_filename)
+        if kind is None:
+            kind = _classify(code.co_filename)
+        if kind == _USER:
+            return lightning_step or f"{code.co_filename}:{frame.f_lineno}"
+        if kind == _LIGHTNING_LIBRARY and lightning_step is None and code.co_name == "optimizer_step":
             lightning_step = _training_step_of(frame)
         frame = frame.f_back
     return lightning_step
