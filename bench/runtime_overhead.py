@@ -9,11 +9,11 @@ by the baseline block's time next to it. CPU models: a small MLP and a ~10M-para
 transformer; on a CUDA machine also a ~100M-parameter transformer, checked for zero host syncs
 per guarded step.
 
-``--cost`` measures what the guard adds per step, as a fixed part and a part per parameter
-tensor: models of tiny tensors, 2, 32 and 256 of them, each step timed unguarded and
-guarded (``max_norm`` mode: zero-grad, backward, clip, step), and a line fitted through the
-differences. With ``--baseline REV`` the same measurement runs, interleaved, against the guard
-of that git revision (checked out with ``git worktree``), and the ratios are printed.
+``--cost`` measures what the guard adds per step (zero-grad, backward, clip, step), as a fixed
+part and a part per parameter tensor, in ``max_norm`` and in order-only mode: models of 2 and
+of 256 tiny tensors, each step timed alone, unguarded and guarded (see ``added_us_per_step``).
+With ``--baseline REV`` the same measurement runs, interleaved, against the guard of that git
+revision (checked out with ``git worktree``), and the ratios are printed.
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def syncs_per_step(device: str) -> None:
             torch.cuda.set_sync_debug_mode("default")
 
 
-TENSOR_COUNTS = (2, 32, 256)
+TENSOR_COUNTS = (2, 256)
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -131,57 +131,69 @@ def tiny_layers(tensors: int) -> tuple[torch.nn.Module, Callable[[], torch.Tenso
     return model, lambda: torch.stack(params).square().sum()
 
 
-def added_us_per_step(tensors: int, steps: int = 30, pairs: int = 15) -> float:
-    """Microseconds of CPU time the guard adds to one step of a model with ``tensors``
-    parameter tensors: the median over interleaved pairs of blocks (unguarded, guarded) of the
-    difference, counting the steps only (not creating or closing the guard)."""
+def added_us_per_step(tensors: int, max_norm: float | None, pairs: int, steps: int = 20) -> float:
+    """Microseconds the guard adds to one step of a model with ``tensors`` parameter tensors.
+
+    Blocks of steps run in pairs (unguarded, guarded; which goes first alternates), each step
+    timed alone; a block counts its median step, and the result is the median over the pairs
+    of the guarded block's minus the unguarded one's. On a shared machine a stall lands in one
+    step, not in every step of a block, so medians of single steps stay put where block
+    totals do not."""
     torch.manual_seed(0)
     model, loss = tiny_layers(tensors)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     step = make_step(model, loss, opt)
     for _ in range(5):
         step()
+    clock = time.perf_counter_ns
 
     def block(guarded: bool) -> float:
-        guard = rt.Guard(opt, max_norm=1.0, check_every=100) if guarded else None
-        start = time.process_time()
+        guard = rt.Guard(opt, max_norm=max_norm, check_every=100) if guarded else None
+        step()  # the guard's first step syncs its parameters: not a per-step cost
+        times = []
         for _ in range(steps):
+            start = clock()
             step()
-        elapsed = time.process_time() - start
+            times.append(clock() - start)
         if guard is not None:
             guard.close()
-        return elapsed / steps
+        return statistics.median(times)
 
     differences = []
     for i in range(pairs):
-        first = i % 2 == 0
-        a, b = block(first), block(not first)
-        plain, guarded = (b, a) if first else (a, b)
+        if i % 2:
+            plain, guarded = block(False), block(True)
+        else:
+            guarded, plain = block(True), block(False)
         differences.append(guarded - plain)
-    return statistics.median(differences) * 1e6
+    return statistics.median(differences) / 1e3
 
 
-def fixed_and_per_tensor() -> tuple[float, float]:
-    """A least-squares line through the added cost at each tensor count."""
-    xs = list(TENSOR_COUNTS)
-    ys = [added_us_per_step(n) for n in xs]
-    mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
-    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / sum(
-        (x - mean_x) ** 2 for x in xs)
-    return mean_y - slope * mean_x, slope
+def fixed_and_per_tensor(max_norm: float | None) -> tuple[float, float]:
+    """The line through the added cost at the smallest and the largest model: the fixed part
+    is nearly the cost at 2 tensors, the slope the cost of each tensor more."""
+    few, many = TENSOR_COUNTS
+    at_few = added_us_per_step(few, max_norm, pairs=60)
+    at_many = added_us_per_step(many, max_norm, pairs=20)
+    per_tensor = (at_many - at_few) / (many - few)
+    return at_few - few * per_tensor, per_tensor
 
 
-def cost_of(source_root: Path) -> tuple[float, float]:
+MODES = {"max_norm=1.0": 1.0, "order only": None}
+Cost = dict[str, tuple[float, float]]  # mode -> (fixed us, us per tensor)
+
+
+def cost_of(source_root: Path) -> Cost:
     """The guard's cost as the clipcheck at ``source_root`` measures it, in a fresh process."""
     env = {**os.environ, "PYTHONPATH": str(source_root)}
     out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--cost-json"], env=env,
                          cwd=source_root, capture_output=True, text=True, check=True).stdout
-    fixed, per_tensor = json.loads(out.strip().splitlines()[-1])
-    return fixed, per_tensor
+    measured = json.loads(out.strip().splitlines()[-1])
+    return {mode: (fixed, per_tensor) for mode, (fixed, per_tensor) in measured.items()}
 
 
 def compare_cost(baseline: str | None, rounds: int) -> None:
-    sides: dict[str, list[tuple[float, float]]] = {"current": []}
+    sides: dict[str, list[Cost]] = {"current": []}
     with tempfile.TemporaryDirectory() as folder:
         worktree = Path(folder) / "baseline"
         if baseline is not None:
@@ -197,14 +209,15 @@ def compare_cost(baseline: str | None, rounds: int) -> None:
             if baseline is not None:
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(worktree)],
                                check=False)
-    medians = {side: (statistics.median(f for f, _ in runs), statistics.median(t for _, t in runs))
-               for side, runs in sides.items()}
     print(f"guard cost per step (cpu, 1 thread, median of {rounds} rounds; tensors {TENSOR_COUNTS}):")
-    for side, (fixed, per_tensor) in medians.items():
-        print(f"  {side:<12} fixed {fixed:7.1f} us   per tensor {per_tensor:6.2f} us")
-    if baseline is not None:
-        (f0, t0), (f1, t1) = medians[baseline], medians["current"]
-        print(f"  ratio current/{baseline}: fixed x{f1 / f0:.2f}   per tensor x{t1 / t0:.2f}")
+    for mode in MODES:
+        medians = {side: (statistics.median(run[mode][0] for run in runs),
+                          statistics.median(run[mode][1] for run in runs)) for side, runs in sides.items()}
+        for side, (fixed, per_tensor) in medians.items():
+            print(f"  {mode:<13} {side:<12} fixed {fixed:7.1f} us   per tensor {per_tensor:6.2f} us")
+        if baseline is not None:
+            (f0, t0), (f1, t1) = medians[baseline], medians["current"]
+            print(f"  {mode:<13} ratio current/{baseline}: fixed x{f1 / f0:.2f}   per tensor x{t1 / t0:.2f}")
 
 
 def main() -> None:
@@ -217,7 +230,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.cost_json:
-        print(json.dumps(fixed_and_per_tensor()))
+        print(json.dumps({mode: fixed_and_per_tensor(max_norm) for mode, max_norm in MODES.items()}))
         return
     if args.cost:
         compare_cost(args.baseline, args.rounds)

@@ -31,6 +31,7 @@ _grad_of = operator.attrgetter("grad")
 _params_of = operator.itemgetter("params")
 _requires_grad = operator.attrgetter("requires_grad")
 _is_tensor = functools.partial(operator.is_not, None)
+_is = operator.is_
 
 
 def _version(grad: torch.Tensor) -> int:
@@ -46,27 +47,32 @@ _plain_version: Callable[[torch.Tensor], int] = operator.attrgetter("_version")
 class _Snapshot:
     """Each parameter's gradient (weakly) and its version, in parameter order: what a later
     check compares with. Without ``None`` gradients it is built and compared in C (CPython
-    hands out one weak reference per tensor, so equal references mean the same tensor)."""
+    hands out one weak reference per tensor, so equal references mean the same tensor; a
+    ``None`` gradient cannot be weakly referenced, and takes the slower path)."""
 
     __slots__ = ("refs", "versions")
 
     def __init__(self, grads: list[torch.Tensor | None], version: Callable[[torch.Tensor], int]) -> None:
-        if all(map(_is_tensor, grads)):
-            self.refs: list[weakref.ref[torch.Tensor] | None] = list(map(weakref.ref, grads))  # type: ignore[arg-type]
-            self.versions: list[int] = list(map(version, grads))  # type: ignore[arg-type]
-        else:
+        self.refs: list[weakref.ref[torch.Tensor] | None]
+        self.versions: list[int]
+        try:
+            self.refs = list(map(weakref.ref, grads))  # type: ignore[arg-type]
+        except TypeError:
             self.refs = [None if g is None else weakref.ref(g) for g in grads]
             self.versions = [-1 if g is None else version(g) for g in grads]
+        else:
+            self.versions = list(map(version, grads))  # type: ignore[arg-type]
 
     def holds(self, grads: list[torch.Tensor | None], version: Callable[[torch.Tensor], int]) -> bool:
         """The very same gradients, untouched since."""
         if len(grads) != len(self.refs):
             return False
-        if all(map(_is_tensor, grads)):
-            return (all(map(operator.is_, map(weakref.ref, grads), self.refs))  # type: ignore[arg-type]
+        try:
+            return (all(map(_is, map(weakref.ref, grads), self.refs))  # type: ignore[arg-type]
                     and list(map(version, grads)) == self.versions)  # type: ignore[arg-type]
-        return all(r is None if g is None else r is not None and r() is g and version(g) == v
-                   for g, r, v in zip(grads, self.refs, self.versions, strict=True))
+        except TypeError:
+            return all(r is None if g is None else r is not None and r() is g and version(g) == v
+                       for g, r, v in zip(grads, self.refs, self.versions, strict=True))
 
     def accumulated_once(self, index: int, grad: torch.Tensor | None,
                          version: Callable[[torch.Tensor], int]) -> bool:
@@ -75,7 +81,6 @@ class _Snapshot:
         ref = self.refs[index] if index < len(self.refs) else None
         return (ref is not None and grad is not None and ref() is grad
                 and version(grad) == self.versions[index] + 1)
-
 
 def torch_optimizer(optimizer: object) -> torch.optim.Optimizer:
     """The torch optimizer ``optimizer`` is or wraps; a ``TypeError`` for anything else."""

@@ -6,7 +6,7 @@ import importlib.util
 import os
 import sys
 import threading
-from types import FrameType
+from types import CodeType, FrameType
 
 import torch
 
@@ -64,6 +64,25 @@ def _training_step_of(frame: FrameType) -> str | None:
     return None
 
 
+# ``file:line`` per code object (by id; the entry holds the code object, so the id is not
+# reused) and instruction: a training loop makes its calls from a few lines, again and again,
+# and finding a line from an instruction scans the function's line table.
+_lines: dict[tuple[int, int], tuple[CodeType, str]] = {}
+_MAX_LINES = 100_000
+
+
+def _line_of(code: CodeType, frame: FrameType) -> str:
+    key = (id(code), frame.f_lasti)
+    known = _lines.get(key)
+    if known is not None:
+        return known[1]
+    if len(_lines) >= _MAX_LINES:  # code made on the fly (exec in a loop): start over
+        _lines.clear()
+    line = f"{code.co_filename}:{frame.f_lineno}"
+    _lines[key] = (code, line)
+    return line
+
+
 def user_location(frame: FrameType | None = None, thread: int | None = None) -> str | None:
     """``file:line`` of the innermost frame outside torch, clipcheck and the training
     frameworks, starting at ``frame`` (by default the caller's); when Lightning's automatic
@@ -86,7 +105,7 @@ def user_location(frame: FrameType | None = None, thread: int | None = None) -> 
         if kind is None:
             kind = _classify(code.co_filename)
         if kind == _USER:
-            return lightning_step or f"{code.co_filename}:{frame.f_lineno}"
+            return lightning_step or _line_of(code, frame)
         if kind == _LIGHTNING_LIBRARY and lightning_step is None and code.co_name == "optimizer_step":
             lightning_step = _training_step_of(frame)
         frame = frame.f_back
