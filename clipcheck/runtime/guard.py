@@ -396,8 +396,13 @@ class Guard:
         if self.max_norm is not None:
             if self._t_clip <= self._t_step:
                 self._unclipped_step = (self.steps + 1, user_location())
-            elif not self._clip_vouches(grads):
-                self._enqueue_norm_check()
+            else:
+                # An intercepted clip to max_norm or less covered every gradient, and none
+                # changed since: no value check needed.
+                clipped = self._clipped
+                self._vouched = clipped is not None and clipped.holds(grads, self._version)
+                if not self._vouched:
+                    self._enqueue_norm_check()
         return grads
 
     def _check_order(self, has_grad: bool) -> None:
@@ -447,13 +452,6 @@ class Guard:
             f"this step ran on gradients that were never clipped (the guard expects "
             f"max_norm={self.max_norm:g}). Call clip_grad_norm_ between backward() (and "
             "scaler.unscale_) and step().", step=step, location=location)
-
-    def _clip_vouches(self, grads: list[torch.Tensor | None]) -> bool:
-        """An intercepted clip covered every gradient, within max_norm, and none changed since
-        (``grads``: the step's)."""
-        clipped = self._clipped
-        self._vouched = clipped is not None and clipped.holds(grads, self._version)
-        return self._vouched
 
     def _enqueue_norm_check(self) -> None:
         """Queue, on the gradients' device, a comparison of the unscaled total norm with max_norm."""

@@ -70,7 +70,11 @@ def guards_of(ids: set[int], settle: bool = True) -> list[Guard]:
     """The guards owning any of the parameters whose ids are given (set operations in C: a
     clip or a zero-grad of many tensors costs little per tensor). ``settle``: see
     :meth:`Guard.sync_params`."""
-    return [g for g in _guards.values() if not g.owns_none_of(ids, settle)]
+    owners = []
+    for guard in _guards.values():  # a loop, not a comprehension: no frame of its own on 3.11
+        if not guard.owns_none_of(ids, settle):
+            owners.append(guard)
+    return owners
 
 
 def _replace(owner: Any, name: str, make: Callable[[Any], Any]) -> None:

@@ -71,11 +71,7 @@ _lines: dict[tuple[int, int], tuple[CodeType, str]] = {}
 _MAX_LINES = 100_000
 
 
-def _line_of(code: CodeType, frame: FrameType) -> str:
-    key = (id(code), frame.f_lasti)
-    known = _lines.get(key)
-    if known is not None:
-        return known[1]
+def _line_of(code: CodeType, frame: FrameType, key: tuple[int, int]) -> str:
     if len(_lines) >= _MAX_LINES:  # code made on the fly (exec in a loop): start over
         _lines.clear()
     line = f"{code.co_filename}:{frame.f_lineno}"
@@ -105,7 +101,11 @@ def user_location(frame: FrameType | None = None, thread: int | None = None) -> 
         if kind is None:
             kind = _classify(code.co_filename)
         if kind == _USER:
-            return lightning_step or _line_of(code, frame)
+            if lightning_step is not None:
+                return lightning_step
+            key = (id(code), frame.f_lasti)
+            known = _lines.get(key)
+            return known[1] if known is not None else _line_of(code, frame, key)
         if kind == _LIGHTNING_LIBRARY and lightning_step is None and code.co_name == "optimizer_step":
             lightning_step = _training_step_of(frame)
         frame = frame.f_back
