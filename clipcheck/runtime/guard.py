@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from clipcheck.runtime import errors, interception
-from clipcheck.runtime.eager import eager
+from clipcheck.runtime.eager import tracing
 from clipcheck.runtime.location import user_location
 
 _CLOCK = itertools.count(1)
@@ -338,11 +338,12 @@ class Guard:
             self._check_order(any(map(_is_tensor, grads)))
             self._finish_step(grads)
 
-    @eager
     def _pre_step(self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...],
                   kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
         """Checks the step about to run and books it (no post-step hook: one call per step).
         A step that raises inside torch is booked all the same; the error reaches the user."""
+        if tracing():  # a compiled training step: run eagerly (see eager.py)
+            return _untraced_pre_step(self, optimizer, args, kwargs)
         if self._resync:
             self.sync_params()
         self._stepped = True  # the optimizer's own step runs (scaler.step did not skip it)
@@ -512,3 +513,6 @@ class Guard:
         self._clipped = None
         if self._violations is not None and self.steps % self.check_every == 0:
             self.check()
+
+
+_untraced_pre_step = torch.compiler.disable(Guard._pre_step)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from clipcheck.runtime.eager import eager
+from clipcheck.runtime.eager import eager, tracing
 from clipcheck.runtime.location import user_location
 
 if TYPE_CHECKING:
@@ -137,8 +137,10 @@ def _zero_grad(original: Callable[..., Any], owners: Callable[[Any], list[Guard]
     run = getattr(original, "_torchdynamo_orig_callable", original)
 
     @functools.wraps(original, updated=())  # not torch's dynamo attributes: this one has its own
-    @eager
     def zero_grad(self: Any, set_to_none: bool = True) -> None:
+        if tracing():  # a compiled training step: run eagerly (see eager.py)
+            untraced(self, set_to_none)
+            return
         guards = owners(self) if _guards else []
         if not guards:
             run(self, set_to_none)
@@ -149,6 +151,7 @@ def _zero_grad(original: Callable[..., Any], owners: Callable[[Any], list[Guard]
         for guard in guards:
             guard.after_zero()
 
+    untraced = torch.compiler.disable(zero_grad)
     return zero_grad
 
 
@@ -212,14 +215,17 @@ def _clipping(params: list[torch.Tensor], max_norm: float | None, clip: Callable
 
 def _clip_with_norm(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
-    @eager  # a compiled training step calls it eagerly
     def clip(parameters: Any, max_norm: float, total_norm: torch.Tensor, foreach: bool | None = None) -> None:
+        if tracing():  # a compiled training step: run eagerly (see eager.py)
+            untraced(parameters, max_norm, total_norm, foreach)
+            return
         params = _as_list(parameters)
         if math.isinf(max_norm):  # ``clip_grad_norm_(ps, inf)`` only measures the norm
             original(params, max_norm, total_norm, foreach)
             return
         _clipping(params, float(max_norm), original, params, max_norm, total_norm, foreach)
 
+    untraced = torch.compiler.disable(clip)
     return clip
 
 
