@@ -12,15 +12,14 @@ per guarded step.
 ``--cost`` measures what the guard adds per step (zero-grad, backward, clip, step), as a fixed
 part and a part per parameter tensor, in ``max_norm`` and in order-only mode: models of 2 and
 of 256 tiny tensors, each step timed alone, unguarded and guarded (see ``added_us_per_step``).
-With ``--baseline REV`` the same measurement runs, interleaved, against the guard of that git
-revision (checked out with ``git worktree``), and the ratios are printed.
+With ``--baseline REV`` the guard of that git revision (checked out with ``git worktree`` and
+imported beside the current one) is measured in the same rounds, and the ratios are printed.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
+import importlib
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -120,7 +120,9 @@ def syncs_per_step(device: str) -> None:
 
 
 TENSOR_COUNTS = (2, 256)
+MODES = {"max_norm=1.0": 1.0, "order only": None}
 ROOT = Path(__file__).resolve().parent.parent
+GuardFactory = Callable[..., Any]  # a Guard class: (optimizer, max_norm=..., check_every=...)
 
 
 def tiny_layers(tensors: int) -> tuple[torch.nn.Module, Callable[[], torch.Tensor]]:
@@ -131,14 +133,15 @@ def tiny_layers(tensors: int) -> tuple[torch.nn.Module, Callable[[], torch.Tenso
     return model, lambda: torch.stack(params).square().sum()
 
 
-def added_us_per_step(tensors: int, max_norm: float | None, pairs: int, steps: int = 20) -> float:
-    """Microseconds the guard adds to one step of a model with ``tensors`` parameter tensors.
+def added_us_per_step(guards: dict[str, GuardFactory], tensors: int, max_norm: float | None,
+                      rounds: int, steps: int = 20) -> dict[str, float]:
+    """Microseconds each guard adds to one step of a model with ``tensors`` parameter tensors.
 
-    Blocks of steps run in pairs (unguarded, guarded; which goes first alternates), each step
-    timed alone; a block counts its median step, and the result is the median over the pairs
-    of the guarded block's minus the unguarded one's. On a shared machine a stall lands in one
-    step, not in every step of a block, so medians of single steps stay put where block
-    totals do not."""
+    Each round runs a block of steps unguarded and one under each guard, in an order that
+    rotates, each step timed alone; a block counts its median step, and a guard's cost is the
+    median over the rounds of its block minus the unguarded block of the same round. On a
+    shared machine a stall lands in one step, not in every step of a block, and the blocks
+    compared are milliseconds apart, not minutes."""
     torch.manual_seed(0)
     model, loss = tiny_layers(tensors)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
@@ -147,8 +150,8 @@ def added_us_per_step(tensors: int, max_norm: float | None, pairs: int, steps: i
         step()
     clock = time.perf_counter_ns
 
-    def block(guarded: bool) -> float:
-        guard = rt.Guard(opt, max_norm=max_norm, check_every=100) if guarded else None
+    def block(make: GuardFactory | None) -> float:
+        guard = make(opt, max_norm=max_norm, check_every=100) if make is not None else None
         step()  # the guard's first step syncs its parameters: not a per-step cost
         times = []
         for _ in range(steps):
@@ -159,82 +162,82 @@ def added_us_per_step(tensors: int, max_norm: float | None, pairs: int, steps: i
             guard.close()
         return statistics.median(times)
 
-    differences = []
-    for i in range(pairs):
-        if i % 2:
-            plain, guarded = block(False), block(True)
-        else:
-            guarded, plain = block(True), block(False)
-        differences.append(guarded - plain)
-    return statistics.median(differences) / 1e3
+    sides: list[str | None] = [None, *guards]
+    differences: dict[str, list[float]] = {name: [] for name in guards}
+    for r in range(rounds):
+        shift = r % len(sides)
+        times = {side: block(guards[side] if side else None) for side in sides[shift:] + sides[:shift]}
+        for name in guards:
+            differences[name].append(times[name] - times[None])
+    return {name: statistics.median(d) / 1e3 for name, d in differences.items()}
 
 
-def fixed_and_per_tensor(max_norm: float | None) -> tuple[float, float]:
-    """The line through the added cost at the smallest and the largest model: the fixed part
-    is nearly the cost at 2 tensors, the slope the cost of each tensor more."""
-    few, many = TENSOR_COUNTS
-    at_few = added_us_per_step(few, max_norm, pairs=60)
-    at_many = added_us_per_step(many, max_norm, pairs=20)
-    per_tensor = (at_many - at_few) / (many - few)
-    return at_few - few * per_tensor, per_tensor
-
-
-MODES = {"max_norm=1.0": 1.0, "order only": None}
-Cost = dict[str, tuple[float, float]]  # mode -> (fixed us, us per tensor)
-
-
-def cost_of(source_root: Path) -> Cost:
-    """The guard's cost as the clipcheck at ``source_root`` measures it, in a fresh process."""
-    env = {**os.environ, "PYTHONPATH": str(source_root)}
-    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--cost-json"], env=env,
-                         cwd=source_root, capture_output=True, text=True, check=True).stdout
-    measured = json.loads(out.strip().splitlines()[-1])
-    return {mode: (fixed, per_tensor) for mode, (fixed, per_tensor) in measured.items()}
+def load_guard(source_root: Path) -> GuardFactory:
+    """The ``Guard`` class of the clipcheck at ``source_root``, imported beside the current one
+    (its modules are taken out of ``sys.modules`` again, and keep their own globals)."""
+    current = {name: module for name, module in sys.modules.items() if name.split(".")[0] == "clipcheck"}
+    for name in current:
+        del sys.modules[name]
+    sys.path.insert(0, str(source_root))
+    try:
+        guard_class: GuardFactory = importlib.import_module("clipcheck.runtime").Guard
+    finally:
+        sys.path.remove(str(source_root))
+        for name in [n for n in sys.modules if n.split(".")[0] == "clipcheck"]:
+            del sys.modules[name]
+        sys.modules.update(current)
+    return guard_class
 
 
 def compare_cost(baseline: str | None, rounds: int) -> None:
-    sides: dict[str, list[Cost]] = {"current": []}
+    """Fixed and per-tensor cost of the guard (and of the one at ``baseline``, in the same
+    process), in both modes: the line through the added cost at the smallest and the largest
+    model (the fixed part is nearly the cost at 2 tensors, the slope the cost of each tensor
+    more)."""
+    guards: dict[str, GuardFactory] = {"current": rt.Guard}
     with tempfile.TemporaryDirectory() as folder:
         worktree = Path(folder) / "baseline"
         if baseline is not None:
-            sides[baseline] = []
             subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(worktree),
                             baseline], check=True)
         try:
-            for r in range(rounds):
-                order = list(sides) if r % 2 == 0 else list(reversed(sides))
-                for side in order:
-                    sides[side].append(cost_of(ROOT if side == "current" else worktree))
+            if baseline is not None:
+                guards[baseline] = load_guard(worktree)
+            few, many = TENSOR_COUNTS
+            print(f"guard cost per step (cpu, 1 thread; models of {few} and {many} tiny tensors, "
+                  f"{rounds} and {max(rounds // 3, 1)} rounds):")
+            for mode, max_norm in MODES.items():
+                at_few = added_us_per_step(guards, few, max_norm, rounds)
+                at_many = added_us_per_step(guards, many, max_norm, max(rounds // 3, 1))
+                costs = {}
+                for name in guards:
+                    per_tensor = (at_many[name] - at_few[name]) / (many - few)
+                    costs[name] = (at_few[name] - few * per_tensor, per_tensor)
+                    print(f"  {mode:<13} {name:<12} fixed {costs[name][0]:7.1f} us   "
+                          f"per tensor {per_tensor:6.2f} us", flush=True)
+                if baseline is not None:
+                    (f0, t0), (f1, t1) = costs[baseline], costs["current"]
+                    print(f"  {mode:<13} ratio current/{baseline}: fixed x{f1 / f0:.2f}   "
+                          f"per tensor x{t1 / t0:.2f}", flush=True)
         finally:
             if baseline is not None:
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(worktree)],
                                check=False)
-    print(f"guard cost per step (cpu, 1 thread, median of {rounds} rounds; tensors {TENSOR_COUNTS}):")
-    for mode in MODES:
-        medians = {side: (statistics.median(run[mode][0] for run in runs),
-                          statistics.median(run[mode][1] for run in runs)) for side, runs in sides.items()}
-        for side, (fixed, per_tensor) in medians.items():
-            print(f"  {mode:<13} {side:<12} fixed {fixed:7.1f} us   per tensor {per_tensor:6.2f} us")
-        if baseline is not None:
-            (f0, t0), (f1, t1) = medians[baseline], medians["current"]
-            print(f"  {mode:<13} ratio current/{baseline}: fixed x{f1 / f0:.2f}   per tensor x{t1 / t0:.2f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="rounds of interleaved blocks (default 9; with --cost, 60)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cost", action="store_true", help="fixed and per-tensor cost of the guard")
     parser.add_argument("--baseline", default=None, help="with --cost: a git revision to compare against")
-    parser.add_argument("--cost-json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.cost_json:
-        print(json.dumps({mode: fixed_and_per_tensor(max_norm) for mode, max_norm in MODES.items()}))
-        return
     if args.cost:
-        compare_cost(args.baseline, args.rounds)
+        compare_cost(args.baseline, args.rounds or 60)
         return
+    args.rounds = args.rounds or 9
     print(f"torch {torch.__version__}, {args.threads} thread(s), median of {args.rounds} interleaved rounds")
     measure("small MLP (cpu)", lambda: mlp("cpu"), "cpu", 200, args.rounds)
     measure("10M transformer (cpu)", lambda: transformer("cpu", 384, 6, (2, 64)), "cpu", 5, args.rounds)
