@@ -157,10 +157,10 @@ class Guard:
         interception.register(self, optimizer)
         self.sync_params()
 
-    def owns_none_of(self, ids: set[int], settle: bool = True) -> bool:
+    def owns_any_of(self, ids: set[int], settle: bool = True) -> bool:
         if self._resync:
             self.sync_params(settle)  # a parameter unfrozen since the last step is this guard's too
-        return self._ids.isdisjoint(ids)
+        return not self._ids.isdisjoint(ids)
 
     @property
     def optimizer(self) -> torch.optim.Optimizer | None:
@@ -253,7 +253,8 @@ class Guard:
     def before_clip(self, covered: set[int], max_norm: float | None, location: str | None) -> None:
         """A clip of the parameters whose ids are ``covered`` is about to run (the parameters
         were synced when the clip asked whose they are)."""
-        backward_since_step = self._t_acc > self._t_step
+        t_acc, t_step, t_zero = self._t_acc, self._t_step, self._t_zero
+        backward_since_step = t_acc > t_step
         if self._unclipped_step is not None:
             step, step_location = self._unclipped_step
             self._unclipped_step = None
@@ -263,12 +264,12 @@ class Guard:
                     "update already used unclipped gradients. Clip between backward() and step().",
                     step=step, location=location)
             self._missing_clip(step, step_location)
-        if self.steps and not backward_since_step and self._t_step > self._t_zero:
+        if self.steps and not backward_since_step and t_step > t_zero:
             raise errors.ClipAfterStepError(
                 "this clip runs after optimizer.step() and before any new backward(): that update "
                 "already used unclipped gradients. Clip between backward() and step().",
                 step=self.steps, location=location)
-        if self._t_acc > self._t_clip > max(self._t_step, self._t_zero):
+        if t_acc > self._t_clip > t_step and self._t_clip > t_zero:
             raise errors.ClipInsideAccumulationError(
                 f"gradients were already clipped since the last step (at {self._clip_site}) "
                 "and a backward() has accumulated more since: clipping every micro-batch rescales "
@@ -410,16 +411,17 @@ class Guard:
         """The order of this step's events; ``has_grad``: any of the optimizer's parameters has
         a gradient."""
         step = self.steps + 1
+        t_acc, t_step = self._t_acc, self._t_step
         if self._unclipped_step is not None:
             self._raise_unclipped()
-        if self._t_acc <= self._t_step:
-            zeroed = self._t_zero > self._t_step
+        if t_acc <= t_step:
+            zeroed = self._t_zero > t_step
             raise errors.StepBeforeBackwardError(
                 "no backward() ran since " + ("the previous step" if self.steps else "the guard started")
                 + (" and zero_grad() ran since" if zeroed else "")
                 + ": this step applies " + ("zeroed" if zeroed else "the previous step's")
                 + " gradients. Call backward() before step().", step=step, location=user_location())
-        zeroed_after_backward = self._t_zero > self._t_acc
+        zeroed_after_backward = self._t_zero > t_acc
         if zeroed_after_backward or not has_grad:
             raise errors.ZeroGradBeforeStepError(
                 "the gradients were zeroed after backward() and before this step"
@@ -431,12 +433,12 @@ class Guard:
                 f"this backward() accumulated into the gradients step {self.steps} already applied: "
                 "no zero_grad() ran in between, so this step re-applies them. Call "
                 "optimizer.zero_grad() once per update.", step=step, location=self._stale_backward[0])
-        if self._t_step < self._t_unscale < self._t_acc:
+        if t_step < self._t_unscale < t_acc:
             raise errors.BackwardAfterUnscaleError(
                 f"backward() ran after scaler.unscale_(optimizer) (at {self._unscale_site}): "
                 "the new gradients are still scaled when step() runs. Unscale after the last backward().",
                 step=step, location=user_location())
-        if self._t_step < self._t_clip < self._t_acc:
+        if t_step < self._t_clip < t_acc:
             raise errors.ClipBeforeBackwardError(
                 f"backward() ran after this clip, before the step at {user_location()}: the step "
                 "applies gradients the clip never saw. Clip once, after the last backward() and "

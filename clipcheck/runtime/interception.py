@@ -72,7 +72,7 @@ def guards_of(ids: set[int], settle: bool = True) -> list[Guard]:
     :meth:`Guard.sync_params`."""
     owners = []
     for guard in _guards.values():  # a loop, not a comprehension: no frame of its own on 3.11
-        if not guard.owns_none_of(ids, settle):
+        if guard.owns_any_of(ids, settle):
             owners.append(guard)
     return owners
 
