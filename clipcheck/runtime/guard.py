@@ -125,11 +125,14 @@ class Guard:
         self.max_norm = max_norm
         self.scaler = scaler if scaler is not None and scaler.is_enabled() else None
         self.check_every = check_every
+        # The hooked parameters and their ids; ``needs_sync``: the parameters may have changed
+        # since the last ``sync_params()``. The interception reads these to find a clip's or a
+        # module zero-grad's guards.
         self.params: list[torch.Tensor] = []
-        self._ids: set[int] = set()  # of the hooked parameters
+        self.param_ids: set[int] = set()
+        self.needs_sync = True
         self._frozen: list[torch.Tensor] = []
         self._group_sizes: list[int] = []
-        self._resync = True  # the parameters may have changed since the last sync
         self._version = _plain_version
         self.steps = 0
         self.inside_scaler_step = False
@@ -157,11 +160,6 @@ class Guard:
         interception.register(self, optimizer)
         self.sync_params()
 
-    def owns_any_of(self, ids: set[int], settle: bool = True) -> bool:
-        if self._resync:
-            self.sync_params(settle)  # a parameter unfrozen since the last step is this guard's too
-        return not self._ids.isdisjoint(ids)
-
     @property
     def optimizer(self) -> torch.optim.Optimizer | None:
         """The guarded optimizer, or ``None`` once it has been garbage-collected."""
@@ -169,7 +167,7 @@ class Guard:
 
     def params_added(self) -> None:
         """``add_param_group`` ran: the next event hooks the new parameters."""
-        self._resync = True
+        self.needs_sync = True
 
     def sync_params(self, settle: bool = True) -> None:
         """Hook the optimizer's trainable parameters not hooked yet: groups added with
@@ -177,9 +175,9 @@ class Guard:
         gradient hook). While some are frozen, done once between two steps by the first clip
         or step (``settle``); an earlier zero-grad syncs without settling, so unfreezing after
         it is still seen."""
-        if not self._resync:
+        if not self.needs_sync:
             return
-        self._resync = not settle
+        self.needs_sync = not settle
         optimizer = self._optimizer()
         if optimizer is None:
             return
@@ -191,12 +189,12 @@ class Guard:
         self._frozen = []
         for group in groups:
             for param in group["params"]:
-                if id(param) in self._ids:
+                if id(param) in self.param_ids:
                     continue
                 if not param.requires_grad:
                     self._frozen.append(param)
                     continue
-                self._ids.add(id(param))
+                self.param_ids.add(id(param))
                 self._handles.append(param.register_post_accumulate_grad_hook(
                     self._accumulate_hook(len(self.params))))
                 self.params.append(param)
@@ -286,7 +284,7 @@ class Guard:
             raise errors.MaxNormExceededError(
                 f"clip_grad_norm_ uses max_norm={max_norm:g}, above the guard's max_norm="
                 f"{self.max_norm:g}.", step=self.steps + 1, location=location)
-        missed = 0 if self._ids.issubset(covered) else sum(
+        missed = 0 if self.param_ids.issubset(covered) else sum(
             1 for p in self.params if id(p) not in covered and p.grad is not None)
         if missed:
             raise errors.PartialClipError(
@@ -345,7 +343,7 @@ class Guard:
         A step that raises inside torch is booked all the same; the error reaches the user."""
         if tracing():  # a compiled training step: run eagerly (see eager.py)
             return _untraced_pre_step(self, optimizer, args, kwargs)
-        if self._resync:
+        if self.needs_sync:
             self.sync_params()
         self._stepped = True  # the optimizer's own step runs (scaler.step did not skip it)
         # ``args`` starts with the optimizer itself; ``step()`` mostly comes without a closure.
@@ -506,7 +504,7 @@ class Guard:
         """Book the step that used ``grads``."""
         self.steps += 1
         self._t_step = next(_CLOCK)
-        self._resync = bool(self._frozen)  # one may be unfrozen before the next step
+        self.needs_sync = bool(self._frozen)  # one may be unfrozen before the next step
         self._stale_backward = None
         # What the step used: the clip's snapshot when it vouched for these very gradients.
         clipped = self._clipped

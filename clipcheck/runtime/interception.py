@@ -72,7 +72,9 @@ def guards_of(ids: set[int], settle: bool = True) -> list[Guard]:
     :meth:`Guard.sync_params`."""
     owners = []
     for guard in _guards.values():  # a loop, not a comprehension: no frame of its own on 3.11
-        if guard.owns_any_of(ids, settle):
+        if guard.needs_sync:
+            guard.sync_params(settle)  # a parameter unfrozen since the last step is this guard's too
+        if not guard.param_ids.isdisjoint(ids):
             owners.append(guard)
     return owners
 
@@ -90,12 +92,6 @@ def _replace(owner: Any, name: str, make: Callable[[Any], Any]) -> None:
             setattr(owner, name, original)
 
     _undo.append(undo)
-
-
-def _as_list(parameters: Any) -> list[torch.Tensor]:
-    if isinstance(parameters, torch.Tensor):
-        return [parameters]
-    return list(parameters)
 
 
 def _patch_all() -> None:
@@ -195,19 +191,19 @@ def _module_guards(module: torch.nn.Module) -> list[Guard]:
     return guards_of(set(map(id, module.parameters())), settle=False)
 
 
-def _clipping(params: list[torch.Tensor], max_norm: float | None, clip: Callable[..., Any],
-              *args: Any) -> Any:
-    """Tell the guards owning ``params`` about the clip ``clip(*args)`` around it."""
+def _clipping(parameters: Any, max_norm: float | None, clip: Callable[..., Any], *args: Any) -> Any:
+    """Tell the guards owning ``parameters`` (a tensor or an iterable of them) about the clip
+    ``clip(params, *args)`` around it, ``params`` being them as a list."""
+    params = [parameters] if isinstance(parameters, torch.Tensor) else list(parameters)
     ids = set(map(id, params))
     guards = guards_of(ids)
     if not guards:
-        return clip(*args)
-    # The walk to the user's line starts above this frame, the clip function that called it
-    # and that function's dynamo boundary (``eager``): all clipcheck's.
-    location = user_location(sys._getframe(3))
+        return clip(params, *args)
+    # The walk to the user's line starts at the caller of the clip function that called this.
+    location = user_location(sys._getframe(2))
     for guard in guards:
         guard.before_clip(ids, max_norm, location)
-    result = clip(*args)
+    result = clip(params, *args)
     for guard in guards:
         guard.after_clip(max_norm)
     return result
@@ -219,11 +215,10 @@ def _clip_with_norm(original: Callable[..., Any]) -> Callable[..., Any]:
         if tracing():  # a compiled training step: run eagerly (see eager.py)
             untraced(parameters, max_norm, total_norm, foreach)
             return
-        params = _as_list(parameters)
         if math.isinf(max_norm):  # ``clip_grad_norm_(ps, inf)`` only measures the norm
-            original(params, max_norm, total_norm, foreach)
+            original(parameters, max_norm, total_norm, foreach)
             return
-        _clipping(params, float(max_norm), original, params, max_norm, total_norm, foreach)
+        _clipping(parameters, float(max_norm), original, max_norm, total_norm, foreach)
 
     untraced = torch.compiler.disable(clip)
     return clip
@@ -233,8 +228,7 @@ def _clip_value(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     @eager  # a compiled training step calls it eagerly
     def clip_grad_value_(parameters: Any, clip_value: float, foreach: bool | None = None) -> None:
-        params = _as_list(parameters)
-        _clipping(params, None, original, params, clip_value, foreach)
+        _clipping(parameters, None, original, clip_value, foreach)
 
     return clip_grad_value_
 
@@ -243,8 +237,10 @@ def _fsdp_clip(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     @eager  # a compiled training step calls it eagerly
     def clip_grad_norm_(self: torch.nn.Module, max_norm: float, *args: Any, **kwargs: Any) -> Any:
-        return _clipping(list(self.parameters()), float(max_norm),
-                         functools.partial(original, **kwargs), self, max_norm, *args)
+        def clip(_: list[torch.Tensor], *rest: Any) -> Any:
+            return original(self, *rest, **kwargs)
+
+        return _clipping(self.parameters(), float(max_norm), clip, max_norm, *args)
 
     return clip_grad_norm_
 

@@ -131,6 +131,25 @@ def grads_changed_after_clip(model, opt, x, y):
         opt.step()
 
 
+def clip_with_norm_before_backward(model, opt, x, y):
+    """The public two-step clip, called by hand: the guard's own interception is the callee."""
+    for _ in range(3):
+        opt.zero_grad()
+        params = list(model.parameters())
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        torch.nn.utils.clip_grads_with_norm_(params, 1.0, norm)  # <- clip-with-norm
+        loss_of(model, x, y).backward()
+        opt.step()
+
+
+def clip_value_after_step(model, opt, x, y):
+    for _ in range(3):
+        opt.zero_grad()
+        loss_of(model, x, y).backward()
+        opt.step()
+        torch.nn.utils.clip_grad_value_(model.parameters(), 0.5)  # <- clip-value-after-step
+
+
 MISTAKES: list[tuple[Callable[..., None], type[rt.GradientOrderError], str | None]] = [
     (clip_before_backward, rt.ClipBeforeBackwardError, "clip-before-backward"),
     (clip_after_step, rt.ClipAfterStepError, "clip-after-step"),
@@ -144,6 +163,8 @@ MISTAKES: list[tuple[Callable[..., None], type[rt.GradientOrderError], str | Non
     (clip_every_microbatch, rt.ClipInsideAccumulationError, "accumulation"),
     (larger_max_norm, rt.MaxNormExceededError, "larger-max-norm"),
     (grads_changed_after_clip, rt.MaxNormExceededError, None),
+    (clip_with_norm_before_backward, rt.ClipBeforeBackwardError, "clip-with-norm"),
+    (clip_value_after_step, rt.ClipAfterStepError, "clip-value-after-step"),
 ]
 
 
