@@ -121,7 +121,7 @@ class Guard:
             raise ValueError(f"check_every must be at least 1, got {check_every}")
         optimizer = torch_optimizer(optimizer)
         # Weak: a guard that is never closed must not keep the optimizer (and its model) alive.
-        self._optimizer = weakref.ref(optimizer)
+        self.optimizer_ref = weakref.ref(optimizer)
         self.max_norm = max_norm
         self.scaler = scaler if scaler is not None and scaler.is_enabled() else None
         self.check_every = check_every
@@ -163,7 +163,7 @@ class Guard:
     @property
     def optimizer(self) -> torch.optim.Optimizer | None:
         """The guarded optimizer, or ``None`` once it has been garbage-collected."""
-        return self._optimizer()
+        return self.optimizer_ref()
 
     def params_added(self) -> None:
         """``add_param_group`` ran: the next event hooks the new parameters."""
@@ -178,7 +178,7 @@ class Guard:
         if not self.needs_sync:
             return
         self.needs_sync = not settle
-        optimizer = self._optimizer()
+        optimizer = self.optimizer_ref()
         if optimizer is None:
             return
         groups = optimizer.param_groups

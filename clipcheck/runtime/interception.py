@@ -63,7 +63,7 @@ def _release() -> None:
 
 def guard_of(optimizer: object) -> Guard | None:
     guard = _guards.get(id(optimizer))
-    return guard if guard is not None and guard.optimizer is optimizer else None
+    return guard if guard is not None and guard.optimizer_ref() is optimizer else None
 
 
 def guards_of(ids: set[int], settle: bool = True) -> list[Guard]:
@@ -178,7 +178,7 @@ def wrapped_optimizer(optimizer: object) -> torch.optim.Optimizer | None:
 
 def _optimizer_guards(optimizer: torch.optim.Optimizer) -> list[Guard]:
     guard = _guards.get(id(optimizer))
-    if guard is not None and guard.optimizer is optimizer:
+    if guard is not None and guard.optimizer_ref() is optimizer:
         return [guard]
     # A wrapper that inherits ``zero_grad`` from torch (Lightning's ``LightningOptimizer``
     # subclasses the class of the optimizer it wraps) zeroes the wrapped optimizer.
