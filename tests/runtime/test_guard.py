@@ -180,6 +180,24 @@ def test_mistake_raises_at_the_offending_line(loop, error, marker) -> None:
         assert caught.value.location == line_of(marker)
 
 
+def test_each_call_is_named_at_its_own_line() -> None:
+    """Lines are cached per code object and instruction: a clip from one line of a function
+    never lends its line to a clip from another line of the same function."""
+    model, x, y = make()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with pytest.raises(rt.ClipInsideAccumulationError) as caught, rt.guard(opt, max_norm=1.0):
+        for step in range(3):
+            opt.zero_grad()
+            loss_of(model, x, y).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # <- first-clip
+            if step == 2:
+                loss_of(model, x, y).backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # <- second-clip
+            opt.step()
+    assert caught.value.location == line_of("second-clip")
+    assert f"(at {line_of('first-clip')})" in str(caught.value)
+
+
 def test_order_only_mode_ignores_unclipped_steps() -> None:
     model, x, y = make()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
