@@ -236,16 +236,15 @@ class Guard:
 
         return accumulated
 
-    def before_zero(self) -> None:
+    def zeroing(self) -> None:
+        """A zero-grad of (some of) this guard's gradients is about to run."""
         if self._unclipped_step is not None:
             self._raise_unclipped()
         # A zero-grad after a backward and before any step: if a step follows, it is to blame.
         self._zero_site = user_location() if self._t_acc > self._t_step else None
         self._t_zero = next(_CLOCK)
-
-    def after_zero(self) -> None:
-        self._used = None  # what the last step used is gone: no backward can accumulate into it
-        self._stale_backward = None  # what the stale backward added is gone before any step
+        self._used = None  # what the last step used is going: no backward can accumulate into it
+        self._stale_backward = None  # what the stale backward added goes before any step
         self._clipped = None
 
     def before_clip(self, covered: set[int], max_norm: float | None, location: str | None) -> None:

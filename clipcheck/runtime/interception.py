@@ -137,15 +137,10 @@ def _zero_grad(original: Callable[..., Any], owners: Callable[[Any], list[Guard]
         if tracing():  # a compiled training step: run eagerly (see eager.py)
             untraced(self, set_to_none)
             return
-        guards = owners(self) if _guards else []
-        if not guards:
-            run(self, set_to_none)
-            return
-        for guard in guards:
-            guard.before_zero()
+        if _guards:
+            for guard in owners(self):
+                guard.zeroing()
         run(self, set_to_none)
-        for guard in guards:
-            guard.after_zero()
 
     untraced = torch.compiler.disable(zero_grad)
     return zero_grad
