@@ -4,10 +4,10 @@
     python bench/runtime_overhead.py --cost [--baseline REV] [--rounds N]
 
 For each model, blocks of steps run interleaved (baseline, order-only guard, guard with
-max_norm), and the script prints the median over rounds of each guarded block's time divided
-by the baseline block's time next to it. CPU models: a small MLP and a ~10M-parameter
-transformer; on a CUDA machine also a ~100M-parameter transformer, checked for zero host syncs
-per guarded step.
+max_norm), and the script prints the median over rounds of each guarded block's time per step
+(on the CPU its median step) divided by the baseline block's next to it. CPU models: a small
+MLP and a ~10M-parameter transformer; on a CUDA machine also a ~100M-parameter transformer,
+checked for zero host syncs per guarded step.
 
 ``--cost`` measures what the guard adds per step (zero-grad, backward, clip, step), as a fixed
 part and a part per parameter tensor, in ``max_norm`` and in order-only mode: models of 2 and
@@ -62,18 +62,27 @@ def make_step(model: torch.nn.Module, loss: Callable[[], torch.Tensor], opt: tor
 
 
 def timed_block(step: Step, steps: int, device: str, guard: Callable[[], rt.Guard | None]) -> float:
+    """Seconds per step under ``guard``: on the CPU the median step (a stall on a shared
+    machine lands in one step, not in the block); on a GPU, whose steps run asynchronously,
+    the block's time per step between two synchronizations."""
     active = guard()
     if device == "cuda":
         torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device == "cuda":
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
         torch.cuda.synchronize()
-    elapsed = time.perf_counter() - start
+        per_step = (time.perf_counter() - start) / steps
+    else:
+        times = []
+        for _ in range(steps):
+            begin = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - begin)
+        per_step = statistics.median(times)
     if active is not None:
         active.close()
-    return elapsed / steps
+    return per_step
 
 
 def measure(name: str, build: Callable[[], tuple[torch.nn.Module, Callable[[], torch.Tensor]]],
