@@ -11,13 +11,12 @@ nothing touched them since, the value check is skipped altogether.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
 import operator
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -165,16 +164,12 @@ class Guard:
         """The guarded optimizer, or ``None`` once it has been garbage-collected."""
         return self.optimizer_ref()
 
-    def params_added(self) -> None:
-        """``add_param_group`` ran: the next event hooks the new parameters."""
-        self.needs_sync = True
-
     def sync_params(self, settle: bool = True) -> None:
-        """Hook the optimizer's trainable parameters not hooked yet: groups added with
-        ``add_param_group`` and parameters frozen until now (``requires_grad=False`` has no
-        gradient hook). While some are frozen, done once between two steps by the first clip
-        or step (``settle``); an earlier zero-grad syncs without settling, so unfreezing after
-        it is still seen."""
+        """Hook the optimizer's trainable parameters not hooked yet: parameters frozen until now
+        (``requires_grad=False`` has no gradient hook) and parameters or groups added since
+        (``add_param_group``, or by hand). Cheap when nothing changed, and done once between
+        two steps by the first clip or step (``settle``); an earlier zero-grad syncs without
+        settling, so unfreezing after it is still seen."""
         if not self.needs_sync:
             return
         self.needs_sync = not settle
@@ -319,22 +314,23 @@ class Guard:
     def after_scaler_update(self) -> None:
         self._unscaled = False
 
-    @contextlib.contextmanager
-    def scaler_step(self, scaler: torch.amp.GradScaler) -> Iterator[None]:
-        """``scaler.step(optimizer)``: the optimizer's own step runs inside, or, after an inf or
-        nan, not at all (then no optimizer hook runs, and the step is booked as skipped)."""
+    def scaler_step(self, scaler: torch.amp.GradScaler, step: Callable[[], Any]) -> Any:
+        """``scaler.step(optimizer)``, run by ``step()``: the optimizer's own step runs inside,
+        or, after an inf or nan, not at all (then no optimizer hook runs, and the step is booked
+        as skipped here)."""
         if self.scaler is None:
             self.scaler = scaler
         self.inside_scaler_step = True
         self._stepped = False
         try:
-            yield
+            result = step()
         finally:
             self.inside_scaler_step = False
         if not self._stepped:
             grads = list(map(_grad_of, self.params))
-            self._check_order(any(map(_is_tensor, grads)))
+            self._check_order(any(map(_is_tensor, grads)), user_location)
             self._finish_step(grads)
+        return result
 
     def _pre_step(self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...],
                   kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
@@ -349,18 +345,21 @@ class Guard:
         closure = (kwargs.get("closure", args[1] if len(args) > 1 else None)
                    if kwargs or len(args) > 1 else None)
         if closure is None:
-            grads = self._check_step()
+            grads = self._check_step(user_location)
             if grads is not None:
                 self._finish_step(grads)
             return None
         booked = False
+        # The checks run inside the optimizer's step, from the closure: the step's own line
+        # is the one to name, looked up now.
+        location = user_location()
 
         def checked_closure() -> Any:
             # The closure runs backward inside the step (Lightning, LBFGS, which runs it
             # several times): each run is checked, the step is booked once.
             nonlocal booked
             result = closure()
-            grads = self._check_step()
+            grads = self._check_step(lambda: location)
             if grads is not None and not booked:
                 booked = True
                 self._finish_step(grads)
@@ -371,11 +370,11 @@ class Guard:
         return (args[0], checked_closure, *args[2:]), kwargs
 
     # -- checks -------------------------------------------------------------------------------
-    # A check names the line of the call it runs in (the step, a clip) only when it raises: it
-    # looks it up then, with ``user_location()``.
-    def _check_step(self) -> list[torch.Tensor | None] | None:
+    # A check names the line of the call it runs in (a clip, the step) only when it raises: it
+    # looks it up then, with ``user_location()`` or the step's ``locate()``.
+    def _check_step(self, locate: Callable[[], str | None]) -> list[torch.Tensor | None] | None:
         """Raises on a mistake; the gradients the step uses, or ``None`` when it changes
-        nothing (and so is not booked)."""
+        nothing (and so is not booked). ``locate()``: the step's line."""
         grads = list(map(_grad_of, self.params))
         if self._skip_check:
             self._skip_check = False
@@ -390,11 +389,11 @@ class Guard:
                 "optimizer.step() is called directly while a GradScaler scales the loss: the "
                 "gradients are still scaled and inf/nan steps are not skipped. Use "
                 "scaler.step(optimizer) followed by scaler.update().",
-                step=self.steps + 1, location=user_location())
-        self._check_order(has_grad)
+                step=self.steps + 1, location=locate())
+        self._check_order(has_grad, locate)
         if self.max_norm is not None:
             if self._t_clip <= self._t_step:
-                self._unclipped_step = (self.steps + 1, user_location())
+                self._unclipped_step = (self.steps + 1, locate())
             else:
                 # An intercepted clip to max_norm or less covered every gradient, and none
                 # changed since: no value check needed.
@@ -404,9 +403,9 @@ class Guard:
                     self._enqueue_norm_check()
         return grads
 
-    def _check_order(self, has_grad: bool) -> None:
+    def _check_order(self, has_grad: bool, locate: Callable[[], str | None]) -> None:
         """The order of this step's events; ``has_grad``: any of the optimizer's parameters has
-        a gradient."""
+        a gradient; ``locate()``: the step's line."""
         step = self.steps + 1
         t_acc, t_step = self._t_acc, self._t_step
         if self._unclipped_step is not None:
@@ -417,14 +416,14 @@ class Guard:
                 "no backward() ran since " + ("the previous step" if self.steps else "the guard started")
                 + (" and zero_grad() ran since" if zeroed else "")
                 + ": this step applies " + ("zeroed" if zeroed else "the previous step's")
-                + " gradients. Call backward() before step().", step=step, location=user_location())
+                + " gradients. Call backward() before step().", step=step, location=locate())
         zeroed_after_backward = self._t_zero > t_acc
         if zeroed_after_backward or not has_grad:
             raise errors.ZeroGradBeforeStepError(
                 "the gradients were zeroed after backward() and before this step"
                 + (f" (zero_grad() at {self._zero_site})" if zeroed_after_backward else "")
                 + ": the update sees nothing. Zero before backward() or after step().",
-                step=step, location=self._zero_site if zeroed_after_backward else user_location())
+                step=step, location=self._zero_site if zeroed_after_backward else locate())
         if self._stale_backward is not None:
             raise errors.MissingZeroGradError(
                 f"this backward() accumulated into the gradients step {self.steps} already applied: "
@@ -434,10 +433,10 @@ class Guard:
             raise errors.BackwardAfterUnscaleError(
                 f"backward() ran after scaler.unscale_(optimizer) (at {self._unscale_site}): "
                 "the new gradients are still scaled when step() runs. Unscale after the last backward().",
-                step=step, location=user_location())
+                step=step, location=locate())
         if t_step < self._t_clip < t_acc:
             raise errors.ClipBeforeBackwardError(
-                f"backward() ran after this clip, before the step at {user_location()}: the step "
+                f"backward() ran after this clip, before the step at {locate()}: the step "
                 "applies gradients the clip never saw. Clip once, after the last backward() and "
                 "right before step().", step=step, location=self._clip_site)
 
@@ -503,7 +502,7 @@ class Guard:
         """Book the step that used ``grads``."""
         self.steps += 1
         self._t_step = next(_CLOCK)
-        self.needs_sync = bool(self._frozen)  # one may be unfrozen before the next step
+        self.needs_sync = True  # parameters may be unfrozen or added before the next step
         self._stale_backward = None
         # What the step used: the clip's snapshot when it vouched for these very gradients.
         clipped = self._clipped

@@ -97,7 +97,6 @@ def _replace(owner: Any, name: str, make: Callable[[Any], Any]) -> None:
 def _patch_all() -> None:
     _replace(torch.optim.Optimizer, "zero_grad", lambda f: _zero_grad(f, _optimizer_guards))
     _replace(torch.nn.Module, "zero_grad", lambda f: _zero_grad(f, _module_guards))
-    _replace(torch.optim.Optimizer, "add_param_group", _add_param_group)
     clip_grad = torch.nn.utils.clip_grad
     with_norm = clip_grad._clip_grads_with_norm_
     _replace(clip_grad, "_clip_grads_with_norm_", _clip_with_norm)
@@ -144,17 +143,6 @@ def _zero_grad(original: Callable[..., Any], owners: Callable[[Any], list[Guard]
 
     untraced = torch.compiler.disable(zero_grad)
     return zero_grad
-
-
-def _add_param_group(original: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(original, updated=())
-    @eager
-    def add_param_group(self: torch.optim.Optimizer, param_group: dict[str, Any]) -> None:
-        original(self, param_group)
-        for guard in _optimizer_guards(self):
-            guard.params_added()
-
-    return add_param_group
 
 
 def wrapped_optimizer(optimizer: object) -> torch.optim.Optimizer | None:
@@ -259,8 +247,7 @@ def _scaler_step(original: Callable[..., Any]) -> Callable[..., Any]:
         guard = guard_of(optimizer)
         if guard is None or not self.is_enabled():  # a disabled scaler just calls step()
             return original(self, optimizer, *args, **kwargs)
-        with guard.scaler_step(self):
-            return original(self, optimizer, *args, **kwargs)
+        return guard.scaler_step(self, functools.partial(original, self, optimizer, *args, **kwargs))
 
     return step
 

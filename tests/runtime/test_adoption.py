@@ -100,6 +100,18 @@ def test_added_param_groups_are_picked_up() -> None:
             finetune(model, opt, steps=1, clip_all=False)
 
 
+def test_parameters_added_by_hand_are_picked_up() -> None:
+    model = backbone_and_head()
+    opt = torch.optim.SGD(model[2].parameters(), lr=1e-2)
+    with rt.guard(opt, max_norm=1.0, check_every=1) as guard:
+        finetune(model, opt, steps=1)
+        opt.param_groups[0]["params"].extend(model[0].parameters())  # no add_param_group
+        finetune(model, opt, steps=1)
+        assert len(guard.params) == 4
+        with pytest.raises(rt.PartialClipError):
+            finetune(model, opt, steps=1, clip_all=False)
+
+
 class Wrapper:
     """What frameworks hand out: an object that steps a torch optimizer it holds."""
 

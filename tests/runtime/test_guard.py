@@ -262,6 +262,54 @@ def test_backward_after_unscale() -> None:
         scaler.step(opt)
 
 
+def test_a_step_the_scaler_skips_is_named_at_the_users_line() -> None:
+    """After an overflow ``scaler.step`` skips the optimizer's step: the guard books it on the
+    way out of ``scaler.step`` and names that call, not a frame of the standard library."""
+    model, x, y = make()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127)  # the first scaled loss overflows
+    with pytest.raises(rt.BackwardAfterUnscaleError) as caught, rt.guard(opt, scaler=scaler):
+        opt.zero_grad()
+        scaler.scale(loss_of(model, x, y) * 1e3).backward()
+        scaler.unscale_(opt)
+        scaler.scale(loss_of(model, x, y)).backward()
+        scaler.step(opt)  # <- skipped-step
+    assert caught.value.location == line_of("skipped-step")
+
+
+class HandWrittenOptimizer(torch.optim.Optimizer):
+    """An optimizer of the user's own that runs the closure in its step (as LBFGS does)."""
+
+    def __init__(self, params) -> None:
+        super().__init__(params, {"lr": 0.01})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        with torch.enable_grad():
+            loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.add_(p.grad, alpha=-group["lr"])
+        return loss
+
+
+def test_a_closure_step_is_named_at_the_step_call() -> None:
+    model, x, y = make()
+    opt = HandWrittenOptimizer(model.parameters())
+
+    def closure():
+        opt.zero_grad()
+        loss = loss_of(model, x, y)
+        loss.backward()
+        return loss
+
+    with pytest.raises(rt.MissingClipError) as caught, rt.guard(opt, max_norm=1.0):
+        for _ in range(2):
+            opt.step(closure)  # <- closure-step
+    assert caught.value.location == line_of("closure-step")
+
+
 # -- correct loops: no error, and the same weights as without the guard ---------------------------
 
 def plain(model, opt, x, y, steps=6):
