@@ -81,6 +81,7 @@ class _Snapshot:
         return (ref is not None and grad is not None and ref() is grad
                 and version(grad) == self.versions[index] + 1)
 
+
 def torch_optimizer(optimizer: object) -> torch.optim.Optimizer:
     """The torch optimizer ``optimizer`` is or wraps; a ``TypeError`` for anything else."""
     found = interception.wrapped_optimizer(optimizer)
