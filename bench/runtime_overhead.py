@@ -64,8 +64,10 @@ def make_step(model: torch.nn.Module, loss: Callable[[], torch.Tensor], opt: tor
 def timed_block(step: Step, steps: int, device: str, guard: Callable[[], rt.Guard | None]) -> float:
     """Seconds per step under ``guard``: on the CPU the median step (a stall on a shared
     machine lands in one step, not in the block); on a GPU, whose steps run asynchronously,
-    the block's time per step between two synchronizations."""
+    the block's time per step between two synchronizations. The guard's first step, which
+    hooks its parameters, is not a per-step cost and is not timed."""
     active = guard()
+    step()
     if device == "cuda":
         torch.cuda.synchronize()
         start = time.perf_counter()
@@ -157,28 +159,19 @@ def added_us_per_step(guards: dict[str, GuardFactory], tensors: int, max_norm: f
     step = make_step(model, loss, opt)
     for _ in range(5):
         step()
-    clock = time.perf_counter_ns
 
-    def block(make: GuardFactory | None) -> float:
-        guard = make(opt, max_norm=max_norm, check_every=100) if make is not None else None
-        step()  # the guard's first step syncs its parameters: not a per-step cost
-        times = []
-        for _ in range(steps):
-            start = clock()
-            step()
-            times.append(clock() - start)
-        if guard is not None:
-            guard.close()
-        return statistics.median(times)
+    def under(side: str | None) -> Callable[[], Any]:
+        return lambda: guards[side](opt, max_norm=max_norm, check_every=100) if side else None
 
     sides: list[str | None] = [None, *guards]
     differences: dict[str, list[float]] = {name: [] for name in guards}
     for r in range(rounds):
         shift = r % len(sides)
-        times = {side: block(guards[side] if side else None) for side in sides[shift:] + sides[:shift]}
+        order = sides[shift:] + sides[:shift]
+        times = {side: timed_block(step, steps, "cpu", under(side)) for side in order}
         for name in guards:
             differences[name].append(times[name] - times[None])
-    return {name: statistics.median(d) / 1e3 for name, d in differences.items()}
+    return {name: statistics.median(d) * 1e6 for name, d in differences.items()}
 
 
 def load_guard(source_root: Path) -> GuardFactory:
