@@ -160,12 +160,9 @@ def wrapped_optimizer(optimizer: object) -> torch.optim.Optimizer | None:
 
 
 def _optimizer_guards(optimizer: torch.optim.Optimizer) -> list[Guard]:
-    guard = _guards.get(id(optimizer))
-    if guard is not None and guard.optimizer_ref() is optimizer:
-        return [guard]
     # A wrapper that inherits ``zero_grad`` from torch (Lightning's ``LightningOptimizer``
     # subclasses the class of the optimizer it wraps) zeroes the wrapped optimizer.
-    guard = guard_of(wrapped_optimizer(optimizer))
+    guard = guard_of(optimizer) or guard_of(wrapped_optimizer(optimizer))
     return [guard] if guard is not None else []
 
 
