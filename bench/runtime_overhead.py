@@ -1,13 +1,14 @@
 """Step time of guarded vs unguarded training, measured in the same run.
 
-    python bench/runtime_overhead.py [--rounds N] [--threads T]
+    python bench/runtime_overhead.py [--rounds N] [--threads T] [--gpu-only]
     python bench/runtime_overhead.py --cost [--baseline REV] [--rounds N]
 
 For each model, blocks of steps run interleaved (baseline, order-only guard, guard with
 max_norm), and the script prints the median over rounds of each guarded block's time per step
 (on the CPU its median step) divided by the baseline block's next to it. CPU models: a small
-MLP and a ~10M-parameter transformer; on a CUDA machine also a ~100M-parameter transformer,
-checked for zero host syncs per guarded step.
+MLP and a ~10M-parameter transformer; on a CUDA machine also the MLP and a ~100M-parameter
+transformer under autocast (bf16, and fp16 with a GradScaler; fused and foreach AdamW), whose
+host-device syncs are then counted unguarded and guarded (``--gpu-only`` skips the CPU models).
 
 ``--cost`` measures what the guard adds per step (zero-grad, backward, clip, step), as a fixed
 part and a part per parameter tensor, in ``max_norm`` and in order-only mode: models of 2 and
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -87,16 +89,14 @@ def timed_block(step: Step, steps: int, device: str, guard: Callable[[], rt.Guar
     return per_step
 
 
-def measure(name: str, build: Callable[[], tuple[torch.nn.Module, Callable[[], torch.Tensor]]],
-            device: str, steps: int, rounds: int) -> None:
-    torch.manual_seed(0)
-    model, loss = build()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    step = make_step(model, loss, opt)
+def measure(name: str, model: torch.nn.Module, opt: torch.optim.Optimizer, step: Step, device: str,
+            steps: int, rounds: int, scaler: torch.amp.GradScaler | None = None) -> None:
+    """Prints the median over ``rounds`` of each guarded block's time per step divided by the
+    unguarded block's of the same round."""
     variants: dict[str, Callable[[], rt.Guard | None]] = {
         "baseline": lambda: None,
-        "order only": lambda: rt.guard(opt, max_norm=None),
-        "max_norm=1.0": lambda: rt.guard(opt, max_norm=1.0, check_every=100),
+        "order only": lambda: rt.guard(opt, max_norm=None, scaler=scaler),
+        "max_norm=1.0": lambda: rt.guard(opt, max_norm=1.0, scaler=scaler, check_every=100),
     }
     for _ in range(3):
         step()  # warm-up
@@ -107,27 +107,118 @@ def measure(name: str, build: Callable[[], tuple[torch.nn.Module, Callable[[], t
             times[key].append(timed_block(step, steps, device, variants[key]))
     base = times["baseline"]
     params = sum(p.numel() for p in model.parameters())
-    line = f"{name:<28} {params / 1e6:7.2f}M params  baseline {statistics.median(base) * 1e3:8.3f} ms/step"
+    line = f"{name:<46} {params / 1e6:7.2f}M params  baseline {statistics.median(base) * 1e3:8.3f} ms/step"
     for key in ("order only", "max_norm=1.0"):
         ratios = [g / b for g, b in zip(times[key], base, strict=True)]
         line += f"  {key}: x{statistics.median(ratios):.3f}"
     print(line, flush=True)
 
 
-def syncs_per_step(device: str) -> None:
-    model, loss = transformer(device, 768, 12, (8, 128))
+def measure_fp32(name: str, build: Callable[[], tuple[torch.nn.Module, Callable[[], torch.Tensor]]],
+                 device: str, steps: int, rounds: int) -> None:
+    torch.manual_seed(0)
+    model, loss = build()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    step = make_step(model, loss, opt)
-    for _ in range(3):
-        step()
-    with rt.guard(opt, max_norm=1.0, check_every=10_000):
-        torch.cuda.set_sync_debug_mode("error")
+    measure(name, model, opt, make_step(model, loss, opt), device, steps, rounds)
+
+
+# Mixed precision on a GPU: (autocast dtype, GradScaler), and the AdamW implementations.
+PRECISIONS = {"bf16": (torch.bfloat16, False), "fp16+GradScaler": (torch.float16, True)}
+ADAMW_IMPLEMENTATIONS = ("fused", "foreach")
+
+
+def amp_training(device: str, precision: str, implementation: str) -> tuple[
+        torch.nn.Module, torch.optim.Optimizer, torch.amp.GradScaler | None, Step]:
+    """A ~100M-parameter transformer trained under autocast, clipped every step (after
+    ``scaler.unscale_`` with a GradScaler), with fused or foreach AdamW."""
+    dtype, scaled = PRECISIONS[precision]
+    torch.manual_seed(0)
+    model, loss = transformer(device, 768, 14, (8, 512))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=implementation == "fused",
+                            foreach=implementation == "foreach")
+    scaler = torch.amp.GradScaler(device) if scaled else None
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device, dtype=dtype):
+            value = loss()
+        if scaler is None:
+            value.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+        else:
+            scaler.scale(value).backward()
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            scaler.step(opt)
+            scaler.update()
+    return model, opt, scaler, step
+
+
+SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
+
+
+def syncs_warned(step: Step, steps: int) -> int:
+    """Host-device synchronizations in ``steps`` steps, as ``set_sync_debug_mode("warn")``
+    reports them (one warning each)."""
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
         try:
-            for _ in range(10):
+            for _ in range(steps):
                 step()
-            print("cuda: 10 guarded steps ran with set_sync_debug_mode('error'): 0 syncs per step")
         finally:
             torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def syncs_profiled(step: Step, steps: int) -> int:
+    """Synchronizing CUDA runtime calls in ``steps`` steps, as the profiler records them."""
+    torch.cuda.synchronize()
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as profile:
+        for _ in range(steps):
+            step()
+    torch.cuda.synchronize()
+    return sum(1 for event in profile.events() if event.name in SYNC_CALLS)
+
+
+def count_syncs(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, step: Step,
+                steps: int = 100, profiled: int = 10) -> str:
+    """Syncs unguarded and under each guard: ``steps`` steps in warn mode (the guard's default
+    ``check_every=100``: one counter read in ``max_norm`` mode), then ``profiled`` steps under
+    the profiler (``check_every`` set to ``profiled``, so the one read falls inside). A guard's
+    first step hooks its parameters and is not counted; ``close()`` is outside the count."""
+    columns = []
+    for label, max_norm in (("unguarded", None), ("order only", None), ("max_norm", 1.0)):
+        counts = []
+        for count, check_every, counted in ((syncs_warned, 100, steps), (syncs_profiled, profiled, profiled)):
+            active = (rt.guard(opt, max_norm=max_norm, scaler=scaler, check_every=check_every)
+                      if label != "unguarded" else None)
+            step()
+            counts.append(count(step, counted))
+            if active is not None:
+                active.close()
+        columns.append(f"{label} {counts[0]}/{counts[1]}")
+    return f"syncs in {steps} steps (warn mode) / in {profiled} steps (profiler): " + ", ".join(columns)
+
+
+def measure_amp(device: str, steps: int, rounds: int) -> None:
+    """The ~100M transformer in each precision and AdamW implementation: the overhead of each,
+    then (on a GPU) the syncs of each."""
+    configurations = [(precision, implementation) for precision in PRECISIONS
+                      for implementation in ADAMW_IMPLEMENTATIONS]
+    for precision, implementation in configurations:
+        model, opt, scaler, step = amp_training(device, precision, implementation)
+        measure(f"100M transformer {precision} {implementation} ({device})", model, opt, step, device,
+                steps, rounds, scaler=scaler)
+    if device != "cuda":
+        return
+    for precision, implementation in configurations:
+        model, opt, scaler, step = amp_training(device, precision, implementation)
+        print(f"100M transformer {precision} {implementation}: {count_syncs(opt, scaler, step)}", flush=True)
 
 
 TENSOR_COUNTS = (2, 256)
@@ -234,6 +325,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cost", action="store_true", help="fixed and per-tensor cost of the guard")
     parser.add_argument("--baseline", default=None, help="with --cost: a git revision to compare against")
+    parser.add_argument("--gpu-only", action="store_true", help="skip the CPU models")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.cost:
@@ -241,16 +333,17 @@ def main() -> None:
         return
     args.rounds = args.rounds or 9
     print(f"torch {torch.__version__}, {args.threads} thread(s), median of {args.rounds} interleaved rounds")
-    measure("small MLP (cpu)", lambda: mlp("cpu"), "cpu", 200, args.rounds)
-    measure("10M transformer (cpu)", lambda: transformer("cpu", 384, 6, (2, 64)), "cpu", 5, args.rounds)
     if torch.cuda.is_available():
-        measure("small MLP (cuda)", lambda: mlp("cuda"), "cuda", 200, args.rounds)
-        measure("100M transformer (cuda)", lambda: transformer("cuda", 768, 12, (8, 512)), "cuda", 20,
-                args.rounds)
-        syncs_per_step("cuda")
+        print(f"device: {torch.cuda.get_device_name()}", flush=True)
+    if not args.gpu_only:
+        measure_fp32("small MLP (cpu)", lambda: mlp("cpu"), "cpu", 200, args.rounds)
+        measure_fp32("10M transformer (cpu)", lambda: transformer("cpu", 384, 6, (2, 64)), "cpu", 5,
+                     args.rounds)
+    if torch.cuda.is_available():
+        measure_fp32("small MLP fp32 (cuda)", lambda: mlp("cuda"), "cuda", 200, args.rounds)
+        measure_amp("cuda", 20, args.rounds)
     else:
-        print("no CUDA device: the GPU model and the sync check were skipped")
-
+        print("no CUDA device: the GPU models and the sync counts were skipped")
 
 if __name__ == "__main__":
     main()

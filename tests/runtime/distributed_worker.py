@@ -68,15 +68,19 @@ def ddp_cases(rank: int) -> None:
 
 
 def fsdp2_cases(rank: int) -> None:
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
+
+    # On the CPU, also where CUDA is available (a mesh left to its default takes the GPU).
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
 
     def run(clip: bool) -> Callable[[], None]:
         def body() -> None:
             model, x, y = model_and_data(rank)
             for layer in model:
                 if isinstance(layer, torch.nn.Linear):
-                    fully_shard(layer)
-            fully_shard(model)
+                    fully_shard(layer, mesh=mesh)
+            fully_shard(model, mesh=mesh)
             opt = torch.optim.SGD(model.parameters(), lr=0.01)
             with rt.guard(opt, max_norm=1.0 if clip else None, check_every=1):
                 for _ in range(3):
