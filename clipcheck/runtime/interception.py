@@ -14,6 +14,7 @@ import math
 import sys
 import weakref
 from collections.abc import Callable
+from types import CodeType
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -125,11 +126,28 @@ def _fsdp1_class() -> type | None:
     return FullyShardedDataParallel
 
 
+def _torch_disable_code() -> CodeType | None:
+    """The code of the wrapper torch puts around its own functions hidden from dynamo
+    (``torch._compile._disable_dynamo``), if this torch has it."""
+    try:
+        from torch._compile import _disable_dynamo
+        wrapper = _disable_dynamo(lambda: None)
+    except (ImportError, AttributeError, TypeError):
+        return None
+    return getattr(wrapper, "__code__", None) if hasattr(wrapper, "__wrapped__") else None
+
+
+_TORCH_DISABLE_CODE = _torch_disable_code()
+
+
 def _zero_grad(original: Callable[..., Any], owners: Callable[[Any], list[Guard]]) -> Callable[..., Any]:
     """``zero_grad``, told to the guards ``owners`` finds for the object zeroed."""
-    # torch's own ``Optimizer.zero_grad`` is already hidden from dynamo: inside this wrapper,
-    # which is too, the function it wraps does the same work without a second wrapper's cost.
-    run = getattr(original, "_torchdynamo_orig_callable", original)
+    # torch's own ``Optimizer.zero_grad`` is hidden from dynamo: this wrapper is too (its
+    # ``untraced`` twin), so inside it the function torch wraps does the same work without the
+    # cost of torch's wrapper (about ten calls).
+    run = original
+    if _TORCH_DISABLE_CODE is not None and getattr(original, "__code__", None) is _TORCH_DISABLE_CODE:
+        run = original.__wrapped__  # type: ignore[attr-defined]
 
     @functools.wraps(original, updated=())  # not torch's dynamo attributes: this one has its own
     def zero_grad(self: Any, set_to_none: bool = True) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -465,6 +466,27 @@ def test_compiled_train_step_still_catches_mistakes() -> None:
     with pytest.raises(rt.ClipBeforeBackwardError) as caught, rt.guard(opt, max_norm=1.0):
         compiled_train_step(model, opt, x, y, clip_first=True)
     assert caught.value.location == marked_line(Path(__file__), "compiled-clip-first")
+
+
+def test_guarded_zero_grad_runs_torchs_function_without_its_dynamo_wrapper() -> None:
+    """The guard's zero-grad is hidden from dynamo by its own twin, so it calls the function
+    torch wraps directly: torch's wrapper would add about ten calls to every guarded step."""
+    model, _, _ = make()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    called: list[str] = []
+
+    def watch(frame, event, arg) -> None:
+        if event == "call":
+            called.append(f"{frame.f_code.co_filename}:{frame.f_code.co_name}")
+
+    with rt.guard(opt):
+        sys.setprofile(watch)
+        try:
+            opt.zero_grad()
+        finally:
+            sys.setprofile(None)
+    assert any(c.endswith("optimizer.py:zero_grad") for c in called), called
+    assert not any("/_dynamo/" in c or c.endswith("_compile.py:inner") for c in called), called
 
 
 def test_guarded_objects_stay_picklable() -> None:
