@@ -82,6 +82,15 @@ class _Snapshot:
                 and version(grad) == self.versions[index] + 1)
 
 
+def _stepped_since_update(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer | None) -> bool:
+    """The scaler's own record (private to torch, read defensively): ``scaler.step(optimizer)``
+    ran, and ``scaler.update()`` has not run since."""
+    states = getattr(scaler, "_per_optimizer_states", None)
+    state = states.get(id(optimizer)) if isinstance(states, dict) else None
+    stage = state.get("stage") if isinstance(state, dict) else None
+    return getattr(stage, "name", None) == "STEPPED"
+
+
 def torch_optimizer(optimizer: object) -> torch.optim.Optimizer:
     """The torch optimizer ``optimizer`` is or wraps; a ``TypeError`` for anything else."""
     found = interception.wrapped_optimizer(optimizer)
@@ -295,14 +304,22 @@ class Guard:
         vouches = max_norm is not None and self.max_norm is not None and max_norm <= self.max_norm
         self._clipped = _Snapshot(list(map(_grad_of, self.params)), self._version) if vouches else None
 
+    def _check_scaler_updated(self, scaler: torch.amp.GradScaler, refused: str,
+                              locate: Callable[[], str | None]) -> None:
+        """``scaler.update()`` ran since the last ``scaler.step(optimizer)``: by the guard's own
+        record, or by the scaler's (a guard that ``install()`` started at a step missed it)."""
+        if not (self._unscaled and self._t_step > self._t_unscale) and not _stepped_since_update(
+                scaler, self.optimizer_ref()):
+            return
+        raise errors.MissingScalerUpdateError(
+            "scaler.update() did not run after the last step: the scale never adapts (and torch "
+            f"refuses this {refused}). Call scaler.update() once after each scaler.step(optimizer).",
+            step=self.steps + 1, location=locate())
+
     def before_unscale(self, scaler: torch.amp.GradScaler, location: str | None) -> None:
         if self.scaler is None:
             self.scaler = scaler
-        if self._unscaled and self._t_step > self._t_unscale:
-            raise errors.MissingScalerUpdateError(
-                "scaler.update() did not run after the last step: the scale never adapts (and "
-                "torch refuses this unscale_). Call scaler.update() once after each "
-                "scaler.step(optimizer).", step=self.steps + 1, location=location)
+        self._check_scaler_updated(scaler, "unscale_", lambda: location)
         if self._unscaled:
             raise errors.UnscaleTwiceError(
                 f"scaler.unscale_(optimizer) already ran for this step (at {self._unscale_site}); "
@@ -321,6 +338,7 @@ class Guard:
         as skipped here)."""
         if self.scaler is None:
             self.scaler = scaler
+        self._check_scaler_updated(scaler, "step", user_location)
         self.inside_scaler_step = True
         self._stepped = False
         try:

@@ -194,6 +194,39 @@ def test_forgotten_scaler_update_is_named() -> None:
             scaler.step(opt)
 
 
+def scaled_steps_without_update(model, opt, scaler, unscale: bool) -> None:
+    x, y = batch()
+    for _ in range(2):
+        opt.zero_grad()
+        scaler.scale(torch.nn.functional.mse_loss(model(x), y)).backward()
+        if unscale:
+            scaler.unscale_(opt)  # <- unscale-after-no-update
+        scaler.step(opt)  # <- step-after-no-update
+
+
+def test_forgotten_scaler_update_is_named_under_install() -> None:
+    """``install()`` attaches at the first step, after its unscale_: the scaler's own record
+    says that no update() followed, and the guard names it before torch refuses the unscale_."""
+    model = backbone_and_head()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    rt.install(check_every=1)
+    try:
+        with pytest.raises(rt.MissingScalerUpdateError) as caught:
+            scaled_steps_without_update(model, opt, torch.amp.GradScaler("cpu"), unscale=True)
+    finally:
+        rt.uninstall(check=False)
+    assert caught.value.location == line_of("unscale-after-no-update")
+
+
+def test_forgotten_scaler_update_without_unscale_is_named_at_the_step() -> None:
+    model = backbone_and_head()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    scaler = torch.amp.GradScaler("cpu")
+    with pytest.raises(rt.MissingScalerUpdateError) as caught, rt.guard(opt, scaler=scaler):
+        scaled_steps_without_update(model, opt, scaler, unscale=False)
+    assert caught.value.location == line_of("step-after-no-update")
+
+
 def test_an_unclosed_guard_keeps_nothing_alive() -> None:
     model = backbone_and_head()
     opt = torch.optim.SGD(model.parameters(), lr=1e-2)
