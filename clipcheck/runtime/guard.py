@@ -306,8 +306,9 @@ class Guard:
 
     def _check_scaler_updated(self, scaler: torch.amp.GradScaler, refused: str,
                               locate: Callable[[], str | None]) -> None:
-        """``scaler.update()`` ran since the last ``scaler.step(optimizer)``: by the guard's own
-        record, or by the scaler's (a guard that ``install()`` started at a step missed it)."""
+        """Raise unless ``scaler.update()`` ran since the last ``scaler.step(optimizer)``, by the
+        guard's own record and by the scaler's (a guard that ``install()`` started at a step
+        missed that step's unscale_). ``refused``: the call torch would refuse."""
         if not (self._unscaled and self._t_step > self._t_unscale) and not _stepped_since_update(
                 scaler, self.optimizer_ref()):
             return
