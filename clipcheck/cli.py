@@ -6,6 +6,7 @@ import json
 import os
 import runpy
 import sys
+import traceback
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -149,6 +150,16 @@ def explain(rule: str) -> None:
     click.echo(rule_doc(_rule_by_id(rule)))
 
 
+def _print_script_traceback(error: BaseException, script: str) -> None:
+    """Print ``error`` as ``python script`` would: its traceback from the script's first frame
+    on, without the frames of this runner, runpy and click, which would read as clipcheck
+    failing (none at all for a syntax error, which points at the script itself)."""
+    trace = error.__traceback__
+    while trace is not None and trace.tb_frame.f_code.co_filename != script:
+        trace = trace.tb_next
+    traceback.print_exception(type(error), error, trace)
+
+
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("--max-norm", type=float, default=None,
               help="Also require every step's gradient norm to be at most this (default: order only).")
@@ -184,9 +195,13 @@ def run(max_norm: float | None, check_every: int, script: str, args: tuple[str, 
         runtime.uninstall(check=False)
         click.echo(f"clipcheck: {error}", err=True)
         sys.exit(1)
-    except BaseException:
+    except SystemExit:  # the script's own non-zero exit
         runtime.uninstall(check=False)
         raise
+    except BaseException as error:
+        runtime.uninstall(check=False)
+        _print_script_traceback(error, script)
+        sys.exit(130 if isinstance(error, KeyboardInterrupt) else 1)
     if steps == 0:
         click.echo("clipcheck: no optimizer stepped during this run, so nothing was checked.", err=True)
     sys.exit(exit_code)

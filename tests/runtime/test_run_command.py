@@ -70,3 +70,28 @@ def test_a_failing_script_keeps_its_exit_status(tmp_path: Path) -> None:
     script.write_text("import sys\nsys.exit(3)\n")
     result = run_clipcheck("run", str(script), cwd=tmp_path)
     assert result.returncode == 3, result.stderr
+
+
+def test_a_script_that_raises_shows_its_own_traceback(tmp_path: Path) -> None:
+    """As under ``python train.py``: the traceback starts at the script, with no frame of
+    clipcheck's runner, runpy or click that would read as clipcheck failing."""
+    script = tmp_path / "train.py"
+    script.write_text("def load():\n    raise FileNotFoundError('data/train.bin')\n\n\nload()\n")
+    result = run_clipcheck("run", str(script), cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0] == "Traceback (most recent call last):", result.stderr
+    assert f'File "{script}", line 5, in <module>' in lines[1], result.stderr
+    assert f'File "{script}", line 2, in load' in result.stderr
+    assert lines[-1] == "FileNotFoundError: data/train.bin", result.stderr
+    assert "clipcheck" not in result.stderr.replace(str(tmp_path), "") and "click" not in result.stderr
+
+
+def test_a_script_with_a_syntax_error_is_reported_like_python_does(tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    script.write_text("for step in range(3)\n    pass\n")
+    result = run_clipcheck("run", str(script), cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert f'File "{script}", line 1' in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("SyntaxError:"), result.stderr
+    assert "runpy" not in result.stderr and "click" not in result.stderr
