@@ -187,15 +187,15 @@ def syncs_profiled(step: Step, steps: int) -> int:
 
 def count_syncs(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, step: Step,
                 steps: int = 100, profiled: int = 10) -> str:
-    """Syncs unguarded and under each guard: ``steps`` steps in warn mode (the guard's default
-    ``check_every=100``: one counter read in ``max_norm`` mode), then ``profiled`` steps under
-    the profiler (``check_every`` set to ``profiled``, so the one read falls inside). A guard's
-    first step hooks its parameters and is not counted; ``close()`` is outside the count."""
+    """Syncs unguarded and under each guard: ``steps`` steps in warn mode, then ``profiled``
+    steps under the profiler, each with ``check_every`` set to the steps counted, so that the
+    one read of the device counter a queued norm check needs falls inside. A guard's first
+    step hooks its parameters and is not counted; ``close()`` is outside the count."""
     columns = []
     for label, max_norm in (("unguarded", None), ("order only", None), ("max_norm", 1.0)):
         counts = []
-        for count, check_every, counted in ((syncs_warned, 100, steps), (syncs_profiled, profiled, profiled)):
-            active = (rt.guard(opt, max_norm=max_norm, scaler=scaler, check_every=check_every)
+        for count, counted in ((syncs_warned, steps), (syncs_profiled, profiled)):
+            active = (rt.guard(opt, max_norm=max_norm, scaler=scaler, check_every=counted)
                       if label != "unguarded" else None)
             step()
             counts.append(count(step, counted))
