@@ -116,7 +116,9 @@ def test_no_fix_where_the_clip_and_its_anchor_are_in_different_blocks(tmp_path: 
 def test_no_move_next_to_scaled_gradients(tmp_path: Path, anchor: str) -> None:
     write(tmp_path, "train.py", CLIP_FIRST.replace("loss.backward()", anchor))
     code, findings = run_json("train.py", cwd=tmp_path)
-    assert code == 1 and [(f["code"], f["fix"]) for f in findings] == [("CC101", None)]
+    # The plain ``optimizer.step()`` after a scaler's backward is a finding of its own (CC202).
+    clips = [(f["code"], f["fix"]) for f in findings if f["code"] != "CC202"]
+    assert code == 1 and clips == [("CC101", None)]
 
 
 def test_a_failed_write_leaves_the_file_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -76,7 +76,9 @@ class ModuleAnalysis:
                 strength = targets.get(node.id, {}).get(key)
                 if node.event is None or strength is None:
                     return (state,)
-                return transfer(node.id, node.event, state, strength, discards=discards(node))
+                named = node.event.optimizers
+                return transfer(node.id, node.event, state, strength, discards=discards(node),
+                                exact=named is None or key in named)
             return step
 
         def discards(node: Node) -> bool:

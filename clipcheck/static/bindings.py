@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 
 import libcst as cst
 
-from clipcheck.static.frameworks import accelerate, lightning
+from clipcheck.static.frameworks import accelerate, lightning, registered
 from clipcheck.static.frameworks import torch as vocab
 from clipcheck.static.names import ModuleNames, dotted
 from clipcheck.static.syntax import assignment_targets, nested_statements, rebound_names, returns, statements
@@ -21,6 +21,8 @@ class Kind(enum.Enum):
     OPTIMIZER = "optimizer"
     SCHEDULER = "scheduler"
     SCALER = "scaler"
+    ACCELERATOR = "accelerator"  # accelerate's ``Accelerator``, Lightning's ``Fabric``
+    ENGINE = "engine"            # a DeepSpeed engine: a module that steps, zeroes and clips itself
     PARAMETERS = "parameters"
     ABSENT = "absent"  # the literal ``None``: a helper called without an optimizer, say
     OTHER = "other"
@@ -135,7 +137,11 @@ class Bindings:
         qualified = self.names.qualify(value.func) if self.names.is_imported(value.func) else None
         if qualified is not None:
             if vocab.is_scaler_class(qualified):
-                return Binding(Kind.SCALER, constructed=True)
+                return Binding(Kind.SCALER, values=(value,), constructed=True)
+            for framework in registered():
+                kind = framework.constructed(qualified, value)
+                if kind is not None:
+                    return Binding(kind, values=(value,), constructed=True)
             if vocab.is_scheduler_class(qualified):
                 return Binding(Kind.SCHEDULER, constructed=True)
             if vocab.is_optimizer_class(qualified):
@@ -218,6 +224,11 @@ class Bindings:
             if len(positional) != len(targets):
                 return None
             return [replace(self._visible(arg, known, scope), gated=True) for arg in positional]
+        qualified = self.names.qualify(func) if self.names.is_imported(func) else None
+        for framework in registered() if qualified is not None else ():
+            found = framework.unpacked(qualified, value, len(targets), self, scope)  # type: ignore[arg-type]
+            if found is not None:
+                return found
         if not isinstance(func, cst.Name) or func.value not in self.names.functions:
             return None
         shapes = [r for r in self.returned(func.value) if len(r) == len(targets)]

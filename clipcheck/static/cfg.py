@@ -12,12 +12,12 @@ from __future__ import annotations
 import enum
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import libcst as cst
 
-from clipcheck.static.events import Event, EventKind
+from clipcheck.static.events import Amp, Event, EventKind, Origin
 from clipcheck.static.names import dotted
 from clipcheck.static.recognizer import BoundaryTest, Branch, Inline, Item, Recognizer
 from clipcheck.static.syntax import statements
@@ -54,6 +54,7 @@ class Node:
     forget: frozenset[str] = frozenset()
     skips_update: bool = False
     closes_window: bool = False
+    failed: bool = False  # the entry of an exception handler: the paths an error took
 
     @property
     def on_path(self) -> bool:
@@ -100,15 +101,25 @@ class Cfg:
     def events(self) -> list[tuple[int, Event]]:
         return [(n.id, n.event) for n in self.nodes if n.event is not None]
 
-    def reachable_from(self, start: int) -> set[int]:
+    def reachable_from(self, start: int, through_exit: bool = True,
+                       avoiding: Callable[[Node], bool] | None = None) -> set[int]:
+        """The nodes after ``start``; without ``through_exit``, only along paths that stay in
+        the unit (not round the iteration an unseen caller closes); with ``avoiding``, only
+        along paths that pass no node it holds for (such a node is reached, not passed)."""
         seen: set[int] = set()
         stack = [s for s, _ in self.nodes[start].succs]
         while stack:
             node = stack.pop()
             if node not in seen:
                 seen.add(node)
-                stack.extend(s for s, _ in self.nodes[node].succs)
+                stops = avoiding is not None and avoiding(self.nodes[node])
+                if (through_exit or node != self.exit) and not stops:
+                    stack.extend(s for s, _ in self.nodes[node].succs)
         return seen
+
+    def in_own_loop(self, node: int) -> bool:
+        """Whether ``node`` runs again in a loop of the unit's own source."""
+        return node in self.reachable_from(node, through_exit=False)
 
 
 Frontier = list[int]
@@ -162,6 +173,8 @@ class CfgBuilder:
         self.guarding: set[str] = set()
         # The names assigned ``True`` or ``False`` somewhere.
         self.flags: set[str] = set()
+        # The sync flags of the accumulation blocks around here (``with accelerator.accumulate``).
+        self.windows: list[str] = []
 
     # -- graph primitives ---------------------------------------------------------------------
     def _node(self, frontier: Frontier, event: Event | None = None) -> int:
@@ -177,15 +190,28 @@ class CfgBuilder:
         if (dst, edge) not in self.nodes[src].succs:
             self.nodes[src].succs.append((dst, edge))
 
-    def _items(self, items: list[Item], frontier: Frontier) -> Frontier:
+    def _items(self, items: Sequence[Item], frontier: Frontier) -> Frontier:
         for item in items:
-            if isinstance(item, Event):
+            if isinstance(item, Event) and self.windows and _waits_for_sync(item):
+                frontier = self._on_sync(item, frontier, self.windows[-1])
+            elif isinstance(item, Event):
                 frontier = [self._node(frontier, item)]
             elif isinstance(item, Branch):
                 frontier = _merge(self._items(item.then, frontier), self._items(item.orelse, frontier))
             else:
                 frontier = self._inline(item, frontier)
         return frontier
+
+    def _on_sync(self, event: Event, frontier: Frontier, flag: str) -> Frontier:
+        """A prepared optimizer's step or zero-grad inside an accumulation block: it acts only
+        on the micro-batch where ``flag`` holds; on the others the window stays open."""
+        on, off = self._node(frontier), self._node(frontier)
+        self.nodes[on].assume, self.nodes[off].assume = (flag, True), (flag, False)
+        self.nodes[off].skips_update = event.kind is EventKind.STEP
+        self.guarding.add(flag)
+        # Inside the block the zero-grad's gate is explicit: on the sync micro-batch it runs.
+        acting = replace(event, gated=False) if event.kind is EventKind.ZERO_GRAD else event
+        return [self._node([on], acting), off]
 
     def _expr(self, node: cst.CSTNode | None, frontier: Frontier) -> Frontier:
         if node is None:
@@ -526,9 +552,18 @@ class CfgBuilder:
                           endless=endless)
 
     def _With(self, stmt: cst.With, frontier: Frontier) -> Frontier:
+        body = statements(stmt.body)
+        windows = len(self.windows)
         for item in stmt.items:
             frontier = self._expr(item.item, frontier)
-        return self._suite(stmt.body, frontier)
+            context = self.recognizer.context(item.item, body)
+            frontier = self._items(context.events, frontier)
+            if context.sync_flag is not None:
+                self.windows.append(context.sync_flag)
+        try:
+            return self._stmts(body, frontier)
+        finally:
+            del self.windows[windows:]
 
     def _Try(self, stmt: cst.Try | cst.TryStar, frontier: Frontier) -> Frontier:
         if stmt.finalbody is not None:
@@ -543,6 +578,7 @@ class CfgBuilder:
         out = self._suite(stmt.orelse.body, body) if stmt.orelse is not None else body
         if handlers is not None:
             entry = self._node(handlers.raisers)
+            self.nodes[entry].failed = True
             for handler in stmt.handlers:
                 out = _merge(out, self._suite(handler.body, [entry]))
         if stmt.finalbody is not None:
@@ -577,6 +613,13 @@ class CfgBuilder:
                 return
             elif isinstance(frame, _Function):
                 return
+
+
+def _waits_for_sync(event: Event) -> bool:
+    """A step or zero-grad of an optimizer (accelerate's prepared one inside an accumulation
+    block acts only on sync micro-batches), not a scaler's or an unseen caller's."""
+    return (event.kind in UPDATE_KINDS and bool(event.optimizers) and event.amp is not Amp.SCALER
+            and event.origin is Origin.SOURCE and not event.wrapper)
 
 
 def _has_grad_test(test: cst.BaseExpression) -> bool:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from clipcheck.static.cfg import Cfg, Edge, Node
-from clipcheck.static.events import Event, EventKind, Origin
+from clipcheck.static.events import Amp, Event, EventKind, Origin
 
 
 class Grads(enum.Enum):
@@ -40,6 +40,24 @@ class Clip(enum.Enum):
     STALE = "stale"        # clipped, then another backward accumulated more gradients
 
 
+class Scale(enum.Enum):
+    """What loss scaling did to the gradients the next step will see."""
+
+    NONE = "none"            # not scaled (or not known to be)
+    SCALED = "scaled"        # a GradScaler's scaled loss made them: only ``scaler.step`` unscales
+    UNSCALED = "unscaled"    # ... and ``scaler.unscale_`` has divided the scale out again
+    FRAMEWORK = "framework"  # a framework scaled them (accelerate under fp16) and unscales itself
+
+
+class Stage(enum.Enum):
+    """A GradScaler's record for one optimizer object since its last ``update()``."""
+
+    UNKNOWN = "unknown"    # whatever the caller left (function entry)
+    READY = "ready"
+    UNSCALED = "unscaled"  # ``unscale_`` ran: a second one raises
+    STEPPED = "stepped"    # ``scaler.step`` ran: ``update()`` must come before the next
+
+
 NO_NODE = -1
 
 
@@ -52,6 +70,10 @@ class OptState:
     clip behind ``clip``. ``looped`` says the path went round a training loop at least once.
     ``guessed`` says the path assumes that an event which only may have applied did not reset
     the gradients (or that a clip which only may have applied did): no finding rests on it.
+
+    Mixed precision: ``scale`` says whether the gradients are still loss-scaled (``scale_at``
+    the scaled backward or the unscale behind it); ``stage`` is the GradScaler's own record for
+    this optimizer object (``stage_at`` the unscale or scaler step that set it).
 
     Gradient accumulation: ``pending`` says the gradients belong to a window that has not
     updated yet (the path skipped a step behind an accumulation boundary, or went round a loop
@@ -72,11 +94,15 @@ class OptState:
     discarded_at: int = NO_NODE
     step_at: int = NO_NODE
     path: frozenset[tuple[str, bool]] = frozenset()
+    scale: Scale = Scale.NONE
+    scale_at: int = NO_NODE
+    stage: Stage = Stage.UNKNOWN
+    stage_at: int = NO_NODE
 
 
 ENTRY = OptState()
 # The entry of a function that runs its own training loop: nothing is pending there yet.
-DRIVER_ENTRY = OptState(grads=Grads.NONE)
+DRIVER_ENTRY = OptState(grads=Grads.NONE, stage=Stage.READY)
 
 _BACKWARD = {
     Grads.UNKNOWN: Grads.FRESH, Grads.NONE: Grads.FRESH, Grads.FRESH: Grads.FRESH,
@@ -111,14 +137,17 @@ class Strength(enum.Enum):
 
 
 def transfer(node: int, event: Event, state: OptState, strength: Strength = Strength.MUST,
-             discards: bool = True) -> set[OptState]:
+             discards: bool = True, exact: bool = True) -> set[OptState]:
     """The states after ``event`` (at CFG node ``node``) for an optimizer it applies to. A weak
     update keeps the state it would have changed; a backward that only may have touched these
     gradients leaves them unknown rather than fresh or stale, so no rule can build on it. A
     zero-grad that surely runs where it ``discards`` (not where a window starts) throws pending
-    gradients away."""
+    gradients away. A GradScaler keys its record by optimizer object: only an event that names
+    this very optimizer (``exact``), not a wrapper or the optimizer it holds, moves it."""
     if strength is Strength.MUST:
         after = _strong(node, event, state)
+        if exact:
+            after = _scaler_stage(node, event, after)
         if (discards and event.kind is EventKind.ZERO_GRAD and event.origin is not Origin.CALLER
                 and state.pending and not state.guessed and state.grads in FRESH):
             after = replace(after, discarded_at=node)
@@ -127,7 +156,42 @@ def transfer(node: int, event: Event, state: OptState, strength: Strength = Stre
         return {state, _unknown(node, state)}
     if event.kind is EventKind.CLIP:
         return {state, replace(_strong(node, event, state), guessed=True)}
-    return {replace(state, guessed=True), _strong(node, event, state)}
+    strong = _strong(node, event, state)
+    if exact:
+        strong = _scaler_stage(node, event, strong)
+    return {replace(state, guessed=True), strong}
+
+
+def _scaler_stage(node: int, event: Event, state: OptState) -> OptState:
+    """The GradScaler's record after ``event``: ``unscale_`` and ``scaler.step`` mark it,
+    ``update()`` (and a new optimizer) clears it."""
+    kind = event.kind
+    if kind is EventKind.UNSCALE:
+        return replace(state, stage=Stage.UNSCALED, stage_at=node)
+    if kind is EventKind.STEP and event.amp is Amp.SCALER:
+        return replace(state, stage=Stage.STEPPED, stage_at=node)
+    if kind in (EventKind.SCALER_UPDATE, EventKind.CREATE_OPTIMIZER):
+        return replace(state, stage=Stage.READY, stage_at=node)
+    return state
+
+
+def _scaled(node: int, event: Event, state: OptState) -> OptState:
+    """What loss scaling did to the gradients after ``event``."""
+    kind = event.kind
+    if kind is EventKind.BACKWARD:
+        if event.amp is Amp.SCALER:
+            return replace(state, scale=Scale.SCALED, scale_at=node)
+        if event.amp is Amp.FRAMEWORK and state.scale is not Scale.SCALED:
+            return replace(state, scale=Scale.FRAMEWORK, scale_at=node)
+        return state
+    unscales = kind is EventKind.UNSCALE or (kind is EventKind.CLIP and event.amp is Amp.FRAMEWORK)
+    if unscales and state.scale is Scale.SCALED:
+        return replace(state, scale=Scale.UNSCALED, scale_at=node)
+    if unscales and state.scale is Scale.FRAMEWORK:  # the framework's own step will not unscale again
+        return replace(state, scale=Scale.NONE, scale_at=node)
+    if kind in RESETS and state.scale is not Scale.NONE:
+        return replace(state, scale=Scale.NONE, scale_at=node)
+    return state
 
 
 # Events that, when they surely apply, settle the gradients whatever was guessed before.
@@ -140,6 +204,7 @@ def _unknown(node: int, state: OptState) -> OptState:
 
 
 def _strong(node: int, event: Event, state: OptState) -> OptState:
+    state = _scaled(node, event, state)
     kind = event.kind
     if kind in RESETS:
         # What the next step sees starts here: only this zero-grad can have discarded it.

@@ -28,6 +28,19 @@ class Consumer(enum.Enum):
     OPTIMIZER = "optimizer"
 
 
+class Amp(enum.Enum):
+    """How loss scaling (mixed precision) takes part in an event."""
+
+    NONE = "none"
+    # A ``GradScaler``: a backward of ``scaler.scale(loss)``, ``scaler.step(optimizer)``,
+    # ``scaler.unscale_`` and ``scaler.update()``.
+    SCALER = "scaler"
+    # A framework that scales and unscales on its own: accelerate's backward under fp16, a
+    # prepared optimizer or a DeepSpeed engine that steps through its scaler, a clip that
+    # unscales first (``accelerator.clip_grad_norm_``).
+    FRAMEWORK = "framework"
+
+
 class EventKind(enum.Enum):
     CREATE_OPTIMIZER = "create-optimizer"
     ZERO_GRAD = "zero-grad"
@@ -41,6 +54,8 @@ class EventKind(enum.Enum):
     CLIP_CONFIG = "clip-config"
     PARAMS_BIND = "params-bind"
     PARAMS_USE = "params-use"
+    # ``with model.no_sync():`` around a backward whose forward pass ran before the block.
+    LATE_NO_SYNC = "late-no-sync"
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,6 +84,10 @@ class Event:
     origin: Origin = Origin.SOURCE
     certain: bool = True  # False: code the engine cannot see may do this (a weak update)
     gated: bool = False   # the optimizer skips steps and zero-grads off accumulation boundaries
+    amp: Amp = Amp.NONE
+    # The framework that wraps the module the event is about: ``fsdp1`` for a clip of an FSDP1
+    # module's parameters, ``deepspeed`` for an engine's step.
+    wrapper: str = ""
 
     @property
     def location(self) -> cst.CSTNode:

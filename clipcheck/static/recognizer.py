@@ -15,9 +15,9 @@ from dataclasses import dataclass, field, replace
 
 import libcst as cst
 
-from clipcheck.static.bindings import Bindings, Kind, Scope
-from clipcheck.static.events import Consumer, Event, EventKind
-from clipcheck.static.frameworks import accelerate, lightning, naming
+from clipcheck.static.bindings import PART, Binding, Bindings, Kind, Scope
+from clipcheck.static.events import Amp, Consumer, Event, EventKind
+from clipcheck.static.frameworks import Context, accelerate, lightning, naming, registered
 from clipcheck.static.frameworks import torch as vocab
 from clipcheck.static.frameworks.custom import NONE as NO_CUSTOM_VOCABULARY
 from clipcheck.static.frameworks.custom import Vocabulary
@@ -270,6 +270,8 @@ class Recognizer:
             return Kind.SCALER
         if naming.name_says_optimizer(last):
             return Kind.OPTIMIZER
+        if naming.name_says_accelerator(last):
+            return Kind.ACCELERATOR
         return None
 
     def owners(self, expr: cst.BaseExpression | None) -> frozenset[str] | None:
@@ -401,11 +403,11 @@ class Recognizer:
             for name in self.scope.names if name not in inner.names
         }
 
-    def _about(self, optimizer: cst.BaseExpression | None) -> dict[str, object]:
+    def about(self, optimizer: cst.BaseExpression | None) -> dict[str, object]:
         """The ``optimizers`` and ``optimizer_models`` of an event on ``optimizer`` (on each
         optimizer a loop variable stands for)."""
         if isinstance(optimizer, cst.Name) and optimizer.value in self.loop_elements:
-            each = [self._about(e) for e in self.loop_elements[optimizer.value]]
+            each = [self.about(e) for e in self.loop_elements[optimizer.value]]
             return {"optimizers": frozenset().union(*(a["optimizers"] for a in each)),  # type: ignore[arg-type]
                     "optimizer_models": frozenset().union(*(a["optimizer_models"] for a in each)),  # type: ignore[arg-type]
                     "gated": all(a["gated"] for a in each)}
@@ -430,10 +432,12 @@ class Recognizer:
             return self.arguments[optimizer.value].models
         key = dotted(optimizer)
         binding = self.scope.lookup(key) if key else None
-        if binding is None:
+        if binding is None or key is None:
             return frozenset()
         if binding.kind is Kind.OPTIMIZER:
             models = binding.models
+        elif binding.kind is Kind.ENGINE:  # the engine is the module it updates
+            models = binding.models | {key}
         else:  # built by a factory the engine cannot see: what it was handed
             models = frozenset(m for v in binding.values if isinstance(v, cst.Call) for m in self._handed(v))
         return frozenset(self._rename_owner(m) for m in models)
@@ -509,7 +513,7 @@ class Recognizer:
             return self.loop_owners.get(param.value, frozenset())
         return frozenset()
 
-    def _event(self, kind: EventKind, node: cst.CSTNode, label_node: cst.CSTNode, **kw: object) -> Event:
+    def event(self, kind: EventKind, node: cst.CSTNode, label_node: cst.CSTNode, **kw: object) -> Event:
         label = self.module.code_for_node(label_node)
         return Event(kind, node, label, chain=self.chain, **kw)  # type: ignore[arg-type]
 
@@ -569,7 +573,7 @@ class Recognizer:
         key = self._params_key(iterable)
         if key is None:
             return []
-        return [self._event(EventKind.PARAMS_USE, node, iterable, name=key)]
+        return [self.event(EventKind.PARAMS_USE, node, iterable, name=key)]
 
     def _params_key(self, expr: cst.BaseExpression) -> str | None:
         if not isinstance(expr, (cst.Name, cst.Attribute)):
@@ -588,7 +592,7 @@ class Recognizer:
             param = _is_grad(target)
             if param is not None:
                 cleared = _is_none(value)
-                out.append(self._event(EventKind.ZERO_GRAD if cleared else EventKind.GRAD_WRITE,
+                out.append(self.event(EventKind.ZERO_GRAD if cleared else EventKind.GRAD_WRITE,
                                        node, node, models=self._grad_owner(param)))
                 continue
             key = self.key(target)
@@ -596,11 +600,11 @@ class Recognizer:
                 continue
             binding = self.bindings.of_value(value, self.scope)
             if binding.kind is Kind.OPTIMIZER and binding.constructed:
-                out.append(self._event(EventKind.CREATE_OPTIMIZER, node, value,
+                out.append(self.event(EventKind.CREATE_OPTIMIZER, node, value,
                                        optimizers=frozenset({key})))
             existing = self.scope.lookup(dotted(target) or "")
             if existing is not None and existing.kind is Kind.PARAMETERS:
-                out.append(self._event(EventKind.PARAMS_BIND, node, target, name=dotted(target),
+                out.append(self.event(EventKind.PARAMS_BIND, node, target, name=dotted(target),
                                        generator=binding.kind is Kind.PARAMETERS))
         return out
 
@@ -618,7 +622,7 @@ class Recognizer:
             for arg in call.args:
                 key = self._params_key(arg.value)
                 if key is not None:
-                    out.append(self._event(EventKind.PARAMS_USE, call, func, name=key,
+                    out.append(self.event(EventKind.PARAMS_USE, call, func, name=key,
                                            consumer=consumer_kind))
         recognised = len(out)
         custom = self.custom.of_function(qualified) if self.custom.entries else None
@@ -627,12 +631,15 @@ class Recognizer:
         if qualified is not None:
             if qualified in vocab.CLIP_FUNCTIONS:
                 params = call.args[0].value if call.args else None
-                out.extend(self._clip(call, vocab.CLIP_FUNCTIONS[qualified], **self._clipped(params)))
+                threshold = vocab.CLIP_FUNCTIONS[qualified]
+                # Clipping by value is elementwise: the same on a shard as on the whole.
+                wrapper = self._wrapper(params) if threshold.keyword == "max_norm" else ""
+                out.extend(self.clip(call, threshold, **self.clipped(params), wrapper=wrapper))
                 return out
             if qualified in vocab.CONTEXT_BACKWARD_FUNCTIONS:
                 return out  # gradients kept in a distributed autograd context, not in .grad
             if qualified in vocab.BACKWARD_FUNCTIONS:
-                out.append(self._backward(call, func, *(a.value for a in call.args[:1])))
+                out.append(self.backward(call, func, *(a.value for a in call.args[:1])))
                 return out
             if qualified in lightning.TRAINER_CLASSES:
                 out.extend(self._trainer(call))
@@ -654,11 +661,13 @@ class Recognizer:
         taken for a query."""
         out: list[Item] = []
         for arg in call.args:
-            if self.kind(arg.value) is Kind.OPTIMIZER:
-                out.append(self._event(EventKind.ZERO_GRAD, call, call.func,
-                                       **{**self._about(arg.value), "certain": False}))
+            if self.kind(arg.value) is Kind.SCALER:  # it may update the scaler
+                out.append(self.event(EventKind.SCALER_UPDATE, call, call.func, certain=False))
+            elif self.kind(arg.value) is Kind.OPTIMIZER:
+                out.append(self.event(EventKind.ZERO_GRAD, call, call.func,
+                                       **{**self.about(arg.value), "certain": False}))
             elif self._is_parameter_collection(arg.value):
-                out.append(self._event(EventKind.ZERO_GRAD, call, call.func, models=self.owners(arg.value),
+                out.append(self.event(EventKind.ZERO_GRAD, call, call.func, models=self.owners(arg.value),
                                        certain=False))
         return out
 
@@ -678,10 +687,11 @@ class Recognizer:
             and v.args and self._is_parameter_collection(v.args[0].value, depth + 1)
             for v in binding.values)
 
-    def _backward(self, call: cst.Call, func: cst.BaseExpression, *losses: cst.BaseExpression) -> Event:
+    def backward(self, call: cst.Call, func: cst.BaseExpression, *losses: cst.BaseExpression,
+                 amp: Amp = Amp.NONE) -> Event:
         """A backward pass, with the names its loss visibly flows from (``None`` if none)."""
         models = frozenset(n for loss in losses for n in self.flows(loss)) or None
-        return self._event(EventKind.BACKWARD, call, func, models=models)
+        return self.event(EventKind.BACKWARD, call, func, models=models, amp=amp)
 
     def flows(self, value: cst.BaseExpression) -> frozenset[str]:
         """The names ``value`` visibly comes from, in the unit's terms, through what the
@@ -694,7 +704,7 @@ class Recognizer:
         name = qualified or (call.func.value if isinstance(call.func, cst.Name) else None)
         return name not in vocab.NON_CONSUMING_CALLS
 
-    def _clip(self, call: cst.Call, threshold: vocab.Threshold | None, **kw: object) -> list[Item]:
+    def clip(self, call: cst.Call, threshold: vocab.Threshold | None, **kw: object) -> list[Item]:
         """A clip; none when the threshold is infinite (``clip_grad_norm_(ps, float("inf"))``
         only measures the norm, the gradients stay as they are)."""
         value = _argument(call, threshold) if threshold else None
@@ -702,10 +712,10 @@ class Recognizer:
             value = self.passed(value)  # ``clip(model, 0.0)`` into ``clip_grad_norm_(ps, max_norm)``
         if value is not None and self.names.number(value) == math.inf:
             return []
-        return [self._event(EventKind.CLIP, call, call.func, threshold=value,
+        return [self.event(EventKind.CLIP, call, call.func, threshold=value,
                             threshold_name=threshold.keyword if threshold else "", **kw)]
 
-    def _clipped(self, params: cst.BaseExpression | None) -> dict[str, object]:
+    def clipped(self, params: cst.BaseExpression | None) -> dict[str, object]:
         """The modules a clip of ``params`` touches; a name bound to different modules'
         parameters in different places (``params_to_clip = vae.parameters()`` in one branch,
         ``discriminator.parameters()`` in another) clips one of them, which is not sure."""
@@ -716,10 +726,39 @@ class Recognizer:
             return {"models": models, "certain": False}
         return {"models": models}
 
+    def _wrapper(self, params: cst.BaseExpression | None) -> str:
+        """The framework that wraps the module whose parameters ``params`` yields, when its
+        binding shows it (``model = FSDP(model)``)."""
+        for owner in self.bindings.owners(params, self.scope) if params is not None else ():
+            binding = self.scope.lookup(owner.removesuffix(PART))
+            for value in binding.values if binding is not None else ():
+                for framework in registered():
+                    name = framework.wrapper(self.names, value)
+                    if name:
+                        return name
+        return ""
+
+    def binding(self, expr: cst.BaseExpression) -> tuple[Recognizer, Binding | None]:
+        """The binding of the object ``expr`` names, and the recognizer whose scope holds it:
+        a helper's parameter is looked up where its caller passed it."""
+        if isinstance(expr, cst.Name) and expr.value in self.arguments:
+            source = self.arguments[expr.value].source
+            return source[0].binding(source[1]) if source is not None else (self, None)
+        key = dotted(expr)
+        return self, self.scope.lookup(key) if key else None
+
+    def context(self, expr: cst.BaseExpression, body: Sequence[cst.BaseStatement]) -> Context:
+        """What ``with expr:`` means for training, as the frameworks tell."""
+        for framework in registered():
+            found = framework.context(self, expr, body)
+            if found is not None:
+                return found
+        return Context()
+
     def _trainer(self, call: cst.Call) -> list[Item]:
         for arg in call.args:
             if arg.keyword is not None and arg.keyword.value in lightning.TRAINER_CLIP_KEYWORDS:
-                return [self._event(EventKind.CLIP_CONFIG, call, call.func, threshold=arg.value,
+                return [self.event(EventKind.CLIP_CONFIG, call, call.func, threshold=arg.value,
                                     threshold_name=arg.keyword.value)]
         return []
 
@@ -742,31 +781,30 @@ class Recognizer:
         if only is not None:
             dynamic = isinstance(receiver, cst.Name) and receiver.value in self.loop_names
             return self._inline(only, call, is_method=True, instance=receiver, dynamic=dynamic)
+        for framework in registered():
+            found = framework.method(self, call, receiver, method, positional)
+            if found is not None:
+                return found
         if method in vocab.BACKWARD_METHODS:
             # ``loss.backward()``, ``accelerator.backward(loss)``, ``self.manual_backward(loss)``
-            return [self._backward(call, func, receiver, *positional[:1])]
+            return [self.backward(call, func, receiver, *positional[:1])]
         if (method not in OPTIMIZER_METHODS and not self.names.is_imported(receiver)
                 and self.kind(receiver) is Kind.OPTIMIZER):
             # ``optimizer.first_step(zero_grad=True)``: a method the engine cannot see may
             # step or reset this optimizer's gradients.
-            return [self._event(EventKind.UNKNOWN_GRADS, call, func,
-                                **{**self._about(receiver), "certain": False})]
+            return [self.event(EventKind.UNKNOWN_GRADS, call, func,
+                                **{**self.about(receiver), "certain": False})]
         if method == "step":
             return self._step(call, func, positional)
         if method == "zero_grad":
             kind = self.kind(receiver)
             if kind is Kind.OPTIMIZER:
-                return [self._event(EventKind.ZERO_GRAD, call, func, **self._about(receiver))]
+                return [self.event(EventKind.ZERO_GRAD, call, func, **self.about(receiver))]
             if kind in (Kind.SCHEDULER, Kind.SCALER, Kind.ABSENT):
                 return []
             key = self.key(receiver)
-            return [self._event(EventKind.ZERO_GRAD, call, func,
+            return [self.event(EventKind.ZERO_GRAD, call, func,
                                 models=frozenset({key}) if key else None)]
-        if method in ("unscale_", "update") and self.kind(receiver) is Kind.SCALER:
-            if method == "update":
-                return [self._event(EventKind.SCALER_UPDATE, call, func)]
-            return [self._event(EventKind.UNSCALE, call, func,
-                                **self._about(positional[0] if positional else None))]
         if method == lightning.CLIP_GRADIENTS_METHOD:
             return self._clip_gradients(call, receiver)
         if method in vocab.CLIP_METHODS_WITH_PARAMETERS:
@@ -775,17 +813,17 @@ class Recognizer:
             )
             if takes_params or method not in vocab.CLIP_METHODS_ON_MODULE:
                 params = positional[0] if positional else None
-                return self._clip(call, vocab.CLIP_METHODS_WITH_PARAMETERS[method], **self._clipped(params))
+                return self.clip(call, vocab.CLIP_METHODS_WITH_PARAMETERS[method], **self.clipped(params))
             key = self.key(receiver)
-            return self._clip(call, vocab.CLIP_METHODS_ON_MODULE[method],
+            return self.clip(call, vocab.CLIP_METHODS_ON_MODULE[method],
                                models=frozenset({key}) if key else None)
         param = _is_grad(receiver)
         if param is not None and method in vocab.HAND_CLIP_METHODS:
-            return self._clip(call, None, models=self._grad_owner(param))
+            return self.clip(call, None, models=self._grad_owner(param))
         if param is not None and method in vocab.HAND_ZERO_METHODS:
-            return [self._event(EventKind.ZERO_GRAD, call, func, models=self._grad_owner(param))]
+            return [self.event(EventKind.ZERO_GRAD, call, func, models=self._grad_owner(param))]
         if param is not None and method in vocab.HAND_WRITE_METHODS:
-            return [self._event(EventKind.GRAD_WRITE, call, func, models=self._grad_owner(param))]
+            return [self.event(EventKind.GRAD_WRITE, call, func, models=self._grad_owner(param))]
         return []
 
     def _constructors(self, receiver: cst.BaseExpression) -> frozenset[str]:
@@ -801,14 +839,14 @@ class Recognizer:
         """An event of the project's own vocabulary, about ``subject`` (the loss, the
         parameters or the optimizer it was handed; ``None``: all of them)."""
         if kind is EventKind.BACKWARD:
-            return [self._backward(call, call.func, *([subject] if subject is not None else []))]
+            return [self.backward(call, call.func, *([subject] if subject is not None else []))]
         if kind is EventKind.CLIP:
-            return self._clip(call, None, **self._clipped(subject))
+            return self.clip(call, None, **self.clipped(subject))
         if subject is not None and self.kind(subject) is Kind.OPTIMIZER:
-            return [self._event(kind, call, call.func, **self._about(subject))]
+            return [self.event(kind, call, call.func, **self.about(subject))]
         models = self.owners(subject) if subject is not None else None
-        return [self._event(kind, call, call.func, **({"models": models} if kind is EventKind.ZERO_GRAD
-                                                        else self._about(None)))]
+        return [self.event(kind, call, call.func, **({"models": models} if kind is EventKind.ZERO_GRAD
+                                                        else self.about(None)))]
 
     def _clip_gradients(self, call: cst.Call, receiver: cst.BaseExpression) -> list[Item]:
         optimizer = next(
@@ -824,18 +862,22 @@ class Recognizer:
             if _argument(call, candidate) is not None:
                 threshold = candidate
                 break
-        return self._clip(call, threshold, **self._about(optimizer))
+        return self.clip(call, threshold, **self.about(optimizer))
 
     def _step(self, call: cst.Call, func: cst.Attribute, positional: list[cst.BaseExpression]) -> list[Item]:
-        """``optimizer.step([closure])`` and ``scaler.step(optimizer[, closure])``: the closure
-        runs first, then the step."""
+        """``optimizer.step([closure])``; a scaler the engine cannot read steps its optimizer
+        as a plain one would."""
         kind = self.kind(func.value)
         if kind is Kind.SCALER:
-            optimizer, rest = (positional[0], positional[1:]) if positional else (None, [])
-        elif kind is Kind.OPTIMIZER:
-            optimizer, rest = func.value, positional
-        else:
-            return []
+            return self.steps(call, positional[0] if positional else None, positional[1:])
+        if kind is Kind.OPTIMIZER:
+            return self.steps(call, func.value, positional)
+        return []
+
+    def steps(self, call: cst.Call, optimizer: cst.BaseExpression | None, rest: list[cst.BaseExpression],
+              **kw: object) -> list[Item]:
+        """A step of ``optimizer``, its closure (the first of ``rest``, or ``closure=``) run
+        first."""
         out: list[Item] = []
         closure = rest[0] if rest else next(
             (a.value for a in call.args if a.keyword is not None and a.keyword.value == "closure"),
@@ -843,7 +885,7 @@ class Recognizer:
         )
         if closure is not None and optimizer is not None:
             out.extend(self._closure(closure, optimizer))
-        out.append(self._event(EventKind.STEP, call, func, **self._about(optimizer)))
+        out.append(self.event(EventKind.STEP, call, call.func, **{**self.about(optimizer), **kw}))
         return out
 
     def _closure(self, closure: cst.BaseExpression, optimizer: cst.BaseExpression) -> list[Item]:
@@ -863,7 +905,7 @@ class Recognizer:
             target = self._function(closure)
             if target is not None:
                 return [Inline(target[0], closure, {})]
-        return [self._event(EventKind.UNKNOWN_GRADS, closure, closure, **self._about(optimizer))]
+        return [self.event(EventKind.UNKNOWN_GRADS, closure, closure, **self.about(optimizer))]
 
     def _local_class_method(self, receiver: cst.BaseExpression, method: str) -> cst.FunctionDef | None:
         """``method`` of the module's class that ``receiver`` is visibly an instance of: a

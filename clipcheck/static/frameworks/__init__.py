@@ -1,6 +1,77 @@
 """One file per framework: its vocabulary rows and the matchers over them.
 
-``torch`` (the core), ``lightning`` (Lightning and Fabric), ``naming`` (what names say when
-bindings are silent). The recognizer asks these modules what a call is; a new framework adds a
-file here and its fixtures.
+``torch`` (the core), ``lightning`` (Lightning and Fabric) and ``naming`` (what names say when
+bindings are silent) are read by the recognizer directly. Every other module here defines a
+:class:`Framework` subclass decorated with :func:`register`; :func:`registered` imports the
+package's modules once and hands the recognizer their matchers, so a new framework adds a
+file here, its fixtures and its rule page, and touches nothing else.
 """
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import libcst as cst
+
+if TYPE_CHECKING:
+    from clipcheck.static.bindings import Binding, Bindings, Kind, Scope
+    from clipcheck.static.names import ModuleNames
+    from clipcheck.static.recognizer import Item, Recognizer
+
+
+@dataclass(frozen=True)
+class Context:
+    """What entering a ``with`` item means: events at its entry, and (for a block that runs
+    one micro-batch of an accumulation window) the flag that is true on the window's last."""
+
+    events: Sequence[Item] = field(default_factory=tuple)
+    sync_flag: str | None = None
+
+
+class Framework:
+    """A framework's matchers. Each answers ``None`` for what is not its own."""
+
+    def constructed(self, qualified: str, call: cst.Call) -> Kind | None:
+        """The kind of object a call of ``qualified`` builds (``Accelerator(...)``)."""
+        return None
+
+    def unpacked(self, qualified: str, call: cst.Call, count: int, bindings: Bindings,
+                 scope: Scope | None) -> list[Binding] | None:
+        """Bindings by position for ``a, b, ... = qualified(...)``."""
+        return None
+
+    def method(self, recognizer: Recognizer, call: cst.Call, receiver: cst.BaseExpression,
+               method: str, positional: list[cst.BaseExpression]) -> list[Item] | None:
+        """The events of ``receiver.method(...)``."""
+        return None
+
+    def context(self, recognizer: Recognizer, expr: cst.BaseExpression,
+                body: Sequence[cst.BaseStatement]) -> Context | None:
+        """What ``with expr:`` around ``body`` means."""
+        return None
+
+    def wrapper(self, names: ModuleNames, value: cst.BaseExpression) -> str:
+        """The name of this framework when ``value`` wraps a module in it (``FSDP(model)``)."""
+        return ""
+
+
+_REGISTERED: list[Framework] = []
+_LOADED: list[bool] = []
+
+
+def register(cls: type[Framework]) -> type[Framework]:
+    _REGISTERED.append(cls())
+    return cls
+
+
+def registered() -> Sequence[Framework]:
+    """Every framework of this package, its modules imported on first use."""
+    if not _LOADED:
+        _LOADED.append(True)
+        for module in pkgutil.iter_modules(__path__):
+            importlib.import_module(f"{__name__}.{module.name}")
+    return _REGISTERED

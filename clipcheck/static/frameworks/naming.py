@@ -12,6 +12,7 @@ _NOT_OPTIMIZER_TOKENS = frozenset(
      "ema", "swa", "option", "options", "args", "cfg", "config"}
 )
 _SCALER_TOKENS = frozenset({"scaler", "grad_scaler", "gradscaler"})
+_ACCELERATOR_TOKENS = frozenset({"accelerator"})
 _TOKEN_SPLIT = re.compile(r"[_\d]+|(?<=[a-z])(?=[A-Z])")
 
 
@@ -29,3 +30,5 @@ def name_says_scaler(name: str) -> bool:
     return bool(set(name_tokens(name)) & _SCALER_TOKENS)
 
 
+def name_says_accelerator(name: str) -> bool:
+    return bool(set(name_tokens(name)) & _ACCELERATOR_TOKENS)

@@ -12,6 +12,13 @@ from clipcheck.static.rules.ordering import (
     StepBeforeBackward,
     ZeroGradBeforeStep,
 )
+from clipcheck.static.rules.scaler import (
+    ClipScaledGradients,
+    MissingScalerUpdate,
+    StepBypassesScaler,
+    UnscaleTwice,
+)
+from clipcheck.static.rules.sharded import ClipBypassesDeepspeed, FsdpNeedsModuleClip, NoSyncMissesForward
 from clipcheck.static.rules.values import ExhaustedParameters, NonPositiveMaxNorm
 
 RULES: tuple[Rule, ...] = (
@@ -21,8 +28,15 @@ RULES: tuple[Rule, ...] = (
     ZeroGradBeforeStep(),
     MissingZeroGrad(),
     ClipInsideAccumulation(),
+    ClipScaledGradients(),
+    StepBypassesScaler(),
+    UnscaleTwice(),
+    MissingScalerUpdate(),
     NonPositiveMaxNorm(),
     ExhaustedParameters(),
+    FsdpNeedsModuleClip(),
+    ClipBypassesDeepspeed(),
+    NoSyncMissesForward(),
 )
 
 __all__ = ["RULES", "RawFinding", "Rule"]

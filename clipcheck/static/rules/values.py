@@ -30,11 +30,18 @@ class NonPositiveMaxNorm(Rule):
             written = f"`{event.threshold_name}={facts.code_of(event.threshold)}`"
             if isinstance(event.threshold, cst.Name):
                 written += f" (= {value!r})"
-            if lightning and value < 0:
+            if lightning and value < 0 and event.kind is EventKind.CLIP_CONFIG:
                 yield self.finding(event, (
                     f"{written} is negative: Lightning skips clipping for "
                     "any value <= 0, so this run trains with no clipping at all. Use a positive "
                     "threshold (for example 1.0), or leave it unset to disable clipping openly."
+                ))
+            elif lightning and value <= 0 and event.kind is EventKind.CLIP:
+                # On the Trainer, 0 is the documented "off"; a clip call written out is meant to clip.
+                yield self.finding(event, (
+                    f"{written} in {subject(facts, event)} is not positive: Lightning skips "
+                    "clipping for any value <= 0, so this call clips nothing and the step applies "
+                    "unclipped gradients. Use a positive threshold (for example 1.0)."
                 ))
             elif not lightning and value <= 0:
                 effect = "wipes every gradient" if value == 0 else (

@@ -1,0 +1,62 @@
+"""DDP's ``no_sync()`` (and accelerate's ``accelerator.no_sync(model)``, Fabric's
+``fabric.no_backward_sync(model)``): DDP decides in the forward pass whether the backward
+will all-reduce, so the context must wrap the forward as well as the backward."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import libcst as cst
+
+from clipcheck.static.events import EventKind
+from clipcheck.static.frameworks import Context, Framework, register
+
+if TYPE_CHECKING:
+    from clipcheck.static.recognizer import Recognizer
+
+ON_MODULE = frozenset({"no_sync"})                       # ``model.no_sync()``
+ON_ARGUMENT = frozenset({"no_sync", "no_backward_sync"})  # ``accelerator.no_sync(model)``
+# Calls a block may make that run no forward pass: the backward and its loss scaling.
+BACKWARD_ONLY_CALLS = frozenset({"backward", "manual_backward", "scale"})
+
+
+def _calls(node: cst.CSTNode) -> list[cst.Call]:
+    found = [node] if isinstance(node, cst.Call) else []
+    for child in node.children:
+        found.extend(_calls(child))
+    return found
+
+
+def _backward_only(body: Sequence[cst.BaseStatement]) -> bool:
+    """The block runs a backward pass and nothing else that calls anything: the forward that
+    made its loss ran before it."""
+    if not all(isinstance(stmt, cst.SimpleStatementLine) for stmt in body):
+        return False
+    calls = [c for stmt in body for c in _calls(stmt)]
+    names = [c.func.attr.value if isinstance(c.func, cst.Attribute) else None for c in calls]
+    return any(n in ("backward", "manual_backward") for n in names) and all(
+        n in BACKWARD_ONLY_CALLS for n in names)
+
+
+@register
+class NoSync(Framework):
+    def context(self, recognizer: Recognizer, expr: cst.BaseExpression,
+                body: Sequence[cst.BaseStatement]) -> Context | None:
+        if isinstance(expr, cst.IfExp):  # ``nullcontext() if last else model.no_sync()``
+            return self.context(recognizer, expr.body, body) or self.context(recognizer, expr.orelse, body)
+        if not (isinstance(expr, cst.Call) and isinstance(expr.func, cst.Attribute)):
+            return None
+        method = expr.func.attr.value
+        positional = [a.value for a in expr.args if a.keyword is None and not a.star]
+        if method in ON_MODULE and not expr.args:
+            model = expr.func.value
+        elif method in ON_ARGUMENT and positional:
+            model = positional[0]
+        else:
+            return None
+        if not _backward_only(body):
+            return Context()
+        key = recognizer.key(model)
+        return Context(events=(recognizer.event(EventKind.LATE_NO_SYNC, expr, expr,
+                                                models=frozenset({key}) if key else None),))
