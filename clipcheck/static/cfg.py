@@ -74,6 +74,9 @@ class Cfg:
     guards: dict[int, tuple[cst.BaseExpression, ...]] = field(default_factory=dict)
     # Nodes on a path that leaves the iteration early (``if bad: zero_grad(); continue``).
     skips: frozenset[int] = frozenset()
+    # Nodes on the updating side of any accumulation boundary test, whatever that side does
+    # (``boundary`` holds only those of a side that steps or zeroes, or of a flag's test).
+    behind_boundary: frozenset[int] = frozenset()
 
     def trains(self, *edges: Edge) -> bool:
         """Whether the unit runs a training loop of its own (a loop whose body steps, or one
@@ -162,6 +165,7 @@ class CfgBuilder:
         self.inlining: list[cst.CSTNode] = []
         self.expansions: dict[cst.CSTNode, int] = {}
         self.boundary: set[int] = set()
+        self.behind_boundary: set[int] = set()
         self.skips: set[int] = set()
         # The branch starts (then, else) of each boundary test's ``if``.
         self.arms: dict[cst.If, tuple[int, int]] = {}
@@ -237,7 +241,8 @@ class CfgBuilder:
         frontier = self._items(list(after), _merge(frontier, function.returns))
         exit_node = self._node(frontier)
         self._forget_untested_atoms()
-        return Cfg(self.nodes, entry, exit_node, frozenset(self.boundary), self.guards, frozenset(self.skips))
+        return Cfg(self.nodes, entry, exit_node, frozenset(self.boundary), self.guards, frozenset(self.skips),
+                   frozenset(self.behind_boundary))
 
     def _forget_untested_atoms(self) -> None:
         """Keep the values of atoms tested around training events more than once, or once and
@@ -318,6 +323,7 @@ class CfgBuilder:
         out = build(frontier)
         if test is not None:
             made = range(first, len(self.nodes))
+            self.behind_boundary.update(made)
             if test in (BoundaryTest.SYNC_FLAG, BoundaryTest.NAMED_FLAG) or any(
                 self.nodes[n].event is not None and self.nodes[n].event.kind in UPDATE_KINDS  # type: ignore[union-attr]
                 for n in made

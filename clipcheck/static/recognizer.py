@@ -11,7 +11,7 @@ import enum
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import libcst as cst
 
@@ -170,16 +170,6 @@ def _is_grad(expr: cst.BaseExpression) -> cst.BaseExpression | None:
         expr = expr.value
     if isinstance(expr, cst.Attribute) and expr.attr.value == "grad":
         return expr.value
-    return None
-
-
-def _argument(call: cst.Call, threshold: vocab.Threshold) -> cst.BaseExpression | None:
-    positional = [a for a in call.args if a.keyword is None and not a.star]
-    for arg in call.args:
-        if arg.keyword is not None and arg.keyword.value == threshold.keyword:
-            return arg.value
-    if 0 <= threshold.position < len(positional):
-        return positional[threshold.position].value
     return None
 
 
@@ -641,9 +631,10 @@ class Recognizer:
             if qualified in vocab.BACKWARD_FUNCTIONS:
                 out.append(self.backward(call, func, *(a.value for a in call.args[:1])))
                 return out
-            if qualified in lightning.TRAINER_CLASSES:
-                out.extend(self._trainer(call))
-                return out
+            for framework in registered():
+                found = framework.function(self, call, qualified)
+                if found is not None:
+                    return [*out, *found]
         if isinstance(func, cst.Attribute):
             out.extend(self._method_call(call, func))
         elif isinstance(func, cst.Name):
@@ -707,7 +698,7 @@ class Recognizer:
     def clip(self, call: cst.Call, threshold: vocab.Threshold | None, **kw: object) -> list[Item]:
         """A clip; none when the threshold is infinite (``clip_grad_norm_(ps, float("inf"))``
         only measures the norm, the gradients stay as they are)."""
-        value = _argument(call, threshold) if threshold else None
+        value = vocab.argument(call, threshold) if threshold else None
         if value is not None:
             value = self.passed(value)  # ``clip(model, 0.0)`` into ``clip_grad_norm_(ps, max_norm)``
         if value is not None and self.names.number(value) == math.inf:
@@ -755,13 +746,6 @@ class Recognizer:
                 return found
         return Context()
 
-    def _trainer(self, call: cst.Call) -> list[Item]:
-        for arg in call.args:
-            if arg.keyword is not None and arg.keyword.value in lightning.TRAINER_CLIP_KEYWORDS:
-                return [self.event(EventKind.CLIP_CONFIG, call, call.func, threshold=arg.value,
-                                    threshold_name=arg.keyword.value)]
-        return []
-
     def _method_call(self, call: cst.Call, func: cst.Attribute) -> list[Item]:
         method = func.attr.value
         receiver = func.value
@@ -805,8 +789,6 @@ class Recognizer:
             key = self.key(receiver)
             return [self.event(EventKind.ZERO_GRAD, call, func,
                                 models=frozenset({key}) if key else None)]
-        if method == lightning.CLIP_GRADIENTS_METHOD:
-            return self._clip_gradients(call, receiver)
         if method in vocab.CLIP_METHODS_WITH_PARAMETERS:
             takes_params = len(positional) >= 2 or any(
                 a.keyword is not None and a.keyword.value == "parameters" for a in call.args
@@ -847,22 +829,6 @@ class Recognizer:
         models = self.owners(subject) if subject is not None else None
         return [self.event(kind, call, call.func, **({"models": models} if kind is EventKind.ZERO_GRAD
                                                         else self.about(None)))]
-
-    def _clip_gradients(self, call: cst.Call, receiver: cst.BaseExpression) -> list[Item]:
-        optimizer = next(
-            (a.value for a in call.args if a.keyword is None and self.kind(a.value) is Kind.OPTIMIZER),
-            None,
-        )
-        # Lightning's ``self.clip_gradients(opt, 0.5)`` may pass the threshold by position;
-        # Fabric's ``fabric.clip_gradients(model, opt, max_norm=...)`` only by keyword.
-        positional_threshold = isinstance(receiver, cst.Name) and receiver.value == "self"
-        threshold = None
-        for candidate in lightning.CLIP_GRADIENTS_THRESHOLDS:
-            candidate = candidate if positional_threshold else replace(candidate, position=-1)
-            if _argument(call, candidate) is not None:
-                threshold = candidate
-                break
-        return self.clip(call, threshold, **self.about(optimizer))
 
     def _step(self, call: cst.Call, func: cst.Attribute, positional: list[cst.BaseExpression]) -> list[Item]:
         """``optimizer.step([closure])``; a scaler the engine cannot read steps its optimizer

@@ -44,6 +44,10 @@ class Framework:
         """Bindings by position for ``a, b, ... = qualified(...)``."""
         return None
 
+    def function(self, recognizer: Recognizer, call: cst.Call, qualified: str) -> list[Item] | None:
+        """The events of a call of the imported ``qualified`` (``Trainer(...)``)."""
+        return None
+
     def method(self, recognizer: Recognizer, call: cst.Call, receiver: cst.BaseExpression,
                method: str, positional: list[cst.BaseExpression]) -> list[Item] | None:
         """The events of ``receiver.method(...)``."""

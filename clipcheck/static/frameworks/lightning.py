@@ -3,17 +3,20 @@ steps Lightning runs itself under automatic optimization."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import libcst as cst
 
 from clipcheck.static.events import Event, EventKind, Origin
-from clipcheck.static.frameworks.torch import Threshold
+from clipcheck.static.frameworks import Framework, register
+from clipcheck.static.frameworks.torch import Threshold, argument
 from clipcheck.static.syntax import returns as _returns
 from clipcheck.static.syntax import statements
 
 if TYPE_CHECKING:
     from clipcheck.static.bindings import Binding, ClassInfo
+    from clipcheck.static.recognizer import Item, Recognizer
 
 # Lightning's ``self.clip_gradients(optimizer, gradient_clip_val=...)`` and Fabric's
 # ``fabric.clip_gradients(model, optimizer, max_norm=...)``: the optimizer is an argument.
@@ -62,6 +65,39 @@ PER_BATCH_HOOKS = frozenset({
 # Calls a LightningModule makes to fetch its optimizers.
 OPTIMIZER_GETTERS = frozenset({"optimizers", "optimizer"})
 
+
+
+@register
+class Lightning(Framework):
+    """``Trainer(gradient_clip_val=...)``, and ``clip_gradients`` of a LightningModule or of
+    Fabric."""
+
+    def function(self, recognizer: Recognizer, call: cst.Call, qualified: str) -> list[Item] | None:
+        if qualified not in TRAINER_CLASSES:
+            return None
+        for arg in call.args:
+            if arg.keyword is not None and arg.keyword.value in TRAINER_CLIP_KEYWORDS:
+                return [recognizer.event(EventKind.CLIP_CONFIG, call, call.func, threshold=arg.value,
+                                         threshold_name=arg.keyword.value)]
+        return []
+
+    def method(self, recognizer: Recognizer, call: cst.Call, receiver: cst.BaseExpression,
+               method: str, positional: list[cst.BaseExpression]) -> list[Item] | None:
+        from clipcheck.static.bindings import Kind
+
+        if method != CLIP_GRADIENTS_METHOD:
+            return None
+        optimizer = next((a for a in positional if recognizer.kind(a) is Kind.OPTIMIZER), None)
+        # Lightning's ``self.clip_gradients(opt, 0.5)`` may pass the threshold by position;
+        # Fabric's ``fabric.clip_gradients(model, opt, max_norm=...)`` only by keyword.
+        by_position = isinstance(receiver, cst.Name) and receiver.value == "self"
+        threshold = None
+        for candidate in CLIP_GRADIENTS_THRESHOLDS:
+            candidate = candidate if by_position else replace(candidate, position=-1)
+            if argument(call, candidate) is not None:
+                threshold = candidate
+                break
+        return recognizer.clip(call, threshold, **recognizer.about(optimizer))
 
 
 def automatic_optimization_events(

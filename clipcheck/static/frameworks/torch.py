@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import libcst as cst
+
 
 @dataclass(frozen=True)
 class Threshold:
@@ -29,6 +31,17 @@ CLIP_FUNCTIONS: dict[str, Threshold] = {
         ("clip_grads_with_norm_", "max_norm"),
     )
 }
+
+def argument(call: cst.Call, threshold: Threshold) -> cst.BaseExpression | None:
+    """The expression a call passes where ``threshold`` says it is taken."""
+    positional = [a for a in call.args if a.keyword is None and not a.star]
+    for arg in call.args:
+        if arg.keyword is not None and arg.keyword.value == threshold.keyword:
+            return arg.value
+    if 0 <= threshold.position < len(positional):
+        return positional[threshold.position].value
+    return None
+
 
 # Functions that run a backward pass, by qualified name.
 BACKWARD_FUNCTIONS = frozenset({"torch.autograd.backward"})

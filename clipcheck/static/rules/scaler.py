@@ -108,7 +108,10 @@ class UnscaleTwice(Rule):
             for key in facts.exact(node):
                 states = [s for s in facts.steady(node, key) if not s.guessed]
                 again = [s for s in states if s.stage is Stage.UNSCALED]
-                if not again or not (len(again) == len(states) or any(s.pending for s in again)):
+                # Some path: an earlier micro-batch of a window unscaled (not where the code
+                # unscales behind a boundary test: two tests the engine cannot correlate).
+                every_micro_batch = node not in facts.cfg.behind_boundary and any(s.pending for s in again)
+                if not again or not (len(again) == len(states) or every_micro_batch):
                     continue
                 earlier = [n for n in origins(again, "stage_at") if n != node]
                 yield self.finding(event, (
