@@ -304,7 +304,7 @@ class Bindings:
                 if node.func.attr.value in vocab.PARAMETER_GENERATOR_METHODS:
                     owner = dotted(node.func.value)
                     if owner is not None:
-                        found.add(owner)
+                        found.add(_unaliased(owner, scope))
             elif isinstance(node, (cst.Name, cst.Attribute)) and scope is not None and depth < 3:
                 key = dotted(node)
                 binding = scope.lookup(key) if key else None
@@ -317,6 +317,18 @@ class Bindings:
         result = frozenset(found)
         self._owners[memo_key] = result
         return result
+
+
+def _unaliased(name: str, scope: Scope | None, depth: int = 0) -> str:
+    """The module a name stands for when it was bound once to another's (``model_without_ddp =
+    model.module``, ``net = self.net``): so that the two are seen as one."""
+    binding = scope.lookup(name) if scope is not None and depth < 2 else None
+    values = binding.values if binding is not None else ()
+    if len(values) == 1 and isinstance(values[0], (cst.Name, cst.Attribute)):
+        target = dotted(values[0])
+        if target is not None and target != name and not target.startswith(name + "."):
+            return _unaliased(target, scope, depth + 1)
+    return name
 
 
 # A module name with this suffix stands for some of its parameters (a filtered selection).

@@ -166,7 +166,7 @@ def _scaler_stage(node: int, event: Event, state: OptState) -> OptState:
     """The GradScaler's record after ``event``: ``unscale_`` and ``scaler.step`` mark it,
     ``update()`` (and a new optimizer) clears it."""
     kind = event.kind
-    if kind is EventKind.UNSCALE:
+    if kind is EventKind.UNSCALE and event.amp is Amp.SCALER:
         return replace(state, stage=Stage.UNSCALED, stage_at=node)
     if kind is EventKind.STEP and event.amp is Amp.SCALER:
         return replace(state, stage=Stage.STEPPED, stage_at=node)

@@ -434,12 +434,18 @@ class Recognizer:
 
     def _handed(self, call: cst.Call) -> frozenset[str]:
         """The modules a call is handed: the owners of parameters it receives, else the plain
-        names it receives (``build_optimizer(cfg, student)``)."""
+        names it receives (``build_optimizer(cfg, student)``) and the object a method is called
+        on (``model.configure_optimizers(weight_decay, lr)``), not names that say they hold a
+        hyperparameter."""
         owners = frozenset(o for a in call.args for o in self.bindings.owners(a.value, self.scope))
         if owners:
             return owners
-        return frozenset(k for a in call.args if isinstance(a.value, (cst.Name, cst.Attribute))
-                         for k in (dotted(a.value),) if k is not None)
+        handed = [a.value for a in call.args]
+        if isinstance(call.func, cst.Attribute) and not self.names.is_imported(call.func):
+            handed.append(call.func.value)
+        return frozenset(k for v in handed if isinstance(v, (cst.Name, cst.Attribute))
+                         for k in (dotted(v),)
+                         if k is not None and not naming.name_says_setting(k.split(".")[-1]))
 
     def _argument_value(self, value: cst.BaseExpression) -> Argument:
         if _is_none(value):
@@ -641,6 +647,11 @@ class Recognizer:
             target = self.scope.function(func.value)
             if target is not None:
                 out.extend(self._inline(target, call, is_method=False))
+        if len(out) == recognised and qualified is None:
+            # ``loss_scaler(loss, optimizer)`` on an instance of a class of the module.
+            called = self._local_class_method(func, "__call__")
+            if called is not None:
+                out.extend(self._inline(called, call, is_method=True, instance=func))
         if statement and len(out) == recognised and not vocab.leaves_gradients(qualified or dotted(func)):
             out.extend(self._opaque(call))
         return out
@@ -878,9 +889,8 @@ class Recognizer:
         wrapper's ``step(loss)`` is a call of the wrapper, not ``Optimizer.step(closure)``. An
         optimizer class of the module keeps ``step`` and ``zero_grad`` as the vocabulary says;
         its other methods (SAM's ``first_step``) are followed."""
-        key = dotted(receiver)
-        binding = self.scope.lookup(key) if key else None
-        if binding is None or (isinstance(receiver, cst.Name) and receiver.value in self.arguments):
+        _, binding = self.binding(receiver)  # a parameter: what its caller passed
+        if binding is None:
             return None
         for value in binding.values:
             if isinstance(value, cst.Call) and isinstance(value.func, cst.Name):

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import libcst as cst
 
-from clipcheck.static.events import Amp
+from clipcheck.static.events import Amp, EventKind
 from clipcheck.static.frameworks import Context, Framework, register
 from clipcheck.static.frameworks.torch import CLIP_METHODS_WITH_PARAMETERS
 
@@ -34,6 +34,7 @@ PREPARE_METHODS = frozenset({"prepare"})
 
 ACCELERATOR_CLASSES = frozenset({"accelerate.Accelerator", "accelerate.accelerator.Accelerator"})
 ACCUMULATE_METHOD = "accumulate"
+UNSCALE_METHOD = "unscale_gradients"
 FP16 = "fp16"
 
 
@@ -63,6 +64,11 @@ class Accelerate(Framework):
             return None
         if method == "backward" and _fp16(recognizer, receiver):
             return [recognizer.backward(call, call.func, *positional[:1], amp=Amp.FRAMEWORK)]
+        if method == UNSCALE_METHOD:  # every prepared optimizer's, or the one it is handed
+            handed = positional[:1] or [a.value for a in call.args if a.keyword is not None
+                                        and a.keyword.value == "optimizer"]
+            about = recognizer.about(handed[0]) if handed else {}
+            return [recognizer.event(EventKind.UNSCALE, call, call.func, amp=Amp.FRAMEWORK, **about)]
         threshold = CLIP_METHODS_WITH_PARAMETERS.get(method)
         if threshold is not None and (positional or call.args):
             params = positional[0] if positional else None

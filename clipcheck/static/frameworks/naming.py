@@ -30,5 +30,16 @@ def name_says_scaler(name: str) -> bool:
     return bool(set(name_tokens(name)) & _SCALER_TOKENS)
 
 
+_SETTING_TOKENS = frozenset(
+    {"lr", "learning", "rate", "decay", "wd", "eps", "betas", "momentum", "args", "cfg", "config",
+     "opt", "opts", "hparams", "params", "kwargs", "options", "settings"}
+)
+
+
+def name_says_setting(name: str) -> bool:
+    """``weight_decay``, ``args``, ``cfg.optim``: a name for settings, never for a module."""
+    return bool(set(name_tokens(name)) & _SETTING_TOKENS)
+
+
 def name_says_accelerator(name: str) -> bool:
     return bool(set(name_tokens(name)) & _ACCELERATOR_TOKENS)

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from clipcheck.static.cfg import Node
 from clipcheck.static.dataflow import HAS_FRESH, Clip, Grads, OptState, Scale, Stage
@@ -16,6 +16,22 @@ STILL_SCALED = frozenset({Scale.SCALED, Scale.FRAMEWORK})
 
 def _clips_scaled(state: OptState) -> bool:
     return state.scale in STILL_SCALED and state.grads in HAS_FRESH and not state.guessed
+
+
+def _never(facts: UnitFacts, key: str, kind: EventKind, amp: Amp = Amp.SCALER) -> bool:
+    """No event of ``kind`` through the scaler (``unscale_``, ``scaler.step``) concerns the
+    optimizer ``key`` anywhere in the unit: a path that scales has no configuration in which
+    the code unscales or steps through the scaler."""
+    return not any(e.amp is amp and facts.targets.get(n, {}).get(key) is not None
+                   for n, e in facts.events(kind))
+
+
+def _some_path(facts: UnitFacts, node: int, test: Callable[[OptState], bool], kind: EventKind) -> bool:
+    """``test`` holds on some path to ``node``, and the unit never unscales (``kind``) or steps
+    through the scaler for any optimizer the event surely concerns."""
+    keys = facts.surely(node)
+    return bool(keys) and all(_never(facts, k, kind) for k in keys) and any(
+        test(s) for k in keys for s in facts.steady(node, k))
 
 
 def _updates_or_fails(node: Node) -> bool:
@@ -31,8 +47,8 @@ class ClipScaledGradients(Rule):
         for clip, event in facts.events(EventKind.CLIP):
             if event.amp is Amp.FRAMEWORK:
                 continue  # ``accelerator.clip_grad_norm_`` unscales first
-            if facts.always(clip, _clips_scaled):
-                states = [s for k in facts.surely(clip) for s in facts.steady(clip, k)]
+            if facts.always(clip, _clips_scaled) or _some_path(facts, clip, _clips_scaled, EventKind.UNSCALE):
+                states = [s for k in facts.surely(clip) for s in facts.steady(clip, k) if _clips_scaled(s)]
                 yield self.finding(event, self._message(facts, event, states))
         yield from self._before_scaler_step(facts)
 
@@ -84,9 +100,9 @@ class StepBypassesScaler(Rule):
         for step, event in facts.events(EventKind.STEP):
             if event.amp is not Amp.NONE or event.gated or event.wrapper or event.origin is not Origin.SOURCE:
                 continue
-            if not facts.always(step, lambda s: s.scale in (Scale.SCALED, Scale.UNSCALED) and not s.guessed):
-                continue
-            states = [s for k in facts.surely(step) for s in facts.steady(step, k)]
+            if not _some_path(facts, step, _scaled_for_step, EventKind.STEP):
+                continue  # a unit that steps through the scaler somewhere steps directly only without it
+            states = [s for k in facts.surely(step) for s in facts.steady(step, k) if _scaled_for_step(s)]
             scaled = [b for b in origins(states, "scale_at")
                       if facts.event(b).kind is EventKind.BACKWARD]
             since = f" since the scaled backward at {lines(facts.line(b) for b in scaled)}" if scaled else ""
@@ -98,6 +114,10 @@ class StepBypassesScaler(Rule):
             ))
 
 
+def _scaled_for_step(state: OptState) -> bool:
+    return state.scale in (Scale.SCALED, Scale.UNSCALED) and not state.guessed
+
+
 class UnscaleTwice(Rule):
     code = "CC203"
     name = "unscale-twice"
@@ -105,6 +125,8 @@ class UnscaleTwice(Rule):
 
     def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
         for node, event in facts.events(EventKind.UNSCALE):
+            if event.amp is not Amp.SCALER:
+                continue
             for key in facts.exact(node):
                 states = [s for s in facts.steady(node, key) if not s.guessed]
                 again = [s for s in states if s.stage is Stage.UNSCALED]
