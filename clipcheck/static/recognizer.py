@@ -262,6 +262,8 @@ class Recognizer:
             return Kind.OPTIMIZER
         if naming.name_says_accelerator(last):
             return Kind.ACCELERATOR
+        if naming.name_says_engine(last):
+            return Kind.ENGINE
         return None
 
     def owners(self, expr: cst.BaseExpression | None) -> frozenset[str] | None:
@@ -732,12 +734,21 @@ class Recognizer:
         """The framework that wraps the module whose parameters ``params`` yields, when its
         binding shows it (``model = FSDP(model)``)."""
         for owner in self.bindings.owners(params, self.scope) if params is not None else ():
-            binding = self.scope.lookup(owner.removesuffix(PART))
-            for value in binding.values if binding is not None else ():
-                for framework in registered():
-                    name = framework.wrapper(self.names, value)
-                    if name:
-                        return name
+            name = self._wrapper_of(self.scope.lookup(owner.removesuffix(PART)))
+            if name:
+                return name
+        return ""
+
+    def module_wrapper(self, module: cst.BaseExpression) -> str:
+        """The framework that visibly wraps ``module`` (``ddp``, ``fsdp1``), or ``""``."""
+        return self._wrapper_of(self.binding(module)[1])
+
+    def _wrapper_of(self, binding: Binding | None) -> str:
+        for value in binding.values if binding is not None else ():
+            for framework in registered():
+                name = framework.wrapper(self.names, value)
+                if name:
+                    return name
         return ""
 
     def binding(self, expr: cst.BaseExpression) -> tuple[Recognizer, Binding | None]:

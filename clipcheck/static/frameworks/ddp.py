@@ -11,10 +11,15 @@ import libcst as cst
 
 from clipcheck.static.events import EventKind
 from clipcheck.static.frameworks import Context, Framework, register
+from clipcheck.static.syntax import statements
 
 if TYPE_CHECKING:
+    from clipcheck.static.names import ModuleNames
     from clipcheck.static.recognizer import Recognizer
 
+DDP = "ddp"
+DDP_CLASSES = frozenset({"torch.nn.parallel.DistributedDataParallel",
+                         "torch.nn.parallel.distributed.DistributedDataParallel"})
 ON_MODULE = frozenset({"no_sync"})                       # ``model.no_sync()``
 ON_ARGUMENT = frozenset({"no_sync", "no_backward_sync"})  # ``accelerator.no_sync(model)``
 # Calls a block may make that run no forward pass: the backward and its loss scaling.
@@ -28,12 +33,30 @@ def _calls(node: cst.CSTNode) -> list[cst.Call]:
     return found
 
 
+def _simple(body: Sequence[cst.BaseStatement]) -> list[cst.CSTNode] | None:
+    """The simple statements of ``body``, also inside ``for`` loops over what needs no call
+    (``for loss in losses[:-1]:``); ``None`` for any other compound statement."""
+    found: list[cst.CSTNode] = []
+    for stmt in body:
+        if isinstance(stmt, cst.SimpleStatementLine):
+            found.append(stmt)
+        elif isinstance(stmt, cst.For) and stmt.orelse is None and not _calls(stmt.iter):
+            inner = _simple(statements(stmt.body))
+            if inner is None:
+                return None
+            found.extend(inner)
+        else:
+            return None
+    return found
+
+
 def _backward_only(body: Sequence[cst.BaseStatement]) -> bool:
-    """The block runs a backward pass and nothing else that calls anything: the forward that
-    made its loss ran before it."""
-    if not all(isinstance(stmt, cst.SimpleStatementLine) for stmt in body):
+    """The block runs backward passes and nothing else that calls anything: the forward that
+    made their losses ran before it."""
+    simple = _simple(body)
+    if simple is None:
         return False
-    calls = [c for stmt in body for c in _calls(stmt)]
+    calls = [c for stmt in simple for c in _calls(stmt)]
     names = [c.func.attr.value if isinstance(c.func, cst.Attribute) else None for c in calls]
     return any(n in ("backward", "manual_backward") for n in names) and all(
         n in BACKWARD_ONLY_CALLS for n in names)
@@ -41,6 +64,10 @@ def _backward_only(body: Sequence[cst.BaseStatement]) -> bool:
 
 @register
 class NoSync(Framework):
+    def wrapper(self, names: ModuleNames, value: cst.BaseExpression) -> str:
+        return DDP if (isinstance(value, cst.Call) and names.is_imported(value.func)
+                       and names.qualify(value.func) in DDP_CLASSES) else ""
+
     def context(self, recognizer: Recognizer, expr: cst.BaseExpression,
                 body: Sequence[cst.BaseStatement]) -> Context | None:
         if isinstance(expr, cst.IfExp):  # ``nullcontext() if last else model.no_sync()``
@@ -55,8 +82,8 @@ class NoSync(Framework):
             model = positional[0]
         else:
             return None
-        if not _backward_only(body):
-            return Context()
+        if not _backward_only(body) or recognizer.module_wrapper(model) not in ("", DDP):
+            return Context()  # FSDP1 reads its flag in backward-time hooks: wrapping the backward is enough
         key = recognizer.key(model)
         return Context(events=(recognizer.event(EventKind.LATE_NO_SYNC, expr, expr,
                                                 models=frozenset({key}) if key else None),))

@@ -41,5 +41,10 @@ def name_says_setting(name: str) -> bool:
     return bool(set(name_tokens(name)) & _SETTING_TOKENS)
 
 
+def name_says_engine(name: str) -> bool:
+    """``model_engine``, ``engine``: a DeepSpeed engine, when nothing shows what it holds."""
+    return "engine" in name_tokens(name)
+
+
 def name_says_accelerator(name: str) -> bool:
     return bool(set(name_tokens(name)) & _ACCELERATOR_TOKENS)

@@ -55,7 +55,8 @@ class ClipBypassesDeepspeed(Rule):
                         f"`{key}` by hand between its backward and its step: the engine owns loss "
                         "scaling, gradient partitions and accumulation, so this clips scaled or "
                         "partial gradients (or nothing at all). Set `\"gradient_clipping\"` in the "
-                        "DeepSpeed config (it defaults to 0, off) and drop the clip."
+                        "DeepSpeed config to the threshold you want (older releases default it to 0, "
+                        "off; those since June 2026 to 1.0) and drop the clip."
                     ))
                     break
 
