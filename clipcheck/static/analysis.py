@@ -10,6 +10,7 @@ import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider
 
 from clipcheck.findings import Finding
+from clipcheck.static.bindings import PART
 from clipcheck.static.cfg import Node
 from clipcheck.static.dataflow import (
     DRIVER_ENTRY,
@@ -17,6 +18,7 @@ from clipcheck.static.dataflow import (
     OptState,
     ParamsState,
     Strength,
+    another_step,
     around_loop,
     assume,
     params_transfer,
@@ -24,7 +26,7 @@ from clipcheck.static.dataflow import (
     transfer,
     widened,
 )
-from clipcheck.static.events import Event, EventKind
+from clipcheck.static.events import Event, EventKind, Origin
 from clipcheck.static.facts import UnitFacts
 from clipcheck.static.fixing import FixPlanner
 from clipcheck.static.frameworks.custom import NONE as NO_CUSTOM_VOCABULARY
@@ -65,6 +67,9 @@ class ModuleAnalysis:
             {PSEUDO_OPTIMIZER})
         linkage = _linkage(events, keys)
         targets = {node: _targets(event, frozenset(keys), linkage) for node, event in events}
+        # The backwards whose loss visibly flows into each optimizer's parameters.
+        reached = {k: frozenset(n for n, e in events if e.kind is EventKind.BACKWARD
+                                and _related(e.models, linkage.get(k)) is True) for k in keys}
 
         def step_for(key: str) -> Callable[[Node, OptState], Iterable[OptState]]:
             def step(node: Node, state: OptState) -> Iterable[OptState]:
@@ -73,12 +78,17 @@ class ModuleAnalysis:
                     if assumed is None:
                         return ()
                     state = assumed
+                event = node.event
                 strength = targets.get(node.id, {}).get(key)
-                if node.event is None or strength is None:
+                if event is None:
                     return (state,)
-                named = node.event.optimizers
-                return transfer(node.id, node.event, state, strength, discards=discards(node),
-                                exact=named is None or key in named)
+                if strength is None:
+                    if event.kind is EventKind.STEP and event.origin is Origin.SOURCE:
+                        return (another_step(state, reached[key]),)
+                    return (state,)
+                named = event.optimizers
+                return transfer(node.id, event, state, strength, discards=discards(node),
+                                exact=named is None or key in named, reaches=node.id in reached[key])
             return step
 
         def discards(node: Node) -> bool:
@@ -168,9 +178,14 @@ def _linkage(events: list[tuple[int, Event]], keys: frozenset[str]) -> dict[str,
     the unit has one optimizer, built from what it cannot see, and its module events all name
     the same whole modules, those are the optimizer's: the unit trains one model."""
     linkage: dict[str, frozenset[str]] = {}
+    shared: dict[str, frozenset[str]] = {}  # from events on several optimizers at once
     for _, event in events:
         for key in event.optimizers or ():
-            linkage[key] = linkage.get(key, frozenset()) | event.optimizer_models
+            found = linkage if len(event.optimizers or ()) == 1 else shared
+            found[key] = found.get(key, frozenset()) | event.optimizer_models
+    for key, models in shared.items():  # ``for opt in (opt_g, opt_d):`` mixes their modules
+        if not linkage.get(key):
+            linkage[key] = models
     named = {e.models for _, e in events if e.models and e.kind in MODULE_EVENTS and e.certain}
     if len(keys) == 1 and not any(linkage.values()) and len(named) == 1:
         models = named.pop()
@@ -214,13 +229,18 @@ def _event_targets(event: Event, keys: frozenset[str], linkage: dict[str, frozen
         return named
     if event.kind is EventKind.BACKWARD:
         only = len(keys) == 1
+        if event.restricted:  # ``backward(inputs=...)`` reaches those parameters and no others
+            return {k: Strength.MUST for k in keys if _related(event.models, linkage.get(k)) is not False}
         return {k: Strength.MUST if only or _related(event.models, linkage.get(k)) is not False
                 else Strength.MAY for k in keys}
     if event.models is None:
         return dict.fromkeys(keys, Strength.MUST)
     if event.kind is EventKind.CLIP:  # a clip of some of an optimizer's parameters is a clip
         return {k: Strength.MUST if _related(event.models, linkage.get(k)) else Strength.MAY for k in keys}
-    return {k: Strength.MUST if _covers(event.models, linkage.get(k)) else Strength.MAY for k in keys}
+    # Two networks each handed whole to an optimizer are apart unless one visibly holds the
+    # other: ``netD.zero_grad()`` leaves the generator's optimizer alone.
+    return {k: Strength.MUST if _covers(event.models, linkage.get(k)) else Strength.MAY for k in keys
+            if not _apart(event.models, linkage.get(k))}
 
 
 def _related(models: frozenset[str] | None, linked: frozenset[str] | None) -> bool | None:
@@ -229,6 +249,12 @@ def _related(models: frozenset[str] | None, linked: frozenset[str] | None) -> bo
     if not models or not linked:
         return None
     return any(_within(m, o) or _within(o, m) for m in models for o in linked)
+
+
+def _apart(models: frozenset[str], linked: frozenset[str] | None) -> bool:
+    """Whole modules on both sides (no filtered selections), none within another."""
+    whole = all(not m.endswith(PART) for m in (*models, *(linked or ())))
+    return whole and _related(models, linked) is False
 
 
 def _covers(models: frozenset[str], linked: frozenset[str] | None) -> bool:

@@ -71,6 +71,12 @@ class OptState:
     ``guessed`` says the path assumes that an event which only may have applied did not reset
     the gradients (or that a clip which only may have applied did): no finding rests on it.
 
+    ``cleared`` says the last zero-grad set the gradients to ``None`` and nothing has written
+    them since: a step then skips every parameter. ``foreign_at`` is another loss's backward
+    whose gradients stayed on this optimizer's parameters when another optimizer stepped
+    (they belonged to that update); ``joined_at`` is this optimizer's own backward that then
+    added onto them.
+
     Mixed precision: ``scale`` says whether the gradients are still loss-scaled (``scale_at``
     the scaled backward or the unscale behind it); ``stage`` is the GradScaler's own record for
     this optimizer object (``stage_at`` the unscale or scaler step that set it).
@@ -98,6 +104,9 @@ class OptState:
     scale_at: int = NO_NODE
     stage: Stage = Stage.UNKNOWN
     stage_at: int = NO_NODE
+    cleared: bool = False
+    foreign_at: int = NO_NODE
+    joined_at: int = NO_NODE
 
 
 ENTRY = OptState()
@@ -113,14 +122,14 @@ _BACKWARD = {
 }
 _ZERO = {
     Grads.UNKNOWN: Grads.NONE, Grads.NONE: Grads.NONE, Grads.FRESH: Grads.KILLED,
-    Grads.FRESH_PREV: Grads.NONE, Grads.KILLED: Grads.KILLED, Grads.USED: Grads.ZEROED_USED,
+    Grads.FRESH_PREV: Grads.KILLED, Grads.KILLED: Grads.KILLED, Grads.USED: Grads.ZEROED_USED,
     Grads.USED_PREV: Grads.ZEROED_PREV,
     Grads.ZEROED_USED: Grads.ZEROED_USED, Grads.ZEROED_PREV: Grads.ZEROED_PREV, Grads.STALE: Grads.KILLED,
     Grads.STALE_PREV: Grads.ZEROED_PREV,
 }
 _AROUND_LOOP = {
     Grads.FRESH: Grads.FRESH_PREV, Grads.USED: Grads.USED_PREV, Grads.STALE: Grads.STALE_PREV,
-    Grads.KILLED: Grads.NONE, Grads.ZEROED_USED: Grads.ZEROED_PREV,
+    Grads.ZEROED_USED: Grads.ZEROED_PREV,
 }
 STALE = frozenset({Grads.STALE, Grads.STALE_PREV})
 USED = frozenset({Grads.USED, Grads.USED_PREV})
@@ -137,15 +146,16 @@ class Strength(enum.Enum):
 
 
 def transfer(node: int, event: Event, state: OptState, strength: Strength = Strength.MUST,
-             discards: bool = True, exact: bool = True) -> set[OptState]:
+             discards: bool = True, exact: bool = True, reaches: bool = False) -> set[OptState]:
     """The states after ``event`` (at CFG node ``node``) for an optimizer it applies to. A weak
     update keeps the state it would have changed; a backward that only may have touched these
     gradients leaves them unknown rather than fresh or stale, so no rule can build on it. A
     zero-grad that surely runs where it ``discards`` (not where a window starts) throws pending
     gradients away. A GradScaler keys its record by optimizer object: only an event that names
-    this very optimizer (``exact``), not a wrapper or the optimizer it holds, moves it."""
+    this very optimizer (``exact``), not a wrapper or the optimizer it holds, moves it. A
+    backward that ``reaches`` these parameters visibly may join another loss's gradients."""
     if strength is Strength.MUST:
-        after = _strong(node, event, state)
+        after = _foreign(node, event, _strong(node, event, state), reaches)
         if exact:
             after = _scaler_stage(node, event, after)
         if (discards and event.kind is EventKind.ZERO_GRAD and event.origin is not Origin.CALLER
@@ -156,7 +166,7 @@ def transfer(node: int, event: Event, state: OptState, strength: Strength = Stre
         return {state, _unknown(node, state)}
     if event.kind is EventKind.CLIP:
         return {state, replace(_strong(node, event, state), guessed=True)}
-    strong = _strong(node, event, state)
+    strong = _foreign(node, event, _strong(node, event, state), reaches)
     if exact:
         strong = _scaler_stage(node, event, strong)
     return {replace(state, guessed=True), strong}
@@ -194,18 +204,45 @@ def _scaled(node: int, event: Event, state: OptState) -> OptState:
     return state
 
 
+# Events that write the gradients (a step on cleared ones leaves them ``None``).
+_WRITES = frozenset({EventKind.ZERO_GRAD, EventKind.GRAD_WRITE, EventKind.BACKWARD, EventKind.UNKNOWN_GRADS,
+                     EventKind.CREATE_OPTIMIZER})
+
 # Events that, when they surely apply, settle the gradients whatever was guessed before.
 RESETS = frozenset({EventKind.ZERO_GRAD, EventKind.GRAD_WRITE, EventKind.STEP, EventKind.UNKNOWN_GRADS,
                     EventKind.CREATE_OPTIMIZER})
 
 
 def _unknown(node: int, state: OptState) -> OptState:
-    return replace(state, grads=Grads.UNKNOWN, grads_at=node, killed_backward=NO_NODE)
+    return replace(state, grads=Grads.UNKNOWN, grads_at=node, killed_backward=NO_NODE, cleared=False,
+                   foreign_at=NO_NODE, joined_at=NO_NODE)
+
+
+def another_step(state: OptState, reached: frozenset[int]) -> OptState:
+    """Another optimizer steps: fresh gradients that a loss left here (its backward, in
+    ``reached``, visibly flowed into these parameters) belonged to that update."""
+    if (state.grads is Grads.FRESH and not state.guessed and state.foreign_at == NO_NODE
+            and state.grads_at in reached):
+        return replace(state, foreign_at=state.grads_at)
+    return state
+
+
+def _foreign(node: int, event: Event, state: OptState, reaches: bool) -> OptState:
+    """This optimizer's own backward (one that visibly ``reaches`` its parameters) adding onto
+    another loss's gradients; anything that resets the gradients forgets them."""
+    if event.kind in RESETS:
+        return replace(state, foreign_at=NO_NODE, joined_at=NO_NODE) if state.foreign_at != NO_NODE else state
+    if event.kind is EventKind.BACKWARD and state.foreign_at != NO_NODE and state.joined_at == NO_NODE:
+        return replace(state, joined_at=node) if reaches else replace(state, guessed=True)
+    return state
 
 
 def _strong(node: int, event: Event, state: OptState) -> OptState:
     state = _scaled(node, event, state)
     kind = event.kind
+    cleared = state.cleared if kind not in _WRITES else kind is EventKind.ZERO_GRAD and event.clears
+    if cleared != state.cleared:
+        state = replace(state, cleared=cleared)
     if kind in RESETS:
         # What the next step sees starts here: only this zero-grad can have discarded it.
         state = replace(state, guessed=False, pending=False, discarded_at=NO_NODE)
@@ -240,6 +277,8 @@ def _strong(node: int, event: Event, state: OptState) -> OptState:
         else:
             clip = Clip.EARLY
         return replace(state, clip=clip, clip_at=node)
+    if kind is EventKind.STEP and state.cleared:  # every gradient is ``None``: nothing is applied
+        return state
     if kind is EventKind.STEP:
         return replace(state, grads=Grads.USED, grads_at=node, killed_backward=NO_NODE,
                        clip=Clip.NONE, clip_at=NO_NODE, step_at=node, discarded_at=NO_NODE)

@@ -56,6 +56,9 @@ class EventKind(enum.Enum):
     PARAMS_USE = "params-use"
     # ``with model.no_sync():`` around a backward whose forward pass ran before the block.
     LATE_NO_SYNC = "late-no-sync"
+    # Code that changes which parameters receive gradients (``requires_grad_``, Lightning's
+    # ``toggle_optimizer``): what a backward reaches is no longer what its loss flows from.
+    FREEZE = "freeze"
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,6 +88,8 @@ class Event:
     certain: bool = True  # False: code the engine cannot see may do this (a weak update)
     gated: bool = False   # the optimizer skips steps and zero-grads off accumulation boundaries
     amp: Amp = Amp.NONE
+    clears: bool = False      # a zero-grad that sets the gradients to ``None`` (the default)
+    restricted: bool = False  # a backward limited to ``inputs=``: it reaches nothing else
     # The framework that wraps the module the event is about: ``fsdp1`` for a clip of an FSDP1
     # module's parameters, ``deepspeed`` for an engine's step.
     wrapper: str = ""

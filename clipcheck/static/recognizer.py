@@ -88,6 +88,12 @@ OPTIMIZER_METHODS = frozenset({
 })
 
 
+# Calls that change which parameters receive gradients: ``p.requires_grad_(False)``, Lightning's
+# ``toggle_optimizer``, the ``set_requires_grad(nets, False)`` helpers of GAN code bases.
+FREEZE_METHODS = frozenset({"requires_grad_", "toggle_optimizer", "untoggle_optimizer", "set_requires_grad"})
+REQUIRES_GRAD = "requires_grad"
+
+
 # Method names whose meaning comes from a framework's vocabulary (or from ``nn.Module``): a
 # class of the module that happens to define one does not make every such call its own.
 NOT_RESOLVED_BY_NAME = OPTIMIZER_METHODS | vocab.BACKWARD_METHODS | frozenset(
@@ -591,7 +597,10 @@ class Recognizer:
             if param is not None:
                 cleared = _is_none(value)
                 out.append(self.event(EventKind.ZERO_GRAD if cleared else EventKind.GRAD_WRITE,
-                                       node, node, models=self._grad_owner(param)))
+                                       node, node, models=self._grad_owner(param), clears=cleared))
+                continue
+            if isinstance(target, cst.Attribute) and target.attr.value == REQUIRES_GRAD:
+                out.append(self.event(EventKind.FREEZE, node, node))
                 continue
             key = self.key(target)
             if key is None:
@@ -649,6 +658,8 @@ class Recognizer:
             target = self.scope.function(func.value)
             if target is not None:
                 out.extend(self._inline(target, call, is_method=False))
+        if len(out) == recognised and isinstance(func, cst.Name) and func.value in FREEZE_METHODS:
+            out.append(self.event(EventKind.FREEZE, call, func))  # ``set_requires_grad(net_d, False)``
         if len(out) == recognised and qualified is None:
             # ``loss_scaler(loss, optimizer)`` on an instance of a class of the module.
             called = self._local_class_method(func, "__call__")
@@ -693,7 +704,13 @@ class Recognizer:
 
     def backward(self, call: cst.Call, func: cst.BaseExpression, *losses: cst.BaseExpression,
                  amp: Amp = Amp.NONE) -> Event:
-        """A backward pass, with the names its loss visibly flows from (``None`` if none)."""
+        """A backward pass, with the names its loss visibly flows from (``None`` if none), or
+        the modules whose parameters it is limited to (``loss.backward(inputs=...)``)."""
+        inputs = next((a.value for a in call.args
+                       if a.keyword is not None and a.keyword.value == "inputs"), None)
+        if inputs is not None:
+            return self.event(EventKind.BACKWARD, call, func, models=self.owners(inputs), amp=amp,
+                              restricted=self.owners(inputs) is not None)
         models = frozenset(n for loss in losses for n in self.flows(loss)) or None
         return self.event(EventKind.BACKWARD, call, func, models=models, amp=amp)
 
@@ -802,15 +819,19 @@ class Recognizer:
                                 **{**self.about(receiver), "certain": False})]
         if method == "step":
             return self._step(call, func, positional)
+        if method in FREEZE_METHODS:
+            return [self.event(EventKind.FREEZE, call, func)]
         if method == "zero_grad":
             kind = self.kind(receiver)
+            # ``set_to_none=True`` is the default of both ``Optimizer`` and ``Module``.
+            clears = not any(isinstance(a.value, cst.Name) and a.value.value == "False" for a in call.args)
             if kind is Kind.OPTIMIZER:
-                return [self.event(EventKind.ZERO_GRAD, call, func, **self.about(receiver))]
+                return [self.event(EventKind.ZERO_GRAD, call, func, clears=clears, **self.about(receiver))]
             if kind in (Kind.SCHEDULER, Kind.SCALER, Kind.ABSENT):
                 return []
             key = self.key(receiver)
-            return [self.event(EventKind.ZERO_GRAD, call, func,
-                                models=frozenset({key}) if key else None)]
+            return [self.event(EventKind.ZERO_GRAD, call, func, clears=clears,
+                               models=frozenset({key}) if key else None)]
         if method in vocab.CLIP_METHODS_WITH_PARAMETERS:
             takes_params = len(positional) >= 2 or any(
                 a.keyword is not None and a.keyword.value == "parameters" for a in call.args

@@ -85,6 +85,8 @@ class StepBeforeBackward(Rule):
         for step, event in facts.events(EventKind.STEP):
             if not facts.always(step, lambda s: s.grads in self.EMPTY and s.grads_at != NO_NODE):
                 continue  # a step before anything touched the gradients has none: a no-op
+            if facts.always(step, lambda s: s.cleared):
+                continue  # every gradient is ``None`` (``zero_grad()``'s default): the step skips them all
             later = [b for b in backwards if b in facts.reachable_from(step)]
             if not later:
                 continue
@@ -163,6 +165,36 @@ class MissingZeroGrad(Rule):
             return False
         return (not facts.at_boundary(state.grads_at) or facts.at_boundary(step)
                 or facts.event(step).gated)
+
+
+class ForeignGradients(Rule):
+    code = "CC107"
+    name = "foreign-gradients"
+    summary = "a backward adds onto gradients another loss left on this optimizer's parameters"
+
+    def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
+        """At each step: on every path, this optimizer's own backward joined gradients that
+        another loss's backward left when another optimizer stepped, with no zero-grad of this
+        optimizer in between. Code that freezes parameters or toggles optimizers changes what a
+        backward reaches: such a unit is left alone."""
+        if any(True for _ in facts.events(EventKind.FREEZE)):
+            return
+        for step, _ in facts.events(EventKind.STEP):
+            for key in facts.surely(step):
+                states = facts.steady(step, key)
+                if not states or not all(s.joined_at != NO_NODE and not s.guessed for s in states):
+                    continue
+                for joined in origins(states, "joined_at"):
+                    event = facts.event(joined)
+                    others = origins((s for s in states if s.joined_at == joined), "foreign_at")
+                    yield self.finding(event, (
+                        f"{subject(facts, event)} adds onto gradients that the backward pass at "
+                        f"{lines(facts.line(o) for o in others)} (another loss, for another "
+                        f"optimizer's step) left on `{key}`'s parameters, and nothing zeroes them "
+                        f"in between: {step_phrase(facts, facts.event(step))} applies both losses. "
+                        "Zero this optimizer's gradients right before its own backward, or keep the "
+                        "other loss out of these parameters (`.detach()`, `requires_grad_(False)`)."
+                    ))
 
 
 class ClipInsideAccumulation(Rule):
