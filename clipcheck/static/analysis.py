@@ -41,7 +41,7 @@ WRAP_ANCHOR_IN_LIST = "CC302"  # the stored generator becomes a list
 
 PSEUDO_OPTIMIZER = "*"
 # Events that name the modules whose gradients they touch.
-MODULE_EVENTS = frozenset({EventKind.ZERO_GRAD, EventKind.GRAD_WRITE, EventKind.CLIP})
+MODULE_EVENTS = frozenset({EventKind.ZERO_GRAD, EventKind.GRAD_WRITE, EventKind.CLIP, EventKind.NEW_MODULE})
 
 
 class ModuleAnalysis:

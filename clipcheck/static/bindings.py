@@ -123,6 +123,19 @@ class Bindings:
         self._returned: dict[str, list[tuple[Binding, ...]]] = {}
         self._owners: dict[tuple[int, int, int], frozenset[str]] = {}
         self._flows: dict[tuple[int, int, int], frozenset[str]] = {}
+        self._optimized: dict[int, frozenset[str]] = {}
+
+    def optimized(self, scope: Scope) -> frozenset[str]:
+        """The modules that optimizers bound in ``scope`` (its enclosing scopes, its class)
+        were built over. Memoised per scope."""
+        found = self._optimized.get(id(scope))
+        if found is None:
+            bindings = [b for s in scope.chain() for b in s.names.values()]
+            if scope.cls is not None:
+                bindings += [b for c in scope.cls.lineage() for b in c.attrs.values()]
+            found = frozenset(m for b in bindings if b.kind is Kind.OPTIMIZER for m in b.models)
+            self._optimized[id(scope)] = found
+        return found
 
     def of_value(self, value: cst.BaseExpression, scope: Scope | None) -> Binding:
         if isinstance(value, cst.GeneratorExp):

@@ -77,6 +77,9 @@ class Cfg:
     # Nodes on the updating side of any accumulation boundary test, whatever that side does
     # (``boundary`` holds only those of a side that steps or zeroes, or of a flag's test).
     behind_boundary: frozenset[int] = frozenset()
+    # The header of the innermost loop around each node in one, and of the loop around each loop.
+    loop_of: dict[int, int] = field(default_factory=dict)
+    loop_parent: dict[int, int] = field(default_factory=dict)
 
     def trains(self, *edges: Edge) -> bool:
         """Whether the unit runs a training loop of its own (a loop whose body steps, or one
@@ -88,13 +91,15 @@ class Cfg:
         return frozenset(n for test in self.guards.get(node, ()) for n in map(dotted, _names(test))
                          if n is not None)
 
-    def close_as_iteration(self, caller_zero: Event) -> None:
+    def close_as_iteration(self, caller_zero: Event | None) -> None:
         """Make the unit one iteration of a loop its caller runs: a back edge from its exit to
-        its entry, and another through ``caller_zero``, a zero-grad the caller may run
-        between two calls."""
-        zero = Node(len(self.nodes), caller_zero, [(self.entry, Edge.BACK)])
-        self.nodes.append(zero)
-        self.nodes[self.exit].succs += [(self.entry, Edge.BACK), (zero.id, Edge.FORWARD)]
+        its entry, and (unless the caller is known not to) another through ``caller_zero``, a
+        zero-grad the caller may run between two calls."""
+        self.nodes[self.exit].succs.append((self.entry, Edge.BACK))
+        if caller_zero is not None:
+            zero = Node(len(self.nodes), caller_zero, [(self.entry, Edge.BACK)])
+            self.nodes.append(zero)
+            self.nodes[self.exit].succs.append((zero.id, Edge.FORWARD))
 
     def steps_at_boundary(self) -> bool:
         """Whether a step runs only behind an accumulation boundary test."""
@@ -119,6 +124,15 @@ class Cfg:
                 if (through_exit or node != self.exit) and not stops:
                     stack.extend(s for s, _ in self.nodes[node].succs)
         return seen
+
+    def loops_around(self, node: int) -> list[int]:
+        """The headers of the loops around ``node``, innermost first."""
+        found: list[int] = []
+        header = self.loop_of.get(node)
+        while header is not None:
+            found.append(header)
+            header = self.loop_parent.get(header)
+        return found
 
     def in_own_loop(self, node: int) -> bool:
         """Whether ``node`` runs again in a loop of the unit's own source."""
@@ -179,6 +193,10 @@ class CfgBuilder:
         self.flags: set[str] = set()
         # The sync flags of the accumulation blocks around here (``with accelerator.accumulate``).
         self.windows: list[str] = []
+        # Loops, by their header: the innermost one around each node, the one around each loop.
+        self.open_loops: list[int] = []
+        self.loop_of: dict[int, int] = {}
+        self.loop_parent: dict[int, int] = {}
 
     # -- graph primitives ---------------------------------------------------------------------
     def _node(self, frontier: Frontier, event: Event | None = None) -> int:
@@ -242,7 +260,7 @@ class CfgBuilder:
         exit_node = self._node(frontier)
         self._forget_untested_atoms()
         return Cfg(self.nodes, entry, exit_node, frozenset(self.boundary), self.guards, frozenset(self.skips),
-                   frozenset(self.behind_boundary))
+                   frozenset(self.behind_boundary), self.loop_of, self.loop_parent)
 
     def _forget_untested_atoms(self) -> None:
         """Keep the values of atoms tested around training events more than once, or once and
@@ -496,10 +514,17 @@ class CfgBuilder:
         loop = _Loop(header)
         first = len(self.nodes)
         self.frames.append(loop)
+        self.open_loops.append(header)
         with self.recognizer.loop_target(target, iterable) as fans_out:
             body_end = self._suite(body, [body_entry])
+        self.open_loops.pop()
         self.frames.pop()
         per_element = fans_out or self._updates_element(target, first)
+        if not per_element:  # the innermost loop of each node built so far that has none yet
+            for node in range(header, len(self.nodes)):
+                self.loop_of.setdefault(node, header)
+            if self.open_loops:
+                self.loop_parent[header] = self.open_loops[-1]
         for pred in frontier:
             self._edge(pred, body_entry if runs_once or per_element else header)
         if per_element:

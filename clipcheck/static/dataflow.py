@@ -206,11 +206,11 @@ def _scaled(node: int, event: Event, state: OptState) -> OptState:
 
 # Events that write the gradients (a step on cleared ones leaves them ``None``).
 _WRITES = frozenset({EventKind.ZERO_GRAD, EventKind.GRAD_WRITE, EventKind.BACKWARD, EventKind.UNKNOWN_GRADS,
-                     EventKind.CREATE_OPTIMIZER})
+                     EventKind.NEW_MODULE})
 
 # Events that, when they surely apply, settle the gradients whatever was guessed before.
 RESETS = frozenset({EventKind.ZERO_GRAD, EventKind.GRAD_WRITE, EventKind.STEP, EventKind.UNKNOWN_GRADS,
-                    EventKind.CREATE_OPTIMIZER})
+                    EventKind.NEW_MODULE})
 
 
 def _unknown(node: int, state: OptState) -> OptState:
@@ -240,7 +240,8 @@ def _foreign(node: int, event: Event, state: OptState, reaches: bool) -> OptStat
 def _strong(node: int, event: Event, state: OptState) -> OptState:
     state = _scaled(node, event, state)
     kind = event.kind
-    cleared = state.cleared if kind not in _WRITES else kind is EventKind.ZERO_GRAD and event.clears
+    cleared = state.cleared if kind not in _WRITES else (
+        (kind is EventKind.ZERO_GRAD and event.clears) or kind is EventKind.NEW_MODULE)
     if cleared != state.cleared:
         state = replace(state, cleared=cleared)
     if kind in RESETS:
@@ -283,13 +284,14 @@ def _strong(node: int, event: Event, state: OptState) -> OptState:
         return replace(state, grads=Grads.USED, grads_at=node, killed_backward=NO_NODE,
                        clip=Clip.NONE, clip_at=NO_NODE, step_at=node, discarded_at=NO_NODE)
     if kind is EventKind.CREATE_OPTIMIZER:
-        # A new optimizer: over parameters never seen, no gradients exist yet; over parameters
-        # an earlier update used, what they hold is not known (they may be new ones too).
+        # A new optimizer leaves the gradients its parameters hold where they are; only a
+        # function's first one, over parameters nothing has touched yet, finds none.
         if state.grads is Grads.UNKNOWN:
             return replace(state, grads=Grads.NONE, grads_at=node)
-        if state.grads in (Grads.FRESH, Grads.FRESH_PREV):
-            return state
-        return _unknown(node, state)
+        return state
+    if kind is EventKind.NEW_MODULE:
+        return replace(state, grads=Grads.NONE, grads_at=node, killed_backward=NO_NODE, clip=Clip.NONE,
+                       clip_at=NO_NODE)
     return state
 
 

@@ -43,6 +43,7 @@ class Amp(enum.Enum):
 
 class EventKind(enum.Enum):
     CREATE_OPTIMIZER = "create-optimizer"
+    NEW_MODULE = "new-module"        # a module built afresh: its parameters hold no gradients
     ZERO_GRAD = "zero-grad"
     GRAD_WRITE = "grad-write"        # ``p.grad`` overwritten by hand: what the step sees now
     UNKNOWN_GRADS = "unknown-grads"  # code the engine cannot see may change the gradients

@@ -11,7 +11,7 @@ import libcst as cst
 from clipcheck.static.bindings import Bindings, ClassInfo, Kind, Scope, collect_bindings
 from clipcheck.static.cfg import Cfg, CfgBuilder, Edge
 from clipcheck.static.events import Event, EventKind, Origin
-from clipcheck.static.frameworks import lightning
+from clipcheck.static.frameworks import lightning, registered
 from clipcheck.static.frameworks.custom import NONE as NO_CUSTOM_VOCABULARY
 from clipcheck.static.frameworks.custom import Vocabulary
 from clipcheck.static.names import ModuleNames
@@ -43,6 +43,9 @@ class Program:
         self.units: list[Unit] = [Unit(module.body, self.module_scope)]
         self._discover(module.body, self.module_scope, None)
         self._graphs: dict[cst.FunctionDef, Cfg] = {}
+        # Functions a framework calls once per batch, and whether it zeroes between calls.
+        self.process_functions = {name: zeroes for framework in registered()
+                                  for name, zeroes in framework.process_functions(self.names, module).items()}
         self._building: set[cst.FunctionDef] = set()
 
     # -- structure ------------------------------------------------------------------------------
@@ -107,17 +110,18 @@ class Program:
         if function is None:
             return self._build(unit.scope, unit.body, before, after)
         own = self._graph(function)
+        driven = self.process_functions.get(function.name.value) if unit.cls is None else None
         per_batch = not own.trains() and (
             lightning.runs_per_batch(function.name.value, in_class=unit.cls is not None)
-            or own.steps_at_boundary())
+            or own.steps_at_boundary() or driven is not None)
         if not per_batch and not before and not after:
             if not _leaves_update_open(own):
                 return own
             after = [Event(EventKind.STEP, function, "optimizer.step()", origin=Origin.CALLER)]
         cfg = self._build(unit.scope, unit.body, before, after)
         if per_batch:
-            cfg.close_as_iteration(Event(EventKind.ZERO_GRAD, function, "optimizer.zero_grad()",
-                                         origin=Origin.CALLER))
+            cfg.close_as_iteration(None if driven is False else Event(
+                EventKind.ZERO_GRAD, function, "optimizer.zero_grad()", origin=Origin.CALLER))
         return cfg
 
     def expansion(self, inline: Inline, caller: Recognizer) -> Recognizer | None:

@@ -92,6 +92,8 @@ OPTIMIZER_METHODS = frozenset({
 # ``toggle_optimizer``, the ``set_requires_grad(nets, False)`` helpers of GAN code bases.
 FREEZE_METHODS = frozenset({"requires_grad_", "toggle_optimizer", "untoggle_optimizer", "set_requires_grad"})
 REQUIRES_GRAD = "requires_grad"
+# Calls that build a module from another one with its gradients.
+COPYING_CALLS = frozenset({"copy.deepcopy", "deepcopy"})
 
 
 # Method names whose meaning comes from a framework's vocabulary (or from ``nn.Module``): a
@@ -609,11 +611,23 @@ class Recognizer:
             if binding.kind is Kind.OPTIMIZER and binding.constructed:
                 out.append(self.event(EventKind.CREATE_OPTIMIZER, node, value,
                                        optimizers=frozenset({key})))
+            elif binding.kind is Kind.OTHER and self._builds_trained_module(target, value):
+                out.append(self.event(EventKind.NEW_MODULE, node, value, models=frozenset({key})))
             existing = self.scope.lookup(dotted(target) or "")
             if existing is not None and existing.kind is Kind.PARAMETERS:
                 out.append(self.event(EventKind.PARAMS_BIND, node, target, name=dotted(target),
                                        generator=binding.kind is Kind.PARAMETERS))
         return out
+
+    def _builds_trained_module(self, target: cst.BaseExpression, value: cst.BaseExpression) -> bool:
+        """``model = Net(...)`` where an optimizer of this function (or of the class) updates
+        ``model``: a module built afresh, not one wrapped or moved (``DDP(model)``,
+        ``model.to(device)``, ``copy.deepcopy`` keep or copy its gradients)."""
+        name = dotted(target)
+        if name is None or not isinstance(value, cst.Call) or name not in self.bindings.optimized(self.scope):
+            return False
+        return (self.names.qualify(value.func) not in COPYING_CALLS
+                and name not in self.bindings.flows_from(value, None))
 
     def _call(self, call: cst.Call, statement: bool = False) -> list[Item]:
         out: list[Item] = []

@@ -58,6 +58,11 @@ class Framework:
         """What ``with expr:`` around ``body`` means."""
         return None
 
+    def process_functions(self, names: ModuleNames, module: cst.Module) -> dict[str, bool]:
+        """The functions of the module this framework calls once per batch (``Engine(step)``),
+        each with whether the framework zeroes the gradients between two calls."""
+        return {}
+
     def wrapper(self, names: ModuleNames, value: cst.BaseExpression) -> str:
         """The name of this framework when ``value`` wraps a module in it (``FSDP(model)``)."""
         return ""

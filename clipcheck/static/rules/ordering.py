@@ -142,9 +142,10 @@ class MissingZeroGrad(Rule):
                 for backward in origins((s for s in facts.before(step, key)
                                           if s.grads in STALE and not s.guessed), "grads_at"):
                     arriving = facts.before(backward, key)
-                    if any(self._zeroed_for(facts, s, step) or (s.guessed and s.grads in USED)
-                           for s in arriving):
-                        continue  # a zero-grad can (or may) run between the step and here
+                    if any(s.guessed and s.grads in USED for s in arriving):
+                        continue  # a zero-grad may run between the step and here
+                    if not self._unzeroed_path(facts, backward, step, arriving):
+                        continue
                     used_by = origins((s for s in arriving if s.grads in USED),
                                        "grads_at")
                     event = facts.event(backward)
@@ -155,6 +156,29 @@ class MissingZeroGrad(Rule):
                         "nothing zeroes them in between, so every update re-applies all earlier "
                         "gradients. Call `optimizer.zero_grad()` once per update."
                     ))
+
+    def _unzeroed_path(self, facts: UnitFacts, backward: int, step: int,
+                       arriving: frozenset[OptState]) -> bool:
+        """Whether the used gradients reach ``backward`` on a path no zero-grad excuses. A
+        zero-grad that resets what ``step`` used on another path excuses it when it stands in
+        the innermost loop around the backward and the used gradients came round that same
+        loop (the engine may not tell two tests of one condition apart); a zero-grad only in
+        an enclosing loop (once per epoch, around a loop over batches) does not, nor one
+        inside a loop that the used gradients entered from before it (a new phase)."""
+        zeroes = [s.grads_at for s in arriving if self._zeroed_for(facts, s, step)]
+        if not zeroes:
+            return True
+        loop = next(iter(facts.cfg.loops_around(backward)), None)
+        if loop is None:
+            return False
+        cfg = facts.cfg
+        inside = [z for z in zeroes if loop in cfg.loops_around(z)]
+        used = [s.grads_at for s in arriving if s.grads in USED and not s.guessed]
+        if all(loop in cfg.loops_around(u) for u in used):
+            return not inside
+        # Used gradients entered the loop from before it: only a zero-grad that comes before
+        # the backward in the loop's body (``if j == 0: zero_grad()``) may meet them first.
+        return not any(backward in cfg.reachable_from(z, avoiding=lambda n: n.id == loop) for z in inside)
 
     @staticmethod
     def _zeroed_for(facts: UnitFacts, state: OptState, step: int) -> bool:
