@@ -112,7 +112,8 @@ class Program:
         own = self._graph(function)
         driven = self.process_functions.get(function.name.value) if unit.cls is None else None
         per_batch = not own.trains() and (
-            lightning.runs_per_batch(function.name.value, in_class=unit.cls is not None)
+            lightning.runs_per_batch(function.name.value, in_class=unit.cls is not None,
+                                     lightning=unit.cls is not None and unit.cls.is_lightning)
             or own.steps_at_boundary() or driven is not None)
         if not per_batch and not before and not after:
             if not _leaves_update_open(own):

@@ -92,6 +92,7 @@ OPTIMIZER_METHODS = frozenset({
 # ``toggle_optimizer``, the ``set_requires_grad(nets, False)`` helpers of GAN code bases.
 FREEZE_METHODS = frozenset({"requires_grad_", "toggle_optimizer", "untoggle_optimizer", "set_requires_grad"})
 REQUIRES_GRAD = "requires_grad"
+REQUIRES_GRAD_METHOD = "requires_grad_"
 # Calls that build a module from another one with its gradients.
 COPYING_CALLS = frozenset({"copy.deepcopy", "deepcopy"})
 
@@ -128,6 +129,8 @@ def _compare(left: object, operator: cst.BaseCompOp, right: object) -> bool | No
         return None
     if isinstance(operator, (cst.Is, cst.IsNot)):
         return (left is right) == isinstance(operator, cst.Is) if right is None or left is None else None
+    if isinstance(left, (str, bytes)) and isinstance(right, (str, bytes)):
+        return {cst.Equal: left == right, cst.NotEqual: left != right}.get(type(operator))
     if not isinstance(left, (int, float)) or not isinstance(right, (int, float)):
         return None
     comparisons = {cst.Equal: left == right, cst.NotEqual: left != right, cst.GreaterThan: left > right,
@@ -317,11 +320,13 @@ class Recognizer:
         return None
 
     def literal(self, expr: cst.BaseExpression) -> object:
-        """The literal value (a number, ``None``, ``True``/``False``) of what ``expr`` holds
-        here, or ``_UNKNOWN``."""
+        """The literal value (a number, a string, ``None``, ``True``/``False``) of what ``expr``
+        holds here (``mode="valid"`` passed by keyword or by position), or ``_UNKNOWN``."""
         if isinstance(expr, cst.Name) and self.arguments.get(expr.value, _NO_ARGUMENT).kind is Kind.ABSENT:
             return None
         expr = self.passed(expr)
+        if isinstance(expr, cst.SimpleString):
+            return expr.evaluated_value
         if isinstance(expr, cst.Name) and expr.value in ("None", "True", "False"):
             return {"None": None, "True": True, "False": False}[expr.value]
         if isinstance(expr, cst.Name) and self._is_local(expr.value):
@@ -581,6 +586,22 @@ class Recognizer:
             return []
         return [self.event(EventKind.PARAMS_USE, node, iterable, name=key)]
 
+    def _stored_generators(self, expr: cst.BaseExpression, depth: int = 0) -> list[str]:
+        """The stored parameter generators an argument hands over: the name itself, or names
+        inside the lists, tuples and param-group dicts it is built of
+        (``[{"params": trainable, "lr": lr}]``)."""
+        key = self._params_key(expr)
+        if key is not None:
+            return [key]
+        if depth >= 2:
+            return []
+        if isinstance(expr, (cst.List, cst.Tuple)):
+            return [k for e in expr.elements for k in self._stored_generators(e.value, depth + 1)]
+        if isinstance(expr, cst.Dict):
+            return [k for e in expr.elements if isinstance(e, cst.DictElement)
+                    for k in self._stored_generators(e.value, depth + 1)]
+        return []
+
     def _params_key(self, expr: cst.BaseExpression) -> str | None:
         if not isinstance(expr, (cst.Name, cst.Attribute)):
             return None
@@ -602,7 +623,8 @@ class Recognizer:
                                        node, node, models=self._grad_owner(param), clears=cleared))
                 continue
             if isinstance(target, cst.Attribute) and target.attr.value == REQUIRES_GRAD:
-                out.append(self.event(EventKind.FREEZE, node, node))
+                if self._trained(target.value):
+                    out.append(self.event(EventKind.FREEZE, node, node))
                 continue
             key = self.key(target)
             if key is None:
@@ -618,6 +640,14 @@ class Recognizer:
                 out.append(self.event(EventKind.PARAMS_BIND, node, target, name=dotted(target),
                                        generator=binding.kind is Kind.PARAMETERS))
         return out
+
+    def _trained(self, expr: cst.BaseExpression) -> bool:
+        """A parameter of a module (``p`` in ``for p in D.parameters()``) or a module that an
+        optimizer of this function updates, not any tensor (``interp.requires_grad_()``)."""
+        if isinstance(expr, cst.Name) and self.loop_owners.get(expr.value):
+            return True
+        key = dotted(expr)
+        return key is not None and key in self.bindings.optimized(self.scope)
 
     def _builds_trained_module(self, target: cst.BaseExpression, value: cst.BaseExpression) -> bool:
         """``model = Net(...)`` where an optimizer of this function (or of the class) updates
@@ -641,10 +671,9 @@ class Recognizer:
             consumer_kind = Consumer.OPTIMIZER
         if consumes:
             for arg in call.args:
-                key = self._params_key(arg.value)
-                if key is not None:
+                for key in self._stored_generators(arg.value):
                     out.append(self.event(EventKind.PARAMS_USE, call, func, name=key,
-                                           consumer=consumer_kind))
+                                          consumer=consumer_kind))
         recognised = len(out)
         custom = self.custom.of_function(qualified) if self.custom.entries else None
         if custom is not None:
@@ -833,7 +862,7 @@ class Recognizer:
                                 **{**self.about(receiver), "certain": False})]
         if method == "step":
             return self._step(call, func, positional)
-        if method in FREEZE_METHODS:
+        if method in FREEZE_METHODS and (method != REQUIRES_GRAD_METHOD or self._trained(receiver)):
             return [self.event(EventKind.FREEZE, call, func)]
         if method == "zero_grad":
             kind = self.kind(receiver)

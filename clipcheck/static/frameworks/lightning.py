@@ -62,6 +62,7 @@ PER_BATCH_HOOKS = frozenset({
     "on_before_backward", "on_after_backward", "on_before_optimizer_step", "on_before_zero_grad",
     "optimizer_step", "optimizer_zero_grad", "configure_gradient_clipping", "backward",
 })
+BACKWARD_HOOK = "backward"
 # Calls a LightningModule makes to fetch its optimizers.
 OPTIMIZER_GETTERS = frozenset({"optimizers", "optimizer"})
 
@@ -118,10 +119,13 @@ def automatic_optimization_events(
     )
 
 
-def runs_per_batch(name: str, in_class: bool) -> bool:
-    """Whether a function of this name is one iteration of a training loop it does not show."""
+def runs_per_batch(name: str, in_class: bool, lightning: bool = False) -> bool:
+    """Whether a function of this name is one iteration of a training loop it does not show
+    (``backward`` only as a LightningModule's hook: elsewhere it is a class's own backward)."""
     if name in PER_BATCH_METHODS:
         return True
+    if name == BACKWARD_HOOK and not lightning:
+        return False
     return in_class and (name in PER_BATCH_HOOKS or (
         name.startswith("on_") and name.endswith(("_batch_start", "_batch_end")) and "train" in name))
 

@@ -34,8 +34,10 @@ class ClipBeforeBackward(Rule):
                 if all(s.clip in (Clip.EARLY, Clip.STALE) and s.grads in HAS_FRESH - {Grads.UNKNOWN}
                        and not s.guessed for s in through):
                     backward = max(s.grads_at for s in through)
+                    # A clip and then a backward, no step between: whoever steps next, the
+                    # function alone shows the mistake, so it stands without a caller.
                     yield self.finding(facts.event(clip), self._message(facts, clip, backward, step_event),
-                                       step_event, anchor=facts.event(backward))
+                                       anchor=facts.event(backward))
 
     @staticmethod
     def _message(facts: UnitFacts, clip: int, backward: int, step: Event) -> str:
