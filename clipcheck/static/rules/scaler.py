@@ -14,6 +14,18 @@ from clipcheck.static.rules.base import RawFinding, Rule, label, lines, origins,
 STILL_SCALED = frozenset({Scale.SCALED, Scale.FRAMEWORK})
 
 
+ScalerEvent = tuple[int, Event, str, frozenset[OptState]]
+
+
+def _through_scaler(facts: UnitFacts, *kinds: EventKind) -> Iterator[ScalerEvent]:
+    """Each GradScaler event of ``kinds``, with each optimizer object it names and the states
+    that reach it for that optimizer."""
+    for node, event in facts.events(*kinds):
+        if event.amp is Amp.SCALER:
+            for key in facts.exact(node):
+                yield node, event, key, facts.steady(node, key)
+
+
 def _clips_scaled(state: OptState) -> bool:
     return state.scale in STILL_SCALED and state.grads in HAS_FRESH and not state.guessed
 
@@ -55,18 +67,14 @@ class ClipScaledGradients(Rule):
     def _before_scaler_step(self, facts: UnitFacts) -> Iterator[RawFinding]:
         """A function that clips and then steps through the scaler, with no ``unscale_`` in
         between, shows the mistake on its own: ``scaler.step`` expects scaled gradients."""
-        for step, event in facts.events(EventKind.STEP):
-            if event.amp is not Amp.SCALER:
-                continue
-            for key in facts.exact(step):
-                states = facts.steady(step, key)
-                clips = origins(states, "clip_at")
-                if len(clips) == 1 and states and all(
-                        s.clip is Clip.DONE and s.grads is Grads.UNKNOWN and s.scale is Scale.NONE
-                        and s.stage is not Stage.UNSCALED and not s.guessed for s in states):
-                    clip = facts.event(clips[0])
-                    if clip.amp is not Amp.FRAMEWORK:
-                        yield self.finding(clip, self._message(facts, clip, [], event))
+        for _, event, _, states in _through_scaler(facts, EventKind.STEP):
+            clips = origins(states, "clip_at")
+            if len(clips) == 1 and states and all(
+                    s.clip is Clip.DONE and s.grads is Grads.UNKNOWN and s.scale is Scale.NONE
+                    and s.stage is not Stage.UNSCALED and not s.guessed for s in states):
+                clip = facts.event(clips[0])
+                if clip.amp is not Amp.FRAMEWORK:
+                    yield self.finding(clip, self._message(facts, clip, [], event))
 
     @staticmethod
     def _message(facts: UnitFacts, clip: Event, states: list[OptState], step: Event | None = None) -> str:
@@ -124,50 +132,43 @@ class UnscaleTwice(Rule):
     summary = "the same gradients are unscaled twice before one step"
 
     def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
-        for node, event in facts.events(EventKind.UNSCALE):
-            if event.amp is not Amp.SCALER:
+        for node, event, _, reaching in _through_scaler(facts, EventKind.UNSCALE):
+            states = [s for s in reaching if not s.guessed]
+            again = [s for s in states if s.stage is Stage.UNSCALED]
+            # Some path: an earlier micro-batch of a window unscaled (not where the code
+            # unscales behind a boundary test: two tests the engine cannot correlate).
+            every_micro_batch = node not in facts.cfg.behind_boundary and any(s.pending for s in again)
+            if not again or not (len(again) == len(states) or every_micro_batch):
                 continue
-            for key in facts.exact(node):
-                states = [s for s in facts.steady(node, key) if not s.guessed]
-                again = [s for s in states if s.stage is Stage.UNSCALED]
-                # Some path: an earlier micro-batch of a window unscaled (not where the code
-                # unscales behind a boundary test: two tests the engine cannot correlate).
-                every_micro_batch = node not in facts.cfg.behind_boundary and any(s.pending for s in again)
-                if not again or not (len(again) == len(states) or every_micro_batch):
-                    continue
-                earlier = [n for n in origins(again, "stage_at") if n != node]
-                yield self.finding(event, (
-                    f"{subject(facts, event)} unscales gradients that "
-                    + (f"`unscale_` at {lines(facts.line(n) for n in earlier)} already unscaled"
-                       if earlier else "an earlier micro-batch's `unscale_` already unscaled")
-                    + ", with no `scaler.update()` in between: GradScaler raises `RuntimeError: "
-                    "unscale_() has already been called on this optimizer since the last update()`. "
-                    "Under gradient accumulation, unscale (and clip) only on the micro-batch that "
-                    "steps, right before `scaler.step`."
-                ))
+            earlier = [n for n in origins(again, "stage_at") if n != node]
+            yield self.finding(event, (
+                f"{subject(facts, event)} unscales gradients that "
+                + (f"`unscale_` at {lines(facts.line(n) for n in earlier)} already unscaled"
+                   if earlier else "an earlier micro-batch's `unscale_` already unscaled")
+                + ", with no `scaler.update()` in between: GradScaler raises `RuntimeError: "
+                "unscale_() has already been called on this optimizer since the last update()`. "
+                "Under gradient accumulation, unscale (and clip) only on the micro-batch that "
+                "steps, right before `scaler.step`."
+            ))
         yield from self._wrapper_and_inner(facts)
 
     def _wrapper_and_inner(self, facts: UnitFacts) -> Iterator[RawFinding]:
         """``scaler.unscale_(opt.optimizer)`` then ``scaler.step(opt)``: the scaler's record for
         the wrapper says "not unscaled", so its step divides the same gradients again."""
-        for step, event in facts.events(EventKind.STEP):
-            if event.amp is not Amp.SCALER:
+        for _, event, key, states in _through_scaler(facts, EventKind.STEP):
+            unscales = origins(states, "scale_at")
+            if not (states and len(unscales) == 1 and all(
+                    s.scale is Scale.UNSCALED and not s.guessed for s in states)):
                 continue
-            for key in facts.exact(step):
-                states = facts.steady(step, key)
-                unscales = origins(states, "scale_at")
-                if not (states and len(unscales) == 1 and all(
-                        s.scale is Scale.UNSCALED and not s.guessed for s in states)):
-                    continue
-                unscale = facts.event(unscales[0])
-                if unscale.kind is EventKind.UNSCALE and key not in (unscale.optimizers or {key}):
-                    yield self.finding(unscale, (
-                        f"{subject(facts, unscale)} unscales through a different object than "
-                        f"{label(event)} (line {facts.line_of(event.node)}) steps: GradScaler keeps "
-                        "its record per optimizer object, so the step unscales the same gradients "
-                        "a second time, silently shrinking every update by the loss scale. Pass the "
-                        "same optimizer object to `unscale_` and `step`."
-                    ), event)
+            unscale = facts.event(unscales[0])
+            if unscale.kind is EventKind.UNSCALE and key not in (unscale.optimizers or {key}):
+                yield self.finding(unscale, (
+                    f"{subject(facts, unscale)} unscales through a different object than "
+                    f"{label(event)} (line {facts.line_of(event.node)}) steps: GradScaler keeps "
+                    "its record per optimizer object, so the step unscales the same gradients "
+                    "a second time, silently shrinking every update by the loss scale. Pass the "
+                    "same optimizer object to `unscale_` and `step`."
+                ), event)
 
 
 class MissingScalerUpdate(Rule):
@@ -179,21 +180,19 @@ class MissingScalerUpdate(Rule):
         """A scaler call that a loop of the function brings back to after ``scaler.step``
         with no ``update()`` on the way (nor an error's path through a handler)."""
         cfg = facts.cfg
-        for node, event in facts.events(EventKind.STEP, EventKind.UNSCALE):
-            if event.amp is not Amp.SCALER or not cfg.in_own_loop(node):
+        for node, event, _, reaching in _through_scaler(facts, EventKind.STEP, EventKind.UNSCALE):
+            if not cfg.in_own_loop(node):
                 continue
-            for key in facts.exact(node):
-                states = [s for s in facts.steady(node, key)
-                          if s.stage is Stage.STEPPED and s.looped and not s.guessed]
-                for stepped in origins(states, "stage_at"):
-                    again = cfg.reachable_from(stepped, through_exit=False, avoiding=_updates_or_fails)
-                    if node not in again:
-                        continue
-                    step = facts.event(stepped)
-                    yield self.finding(step, (
-                        f"{subject(facts, step)} is not followed by `scaler.update()` before the "
-                        f"next {label(event)} of the loop: the next scaler call raises "
-                        "`RuntimeError` (GradScaler allows one step per update), and the loss scale "
-                        "never adapts. Call `scaler.update()` right after `scaler.step(...)`, once "
-                        "per optimizer step."
-                    ))
+            states = [s for s in reaching if s.stage is Stage.STEPPED and s.looped and not s.guessed]
+            for stepped in origins(states, "stage_at"):
+                again = cfg.reachable_from(stepped, through_exit=False, avoiding=_updates_or_fails)
+                if node not in again:
+                    continue
+                step = facts.event(stepped)
+                yield self.finding(step, (
+                    f"{subject(facts, step)} is not followed by `scaler.update()` before the "
+                    f"next {label(event)} of the loop: the next scaler call raises "
+                    "`RuntimeError` (GradScaler allows one step per update), and the loss scale "
+                    "never adapts. Call `scaler.update()` right after `scaler.step(...)`, once "
+                    "per optimizer step."
+                ))
