@@ -219,10 +219,14 @@ def _event_targets(event: Event, keys: frozenset[str], linkage: dict[str, frozen
         # A wrapper and the optimizer it holds (``opt`` and ``opt.optimizer``) are one update.
         held = {k for k in keys for o in event.optimizers if k.startswith(o + ".") or o.startswith(k + ".")}
         named = dict.fromkeys(event.optimizers | held, Strength.MUST)
+        linked = frozenset().union(*(linkage.get(o, frozenset()) for o in event.optimizers))
+        if event.kind is EventKind.STEP and _whole(linked):
+            # Another optimizer over the very same modules (a new phase's optimizer) finds the
+            # gradients this step used: they are the same tensors.
+            named.update((k, Strength.MUST) for k in keys - named.keys() if linkage.get(k) == linked)
         if event.kind is EventKind.ZERO_GRAD:
             # Zeroing one optimizer's gradients zeroes any other's over the same parameters
             # (two optimizers of one layer): unless their modules are visibly apart, it may.
-            linked = frozenset().union(*(linkage.get(o, frozenset()) for o in event.optimizers))
             for k in keys - named.keys():
                 if _related(linked, linkage.get(k)) is not False:
                     named[k] = Strength.MAY
@@ -251,10 +255,14 @@ def _related(models: frozenset[str] | None, linked: frozenset[str] | None) -> bo
     return any(_within(m, o) or _within(o, m) for m in models for o in linked)
 
 
+def _whole(models: frozenset[str]) -> bool:
+    """Some modules, each whole (not a filtered selection of its parameters)."""
+    return bool(models) and not any(m.endswith(PART) for m in models)
+
+
 def _apart(models: frozenset[str], linked: frozenset[str] | None) -> bool:
-    """Whole modules on both sides (no filtered selections), none within another."""
-    whole = all(not m.endswith(PART) for m in (*models, *(linked or ())))
-    return whole and _related(models, linked) is False
+    """Whole modules on both sides, none within another."""
+    return _whole(models) and _whole(linked or frozenset()) and _related(models, linked) is False
 
 
 def _covers(models: frozenset[str], linked: frozenset[str] | None) -> bool:
