@@ -221,9 +221,10 @@ def _event_targets(event: Event, keys: frozenset[str], linkage: dict[str, frozen
         named = dict.fromkeys(event.optimizers | held, Strength.MUST)
         linked = frozenset().union(*(linkage.get(o, frozenset()) for o in event.optimizers))
         if event.kind is EventKind.STEP and _whole(linked):
-            # Another optimizer over the very same modules (a new phase's optimizer) finds the
-            # gradients this step used: they are the same tensors.
-            named.update((k, Strength.MUST) for k in keys - named.keys() if linkage.get(k) == linked)
+            # Another optimizer over the same modules or parts of them (a new phase's optimizer,
+            # a probe's over the head) finds the gradients this step used: the same tensors.
+            named.update((k, Strength.MUST) for k in keys - named.keys()
+                         if _whole(linkage.get(k, frozenset())) and _covers(linked, linkage[k]))
         if event.kind is EventKind.ZERO_GRAD:
             # Zeroing one optimizer's gradients zeroes any other's over the same parameters
             # (two optimizers of one layer): unless their modules are visibly apart, it may.

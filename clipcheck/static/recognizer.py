@@ -389,6 +389,11 @@ class Recognizer:
                 if any(map(_is_modulo, values)) and all(_is_modulo(v) or isinstance(v, cst.Integer)
                                                         for v in values):
                     return BoundaryTest.MODULO, holds
+        if isinstance(test, cst.Name) and test.value in self.arguments and depth < 2:
+            # ``update_grad=(i + 1) % accum == 0`` handed to a helper that tests ``update_grad``
+            passed = self.passed(test)
+            found = self.boundary_test(passed, depth + 1) if passed is not test else None
+            return (BoundaryTest.NAMED_FLAG, found[1]) if found is not None else None
         if isinstance(test, cst.Name) and depth < 2:
             binding = self.scope.lookup(test.value)
             for value in binding.values if binding is not None else ():
