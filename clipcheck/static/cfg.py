@@ -647,10 +647,10 @@ class CfgBuilder:
 
 
 def _waits_for_sync(event: Event) -> bool:
-    """A step or zero-grad of an optimizer (accelerate's prepared one inside an accumulation
-    block acts only on sync micro-batches), not a scaler's or an unseen caller's."""
-    return (event.kind in UPDATE_KINDS and bool(event.optimizers) and event.amp is not Amp.SCALER
-            and event.origin is Origin.SOURCE and not event.wrapper)
+    """A step or zero-grad of an optimizer accelerate prepared (inside an accumulation block it
+    acts only on sync micro-batches), not a scaler's, an unseen caller's or another optimizer's."""
+    return (event.kind in UPDATE_KINDS and bool(event.optimizers) and event.gated
+            and event.amp is not Amp.SCALER and event.origin is Origin.SOURCE and not event.wrapper)
 
 
 def _has_grad_test(test: cst.BaseExpression) -> bool:

@@ -279,7 +279,7 @@ def _strong(node: int, event: Event, state: OptState) -> OptState:
             clip = Clip.EARLY
         return replace(state, clip=clip, clip_at=node)
     if kind is EventKind.STEP and state.cleared:  # every gradient is ``None``: nothing is applied
-        return state
+        return replace(state, clip=Clip.NONE, clip_at=NO_NODE)
     if kind is EventKind.STEP:
         return replace(state, grads=Grads.USED, grads_at=node, killed_backward=NO_NODE,
                        clip=Clip.NONE, clip_at=NO_NODE, step_at=node, discarded_at=NO_NODE)

@@ -461,8 +461,8 @@ class Recognizer:
         if owners:
             return owners
         handed = [a.value for a in call.args]
-        if isinstance(call.func, cst.Attribute) and not self.names.is_imported(call.func):
-            handed.append(call.func.value)
+        if isinstance(call.func, cst.Attribute) and call.func.attr.value == lightning.CONFIGURE_OPTIMIZERS:
+            handed.append(call.func.value)  # ``model.configure_optimizers(weight_decay, lr)``
         return frozenset(k for v in handed if isinstance(v, (cst.Name, cst.Attribute))
                          for k in (dotted(v),)
                          if k is not None and not naming.name_says_setting(k.split(".")[-1]))

@@ -47,6 +47,9 @@ def scales(recognizer: Recognizer, scaler: cst.BaseExpression) -> bool:
         for option in (value.body, value.orelse) if isinstance(value, cst.IfExp) else (value,):
             if isinstance(option, cst.Name) and option.value == "None":
                 continue
+            if isinstance(option, (cst.Name, cst.Attribute)):
+                found = True  # ``self.scaler = scaler``: what was handed in, so it scales
+                continue
             if not isinstance(option, cst.Call) or not owner.names.is_imported(option.func):
                 return False  # something the engine cannot read as a GradScaler
             if not is_scaler_class(owner.names.qualify(option.func) or ""):

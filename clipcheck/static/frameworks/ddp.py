@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import libcst as cst
 
+from clipcheck.static.bindings import Kind
 from clipcheck.static.events import EventKind
 from clipcheck.static.frameworks import Context, Framework, register
 from clipcheck.static.syntax import statements
@@ -82,8 +83,10 @@ class NoSync(Framework):
             model = positional[0]
         else:
             return None
-        if not _backward_only(body) or recognizer.module_wrapper(model) not in ("", DDP):
-            return Context()  # FSDP1 reads its flag in backward-time hooks: wrapping the backward is enough
+        if (not _backward_only(body) or recognizer.module_wrapper(model) not in ("", DDP)
+                or recognizer.kind(model) is Kind.ENGINE):
+            # FSDP1 and DeepSpeed engines read the flag at backward time: wrapping it is enough.
+            return Context()
         key = recognizer.key(model)
         return Context(events=(recognizer.event(EventKind.LATE_NO_SYNC, expr, expr,
                                                 models=frozenset({key}) if key else None),))

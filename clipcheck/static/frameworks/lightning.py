@@ -63,6 +63,9 @@ PER_BATCH_HOOKS = frozenset({
     "optimizer_step", "optimizer_zero_grad", "configure_gradient_clipping", "backward",
 })
 BACKWARD_HOOK = "backward"
+# The method by which a module builds its own optimizer (Lightning's hook, minGPT's and
+# nanoGPT's convention).
+CONFIGURE_OPTIMIZERS = "configure_optimizers"
 # Calls a LightningModule makes to fetch its optimizers.
 OPTIMIZER_GETTERS = frozenset({"optimizers", "optimizer"})
 

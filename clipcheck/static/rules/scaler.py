@@ -65,8 +65,8 @@ class ClipScaledGradients(Rule):
         yield from self._before_scaler_step(facts)
 
     def _before_scaler_step(self, facts: UnitFacts) -> Iterator[RawFinding]:
-        """A function that clips and then steps through the scaler, with no ``unscale_`` in
-        between, shows the mistake on its own: ``scaler.step`` expects scaled gradients."""
+        """A helper that clips and then steps through the scaler, with no ``unscale_`` in
+        between: wrong where its caller handed it scaled gradients."""
         for _, event, _, states in _through_scaler(facts, EventKind.STEP):
             clips = origins(states, "clip_at")
             if len(clips) == 1 and states and all(
@@ -74,7 +74,9 @@ class ClipScaledGradients(Rule):
                     and s.stage is not Stage.UNSCALED and not s.guessed for s in states):
                 clip = facts.event(clips[0])
                 if clip.amp is not Amp.FRAMEWORK:
-                    yield self.finding(clip, self._message(facts, clip, [], event))
+                    # Whether the gradients came in scaled is the caller's to show: the finding
+                    # stands (inside the helper) only where a caller of the module shows it.
+                    yield RawFinding(self, clip, self._message(facts, clip, [], event), implied=True)
 
     @staticmethod
     def _message(facts: UnitFacts, clip: Event, states: list[OptState], step: Event | None = None) -> str:
@@ -141,10 +143,11 @@ class UnscaleTwice(Rule):
             if not again or not (len(again) == len(states) or every_micro_batch):
                 continue
             earlier = [n for n in origins(again, "stage_at") if n != node]
+            before = "micro-batch" if any(s.pending for s in again) else "iteration"
             yield self.finding(event, (
                 f"{subject(facts, event)} unscales gradients that "
                 + (f"`unscale_` at {lines(facts.line(n) for n in earlier)} already unscaled"
-                   if earlier else "an earlier micro-batch's `unscale_` already unscaled")
+                   if earlier else f"an earlier {before}'s `unscale_` already unscaled")
                 + ", with no `scaler.update()` in between: GradScaler raises `RuntimeError: "
                 "unscale_() has already been called on this optimizer since the last update()`. "
                 "Under gradient accumulation, unscale (and clip) only on the micro-batch that "
@@ -180,19 +183,22 @@ class MissingScalerUpdate(Rule):
         """A scaler call that a loop of the function brings back to after ``scaler.step``
         with no ``update()`` on the way (nor an error's path through a handler)."""
         cfg = facts.cfg
+        missing: dict[int | None, tuple[int, Event]] = {}  # per loop: its last update-less step
         for node, event, _, reaching in _through_scaler(facts, EventKind.STEP, EventKind.UNSCALE):
             if not cfg.in_own_loop(node):
                 continue
             states = [s for s in reaching if s.stage is Stage.STEPPED and s.looped and not s.guessed]
             for stepped in origins(states, "stage_at"):
                 again = cfg.reachable_from(stepped, through_exit=False, avoiding=_updates_or_fails)
-                if node not in again:
-                    continue
-                step = facts.event(stepped)
-                yield self.finding(step, (
-                    f"{subject(facts, step)} is not followed by `scaler.update()` before the "
-                    f"next {label(event)} of the loop: the next scaler call raises "
-                    "`RuntimeError` (GradScaler allows one step per update), and the loss scale "
-                    "never adapts. Call `scaler.update()` right after `scaler.step(...)`, once "
-                    "per optimizer step."
-                ))
+                loop = cfg.loop_of.get(stepped)
+                if node in again and stepped >= missing.get(loop, (-1, event))[0]:
+                    missing[loop] = (stepped, event)
+        for stepped, event in missing.values():  # one finding per loop, even with two optimizers
+            step = facts.event(stepped)
+            yield self.finding(step, (
+                f"{subject(facts, step)} is not followed by `scaler.update()` before the "
+                f"next {label(event)} of the loop: the next scaler call raises "
+                "`RuntimeError` (GradScaler allows one step per update), and the loss scale "
+                "never adapts. Call `scaler.update()` once per iteration, after the last "
+                "`scaler.step(...)`."
+            ))
