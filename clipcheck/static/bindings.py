@@ -21,7 +21,7 @@ class Kind(enum.Enum):
     OPTIMIZER = "optimizer"
     SCHEDULER = "scheduler"
     SCALER = "scaler"
-    ACCELERATOR = "accelerator"  # accelerate's ``Accelerator``, Lightning's ``Fabric``
+    ACCELERATOR = "accelerator"  # accelerate's ``Accelerator`` (or a name that says it is one)
     ENGINE = "engine"            # a DeepSpeed engine: a module that steps, zeroes and clips itself
     PARAMETERS = "parameters"
     ABSENT = "absent"  # the literal ``None``: a helper called without an optimizer, say

@@ -1,10 +1,11 @@
 """One file per framework: its vocabulary rows and the matchers over them.
 
-``torch`` (the core), ``lightning`` (Lightning and Fabric) and ``naming`` (what names say when
-bindings are silent) are read by the recognizer directly. Every other module here defines a
-:class:`Framework` subclass decorated with :func:`register`; :func:`registered` imports the
-package's modules once and hands the recognizer their matchers, so a new framework adds a
-file here, its fixtures and its rule page, and touches nothing else.
+``torch`` (the core vocabulary), ``naming`` (what names say when bindings are silent) and
+``custom`` (a project's own vocabulary) are read directly, as are Lightning's automatic
+optimization and accelerate's sync flag. Every framework also defines a :class:`Framework`
+subclass decorated with :func:`register`; :func:`registered` imports the package's modules
+once and hands the recognizer their matchers, so a new framework adds a file here, its
+fixtures and its rule page, and touches nothing else.
 """
 
 from __future__ import annotations
