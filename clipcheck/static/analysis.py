@@ -105,7 +105,7 @@ class ModuleAnalysis:
         states = {k: solve(cfg, [entry], step_for(k), around_loop, widened) for k in sorted(keys)}
         params = solve(cfg, [self._params_entry(unit)], params_transfer)
         return UnitFacts(cfg, self.program.names, targets, states, params, self.line_of,
-                         self.module.code_for_node)
+                         self.module.code_for_node, reached)
 
     def _params_entry(self, unit: Unit) -> ParamsState:
         """Methods start with the parameter generators ``__init__`` stored and consumed."""

@@ -78,8 +78,8 @@ class OptState:
     added onto them.
 
     Mixed precision: ``scale`` says whether the gradients are still loss-scaled (``scale_at``
-    the event that last changed it: a scaled backward, an unscale, a reset); ``stage`` is the GradScaler's own record for
-    this optimizer object (``stage_at`` the unscale or scaler step that set it).
+    the event that last changed it: a scaled backward, an unscale, a reset); ``stage`` is the
+    GradScaler's own record for this optimizer object (``stage_at`` the unscale or scaler step that set it).
 
     Gradient accumulation: ``pending`` says the gradients belong to a window that has not
     updated yet (the path skipped a step behind an accumulation boundary, or went round a loop

@@ -24,6 +24,8 @@ class UnitFacts:
     params: list[frozenset[ParamsState]]
     line_of: Callable[[cst.CSTNode], int]
     code_of: Callable[[cst.CSTNode], str]
+    # The backward passes whose loss visibly flows into each optimizer's parameters.
+    reached: dict[str, frozenset[int]] = field(default_factory=dict)
     _reachable: dict[int, set[int]] = field(default_factory=dict)
 
     def event(self, node: int) -> Event:

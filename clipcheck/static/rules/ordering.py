@@ -3,8 +3,9 @@ each other. Each reads the facts of a unit and yields findings; none walks synta
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+from clipcheck.static.cfg import Node
 from clipcheck.static.dataflow import HAS_FRESH, NO_NODE, STALE, USED, ZEROED, Clip, Grads, OptState
 from clipcheck.static.events import Event, EventKind, Origin
 from clipcheck.static.facts import UnitFacts
@@ -213,6 +214,8 @@ class ForeignGradients(Rule):
                 for joined in origins(states, "joined_at"):
                     event = facts.event(joined)
                     others = origins((s for s in states if s.joined_at == joined), "foreign_at")
+                    if self._joint(facts, key, joined, others):
+                        continue
                     yield self.finding(event, (
                         f"{subject(facts, event)} adds onto gradients that the backward pass at "
                         f"{lines(facts.line(o) for o in others)} (another loss, for another "
@@ -221,6 +224,27 @@ class ForeignGradients(Rule):
                         "Zero this optimizer's gradients right before its own backward, or keep the "
                         "other loss out of these parameters (`.detach()`, `requires_grad_(False)`)."
                     ))
+
+
+    @staticmethod
+    def _joint(facts: UnitFacts, key: str, joined: int, others: list[int]) -> bool:
+        """Both losses reach both sets of parameters (an encoder and a generator trained
+        together on a joint loss, then the generator on one more): one objective split in two
+        backwards, not one network's loss leaking into the other's update."""
+        cfg = facts.cfg
+        stepped: set[str] = set()  # the optimizers that stepped on the other loss in between
+        for other in others:
+            after = cfg.reachable_from(other, avoiding=_is_node(joined))
+            for step, event in facts.events(EventKind.STEP):
+                back = cfg.reachable_from(step, avoiding=_is_node(other))
+                if step in after and joined in back:
+                    stepped |= {k for k in event.optimizers or ()
+                                if k != key and other in facts.reached.get(k, ())}
+        return bool(stepped) and all(joined in facts.reached[k] for k in stepped)
+
+
+def _is_node(node: int) -> Callable[[Node], bool]:
+    return lambda n: n.id == node
 
 
 class ClipInsideAccumulation(Rule):
