@@ -86,9 +86,8 @@ class ModuleAnalysis:
                     if event.kind is EventKind.STEP and event.origin is Origin.SOURCE:
                         return (another_step(state, reached[key]),)
                     return (state,)
-                named = event.optimizers
                 return transfer(node.id, event, state, strength, discards=discards(node),
-                                exact=named is None or key in named, reaches=node.id in reached[key])
+                                exact=event.names_itself(key), reaches=node.id in reached[key])
             return step
 
         def discards(node: Node) -> bool:

@@ -95,6 +95,11 @@ class Event:
     # module's parameters, ``deepspeed`` for an engine's step.
     wrapper: str = ""
 
+    def names_itself(self, key: str) -> bool:
+        """Whether the event is about optimizer ``key`` itself (or names none): a GradScaler
+        keys its record by that very object, not a wrapper of it or one it holds."""
+        return self.optimizers is None or key in self.optimizers
+
     @property
     def location(self) -> cst.CSTNode:
         return self.chain[0] if self.chain else self.node

@@ -55,10 +55,9 @@ class UnitFacts:
         return [k for k, strength in self.targets.get(node, {}).items() if strength is Strength.MUST]
 
     def exact(self, node: int) -> list[str]:
-        """The optimizers the event at ``node`` surely concerns and names itself (a GradScaler
-        keys its record by that very object, not a wrapper of it or one it holds)."""
-        named = self.event(node).optimizers
-        return [k for k in self.surely(node) if named is None or k in named]
+        """The optimizers the event at ``node`` surely concerns and names itself."""
+        event = self.event(node)
+        return [k for k in self.surely(node) if event.names_itself(k)]
 
     def always(self, node: int, test: Callable[[OptState], bool]) -> bool:
         """``test`` holds on every path, for every optimizer the event at ``node`` surely

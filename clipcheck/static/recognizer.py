@@ -724,9 +724,10 @@ class Recognizer:
         taken for a query."""
         out: list[Item] = []
         for arg in call.args:
-            if self.kind(arg.value) is Kind.SCALER:  # it may update the scaler
+            kind = self.kind(arg.value)
+            if kind is Kind.SCALER:  # it may update the scaler
                 out.append(self.event(EventKind.SCALER_UPDATE, call, call.func, certain=False))
-            elif self.kind(arg.value) is Kind.OPTIMIZER:
+            elif kind is Kind.OPTIMIZER:
                 out.append(self.event(EventKind.ZERO_GRAD, call, call.func,
                                        **{**self.about(arg.value), "certain": False}))
             elif self._is_parameter_collection(arg.value):
@@ -757,8 +758,9 @@ class Recognizer:
         inputs = next((a.value for a in call.args
                        if a.keyword is not None and a.keyword.value == "inputs"), None)
         if inputs is not None:
-            return self.event(EventKind.BACKWARD, call, func, models=self.owners(inputs), amp=amp,
-                              restricted=self.owners(inputs) is not None)
+            reached = self.owners(inputs)
+            return self.event(EventKind.BACKWARD, call, func, models=reached, amp=amp,
+                              restricted=reached is not None)
         models = frozenset(n for loss in losses for n in self.flows(loss)) or None
         return self.event(EventKind.BACKWARD, call, func, models=models, amp=amp)
 
