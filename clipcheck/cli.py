@@ -14,17 +14,19 @@ from pathlib import Path
 import click
 
 from clipcheck import __version__
+from clipcheck.cache import FOLDER, Cache
+from clipcheck.catalogue import CATALOGUE, RuleInfo
 from clipcheck.config import ConfigError, Overrides, Resolver, rule_named
 from clipcheck.docs import rule_doc
 from clipcheck.engine import Fixing
 from clipcheck.engine import check as check_sources
 from clipcheck.output import FORMATS
 from clipcheck.sources import STDIN
-from clipcheck.static.rules import RULES, Rule
 from clipcheck.suppressions import UNUSED_CODE
+from clipcheck.workers import Limits
 
 
-def _rule_by_id(identifier: str) -> Rule:
+def _rule_by_id(identifier: str) -> RuleInfo:
     try:
         return rule_named(identifier)
     except ConfigError as error:
@@ -76,12 +78,19 @@ def main() -> None:
 @click.option("--fix", is_flag=True, help="Apply the safe fixes (with --unsafe-fixes, the unsafe ones too).")
 @click.option("--unsafe-fixes", is_flag=True, help="Let --fix and --diff make the fixes labelled unsafe.")
 @click.option("--diff", is_flag=True, help="Print the fixes as a unified diff instead of writing them.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
+              help="Worker processes (default: the usable cores).")
+@click.option("--no-cache", is_flag=True, help=f"Neither read nor write the results cache ({FOLDER}).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=Limits.seconds,
+              show_default=True, metavar="SECONDS",
+              help="Time one file may take (plus as much again per MiB) before it is reported unanalysable.")
 @click.option("--show-settings", is_flag=True,
               help="Print the settings in effect for the first path, and exit.")
 def check(paths: tuple[str, ...], output_format: str, select: tuple[str, ...], extend_select: tuple[str, ...],
           ignore: tuple[str, ...], exclude: tuple[str, ...], force_exclude: bool, config_file: Path | None,
           stdin_filename: str | None, report_unused_suppressions: bool, statistics: bool, exit_zero: bool,
-          quiet: bool, color: str, fix: bool, unsafe_fixes: bool, diff: bool, show_settings: bool) -> None:
+          quiet: bool, color: str, fix: bool, unsafe_fixes: bool, diff: bool,
+          jobs: int | None, no_cache: bool, timeout: float, show_settings: bool) -> None:
     """Check Python files and notebooks (default: the current directory, recursively; ``-`` reads
     standard input).
 
@@ -98,8 +107,10 @@ def check(paths: tuple[str, ...], output_format: str, select: tuple[str, ...], e
             click.echo(resolver.for_path(first).describe())
             return
         fixing = Fixing(unsafe=unsafe_fixes, diff=diff) if fix or diff else None
+        cache = None if no_cache else Cache(Path.cwd())
+        limits = Limits(seconds=timeout, seconds_per_mib=timeout)
         report = check_sources(list(paths), resolver, force_exclude, report_unused_suppressions,
-                               stdin_filename, fixing)
+                               stdin_filename, fixing, jobs, cache, limits)
     except ConfigError as error:
         raise click.UsageError(str(error)) from error
     if diff:
@@ -120,6 +131,9 @@ def check(paths: tuple[str, ...], output_format: str, select: tuple[str, ...], e
             output = "\n".join(output.splitlines()[:-1])
         if output:
             click.echo(output, color=colored)
+    if not quiet:
+        for note in report.notes:
+            click.echo(f"clipcheck: {note}", err=True)
     if report.checked == 0 and not quiet:
         click.echo("clipcheck: no Python file or notebook was found to check.", err=True)
     if any(f.unanalysable for f in report.findings):
@@ -137,9 +151,9 @@ def rules_command(rule: str | None, output_format: str) -> None:
         return
     if output_format == "json":
         click.echo(json.dumps([{"code": r.code, "name": r.name, "summary": r.summary,
-                                "explanation": rule_doc(r)} for r in RULES], indent=2))
+                                "explanation": rule_doc(r)} for r in CATALOGUE], indent=2))
         return
-    for r in RULES:
+    for r in CATALOGUE:
         click.echo(f"{r.code}  {r.name:<26} {r.summary}")
 
 

@@ -18,10 +18,10 @@ from typing import Any
 
 import pathspec
 
+from clipcheck.catalogue import CATALOGUE, RuleInfo
 from clipcheck.static.frameworks.custom import KEYS as VOCABULARY_KEYS
 from clipcheck.static.frameworks.custom import NONE as NO_CUSTOM_VOCABULARY
 from clipcheck.static.frameworks.custom import Vocabulary
-from clipcheck.static.rules import RULES, Rule
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -37,24 +37,24 @@ class ConfigError(Exception):
 
 
 def _unknown(selector: str, where: str) -> ConfigError:
-    known = ", ".join(f"{r.code} ({r.name})" for r in RULES)
+    known = ", ".join(f"{r.code} ({r.name})" for r in CATALOGUE)
     return ConfigError(f"unknown rule {selector!r}{where}; known rules: {known}")
 
 
-def rule_named(identifier: str) -> Rule:
+def rule_named(identifier: str) -> RuleInfo:
     """The one rule a code or kebab name names (no prefixes: ``explain``, ``rules RULE``)."""
-    found = [r for r in RULES if identifier.upper() == r.code or identifier.lower() == r.name]
+    found = [r for r in CATALOGUE if identifier.upper() == r.code or identifier.lower() == r.name]
     if not found:
         raise _unknown(identifier, "")
     return found[0]
 
 
-def rules_matching(selector: str, where: str = "") -> list[Rule]:
+def rules_matching(selector: str, where: str = "") -> list[RuleInfo]:
     """The rules a selector names: a code, a kebab name, a code prefix, or ``ALL``."""
     wanted = selector.strip()
     if wanted.upper() == "ALL":
-        return list(RULES)
-    found = [r for r in RULES if r.name == wanted.lower() or r.code.startswith(wanted.upper())]
+        return list(CATALOGUE)
+    found = [r for r in CATALOGUE if r.name == wanted.lower() or r.code.startswith(wanted.upper())]
     if not found or (wanted.upper().startswith("CC") and len(wanted) < 3):
         raise _unknown(selector, where)
     return found
@@ -113,7 +113,7 @@ class Settings:
     def excluded(self, path: Path) -> bool:
         return _matches(self._excluded, path, self.root)
 
-    def rules_for(self, path: Path | None) -> list[Rule]:
+    def rules_for(self, path: Path | None) -> list[RuleInfo]:
         """The rules to run on ``path`` (per-file ignores applied)."""
         ignored: set[str] = set()
         relative = self._relative(path) if path is not None else None
@@ -121,13 +121,13 @@ class Settings:
             for spec, rule_codes in self._ignores:
                 if spec.match_file(relative):
                     ignored |= rule_codes
-        return [r for r in RULES if r.code in self.selected and r.code not in ignored]
+        return [r for r in CATALOGUE if r.code in self.selected and r.code not in ignored]
 
     def describe(self) -> str:
         """What ``--show-settings`` prints."""
         lines = [f"configuration file: {self.source or '(none: defaults)'}",
                  f"project root: {self.root}",
-                 "rules: " + ", ".join(f"{r.code} ({r.name})" for r in RULES if r.code in self.selected),
+                 "rules: " + ", ".join(f"{r.code} ({r.name})" for r in CATALOGUE if r.code in self.selected),
                  "exclude: " + (", ".join(self.exclude) or "(none beyond the built-in folders)")]
         for pattern, rule_codes in self.per_file_ignores:
             lines.append(f"per-file-ignores: {pattern} -> {', '.join(sorted(rule_codes))}")

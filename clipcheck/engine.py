@@ -3,28 +3,22 @@ every input that cannot be analysed becomes a CC000 finding with its reason, and
 
 from __future__ import annotations
 
-import ast
 import functools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import libcst as cst
-
 from clipcheck import notebooks, suppressions
+from clipcheck.cache import Cache, key
 from clipcheck.config import Resolver
 from clipcheck.findings import Finding, in_cell, unanalysable
 from clipcheck.fixes import fix_text, unified_diff, write_whole
-from clipcheck.sources import Source, Unreadable, decode, discover, read_bytes
-from clipcheck.static.analysis import ModuleAnalysis
+from clipcheck.screen import screen
+from clipcheck.sources import Unreadable, decode, discover, read_bytes
 from clipcheck.static.frameworks.custom import NONE as NO_CUSTOM_VOCABULARY
 from clipcheck.static.frameworks.custom import Vocabulary
-from clipcheck.static.rules import RULES, Rule
-
-# Words without which a file cannot contain a training event: files lacking all of them are
-# only checked for syntax, never analysed.
-RELEVANT_WORDS = ("backward", "step", "grad", "parameters", "scale")
+from clipcheck.workers import Failure, Limits, Pool, usable_cores
 
 
 @dataclass
@@ -37,49 +31,26 @@ class Report:
     checked: int = 0
     fixed: int = 0  # fixes written
     diffs: list[str] = field(default_factory=list)  # with --diff: the fixes not written
+    notes: list[str] = field(default_factory=list)  # paths skipped, and why
 
     def line_text(self, finding: Finding) -> str | None:
         lines = self.lines.get((finding.path, finding.cell), [])
         return lines[finding.line - 1] if 0 < finding.line <= len(lines) else None
 
 
-def might_train(source: str) -> bool:
-    return any(word in source for word in RELEVANT_WORDS)
-
-
-def _syntax_error(source: str, shown: str) -> tuple[str, int, int] | None:
-    """CPython's verdict first: the exact position of a syntax error, and a cheap refusal of
-    pathological nesting (before LibCST's recursive parser sees it)."""
-    try:
-        compile(source, shown, "exec", ast.PyCF_ONLY_AST, dont_inherit=True)
-    except SyntaxError as error:
-        return f"syntax error: {error.msg}", error.lineno or 1, error.offset or 1
-    except (RecursionError, MemoryError):
-        return "the file nests too deeply to analyse", 1, 1
-    except ValueError as error:  # e.g. a null byte
-        return f"cannot be parsed: {error}", 1, 1
-    return None
-
-
-def analyse_source(source: str, shown: str, rules: Sequence[Rule] = RULES,
+def analyse_source(source: str, shown: str, rules: Sequence[str] | None = None,
                    custom: Vocabulary = NO_CUSTOM_VOCABULARY) -> list[Finding]:
-    """Findings for one program's text (syntax errors included, as CC000)."""
-    error = _syntax_error(source, shown)
-    if error is not None:
-        return [unanalysable(shown, *error)]
-    if not might_train(source) or not rules:
+    """Findings for one program's text (syntax errors included, as CC000), by the rules whose
+    codes ``rules`` lists (all by default). LibCST and the analysis are imported only for a
+    text the screen lets through."""
+    screened = screen(source, shown, custom.words)
+    if screened.error is not None:
+        return [unanalysable(shown, *screened.error)]
+    if screened.text is None or rules == ():
         return []
-    try:
-        module = cst.parse_module(source)
-    except cst.ParserSyntaxError as failure:
-        return [unanalysable(shown, f"syntax error: {failure.message}", failure.raw_line,
-                             failure.raw_column + 1)]
-    except RecursionError:
-        return [unanalysable(shown, "the file nests too deeply to analyse")]
-    try:
-        return ModuleAnalysis(module, rules, custom).findings(shown)
-    except RecursionError:
-        return [unanalysable(shown, "the file nests too deeply to analyse")]
+    from clipcheck.static.analysis import analyse_text
+
+    return analyse_text(screened.text, shown, rules, custom)
 
 
 @dataclass
@@ -119,16 +90,19 @@ def _in_notebook(finding: Finding, nb: notebooks.Program) -> Finding:
     return replace(in_cell(finding, cell, line, end_line if end_cell == cell else line), message=message)
 
 
-def _check_notebook(text: str, shown: str, analyse: Analyse) -> Checked:
+def _check_notebook(text: str, shown: str, analyse: Analyse, report_unused: bool) -> Checked:
     try:
         nb = notebooks.program(text)
     except notebooks.BrokenNotebook as error:
         return Checked([unanalysable(shown, str(error))], {}, {})
-    comments = suppressions.parse(nb.text)
-    kept = suppressions.apply(analyse(nb.text), comments)
+    found = analyse(nb.text)
+    comments = suppressions.parse(nb.text) if found or report_unused else {}
+    kept = suppressions.apply(found, comments)
     lines: dict[int | None, list[str]] = {cell: text for cell, text in nb.cells.items()}
     relocate = functools.partial(_in_notebook, nb=nb)
-    return Checked([relocate(f) for f in kept], lines, comments, relocate)
+    broken = [replace(unanalysable(shown, f"cell {e.cell} is not Python: {e.message}", e.line, e.column),
+                      cell=e.cell) for e in nb.errors]
+    return Checked(broken + [relocate(f) for f in kept], lines, comments, relocate)
 
 
 @dataclass(frozen=True)
@@ -139,66 +113,134 @@ class Fixing:
     diff: bool = False
 
 
-def _fix(source: Source, text: str, encoding: str, analyse: Analyse, fixing: Fixing,
-         report: Report) -> tuple[str, list[Finding]]:
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True)
+class Task:
+    """One source as a worker receives it: its bytes, and the settings in effect for it."""
+
+    shown: str
+    path: Path | None  # ``None``: standard input, never rewritten
+    data: bytes
+    rules: tuple[str, ...]
+    custom: Vocabulary = NO_CUSTOM_VOCABULARY
+    fixing: Fixing | None = None
+    report_unused: bool = False
+
+    @property
+    def notebook(self) -> bool:  # standard input named ``x.ipynb`` is one too
+        return self.shown.endswith(".ipynb")
+
+    @property
+    def cache_key(self) -> str:
+        """Everything the result depends on; with ``--fix`` there is no cached result."""
+        return key(self.data, self.shown, self.rules, self.custom, self.report_unused)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A task's findings, the lines to show them with (none without findings), the fixes
+    written and the diff of those not written."""
+
+    findings: list[Finding]
+    lines: dict[int | None, list[str]]
+    fixed: int = 0
+    diff: str | None = None
+
+
+def _fix(task: Task, text: str, encoding: str,
+         analyse: Analyse) -> tuple[str, list[Finding], int, str | None]:
     """Make the fixes in ``text``; write the file (or, with ``diff``, keep the diff). The text
-    the findings are then reported on, and its findings."""
-    fixed, count, findings = fix_text(text, analyse, fixing.unsafe)
+    the findings are then reported on, its findings, the fixes written and the diff."""
+    assert task.fixing is not None
+    fixed, count, findings = fix_text(text, analyse, task.fixing.unsafe)
     if not count:
-        return text, findings
-    if source.path is None or fixing.diff:
-        if source.path is not None:
-            report.diffs.append(unified_diff(text, fixed, source.shown))
-        return text, analyse(text)  # nothing written: the findings are those of the text as it is
+        return text, findings, 0, None
+    if task.path is None or task.fixing.diff:
+        diff = unified_diff(text, fixed, task.shown) if task.path is not None else None
+        return text, analyse(text), 0, diff  # nothing written: the findings of the text as it is
     try:
-        write_whole(source.path, fixed.encode(encoding))
+        write_whole(task.path, fixed.encode(encoding))
     except (OSError, UnicodeEncodeError) as error:
         raise Unreadable(f"cannot write the fixed file (left unchanged): {error}") from None
-    report.fixed += count
-    return fixed, findings
+    return fixed, findings, count, None
 
 
-def check_source(source: Source, analyse: Analyse, fixing: Fixing | None = None,
-                 report: Report | None = None) -> Checked:
-    """Findings for one source (or its CC000), with its lines and suppression comments; with
-    ``fixing``, after its fixes (notebooks and standard input are never rewritten)."""
+def run_task(task: Task) -> Outcome:
+    """A worker's job: one source's findings (or its CC000), suppressions applied; with
+    fixing, after its fixes (notebooks and standard input are never rewritten)."""
+    analyse = functools.partial(analyse_source, shown=task.shown, rules=task.rules, custom=task.custom)
+    fixed, diff = 0, None
     try:
-        data = read_bytes(source)
-        if source.is_notebook:
+        if task.notebook:
             try:
-                return _check_notebook(data.decode("utf-8-sig"), source.shown, analyse)
+                text = task.data.decode("utf-8-sig")
+                checked = _check_notebook(text, task.shown, analyse, task.report_unused)
             except UnicodeDecodeError:
                 raise Unreadable("not a notebook: not UTF-8") from None
-        text, encoding = decode(data)
-        if fixing is not None and report is not None:
-            text, found = _fix(source, text, encoding, analyse, fixing, report)
         else:
-            found = analyse(text)
+            text, encoding = decode(task.data)
+            if task.fixing is not None:
+                text, found, fixed, diff = _fix(task, text, encoding, analyse)
+            else:
+                found = analyse(text)
+            # Comments are read (a tokenizer's pass) only where a finding or an unused
+            # suppression can come of them.
+            comments = suppressions.parse(text) if found or task.report_unused else {}
+            checked = Checked(suppressions.apply(found, comments), {None: text.splitlines()}, comments)
     except Unreadable as reason:
-        return Checked([unanalysable(source.shown, str(reason))], {}, {})
-    comments = suppressions.parse(text)
-    return Checked(suppressions.apply(found, comments), {None: text.splitlines()}, comments)
+        checked = Checked([unanalysable(task.shown, str(reason))], {}, {})
+    findings = checked.findings
+    if task.report_unused:
+        unused = suppressions.unused(task.shown, checked.suppressions)
+        findings = findings + [checked.relocate(f) for f in unused]
+    return Outcome(findings, checked.lines if findings else {}, fixed, diff)
+
+
+def _add(report: Report, shown: str, findings: list[Finding], lines: dict[int | None, list[str]]) -> None:
+    report.findings.extend(findings)
+    for cell, text in lines.items():
+        report.lines[(shown, cell)] = text
 
 
 def check(paths: Sequence[str], resolver: Resolver, force_exclude: bool = False,
-          report_unused: bool = False, stdin_name: str | None = None, fixing: Fixing | None = None) -> Report:
+          report_unused: bool = False, stdin_name: str | None = None, fixing: Fixing | None = None,
+          jobs: int | None = None, cache: Cache | None = None, limits: Limits = DEFAULT_LIMITS) -> Report:
     """Every source ``paths`` name, each with the settings in effect for it (standard input's
-    by the name it is given)."""
+    by the name it is given), analysed in ``jobs`` worker processes (default: the usable
+    cores) and, without fixing, looked up in and stored to ``cache``."""
     report = Report()
+    tasks: list[Task] = []
     for source in discover(paths, resolver.excluded, force_exclude, stdin_name):
+        if source.skipped is not None:
+            report.notes.append(f"{source.shown}: skipped, {source.skipped}")
+            continue
+        report.checked += source.missing is None
+        try:
+            data = read_bytes(source)
+        except Unreadable as reason:
+            report.findings.append(unanalysable(source.shown, str(reason)))
+            continue
         where = source.path if source.path is not None else Path(source.shown)
         settings = resolver.for_path(where)
-        analyse = functools.partial(analyse_source, shown=source.shown, rules=settings.rules_for(where),
-                                    custom=settings.vocabulary)
-        checked = check_source(source, analyse, fixing, report)
-        report.checked += source.missing is None
-        found = checked.findings
-        if report_unused:
-            unused = suppressions.unused(source.shown, checked.suppressions)
-            found = found + [checked.relocate(f) for f in unused]
-        report.findings.extend(found)
-        if found:
-            for cell, lines in checked.lines.items():
-                report.lines[(source.shown, cell)] = lines
+        task = Task(source.shown, source.path, data, tuple(r.code for r in settings.rules_for(where)),
+                    settings.vocabulary, fixing, report_unused)
+        hit = cache.get(task.cache_key) if cache is not None and fixing is None else None
+        if hit is not None:
+            _add(report, task.shown, *hit)
+        else:
+            tasks.append(task)
+    pool = Pool(run_task, jobs or usable_cores(), limits, size=lambda task: len(task.data))
+    for task, result in zip(tasks, pool.map(tasks), strict=True):
+        if isinstance(result, Failure):
+            _add(report, task.shown, [unanalysable(task.shown, result.reason)], {})
+            continue
+        _add(report, task.shown, result.findings, result.lines)
+        report.fixed += result.fixed
+        if result.diff is not None:
+            report.diffs.append(result.diff)
+        if cache is not None and fixing is None:
+            cache.put(task.cache_key, result.findings, result.lines)
     report.findings.sort(key=lambda f: (f.path, f.cell or 0, f.line, f.column, f.code))
     return report

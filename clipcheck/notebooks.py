@@ -1,18 +1,34 @@
 """Jupyter notebooks as one program: the code cells in order, IPython syntax masked without
-moving any line or column, and a map from the program's lines back to (cell, line in cell)."""
+moving any line or column, and a map from the program's lines back to (cell, line in cell).
+
+Each code cell is read as IPython reads it (``IPython.core.inputtransformer2``, the tests'
+oracle): its special syntax becomes Python of the same shape on the same lines, and the Python
+in it stays where it was, so that a position in the program is a position in the cell. A cell
+that is still not Python is one ``CellError`` and leaves the program (as blank lines): Jupyter
+compiles each cell alone, so the other cells still run, and are still analysed."""
 
 from __future__ import annotations
 
+import ast
 import json
 import re
-from dataclasses import dataclass
+import textwrap
+from dataclasses import dataclass, field
 
-# Cell magics whose body is Python (only their first line is IPython syntax).
+# Cell magics whose body is IPython code (only their first line is the magic).
 PYTHON_CELL_MAGICS = frozenset({"time", "timeit", "capture", "prun", "debug", "memit"})
-# Line magics that run the Python statement after them: the magic is blanked, the code kept.
-PYTHON_LINE_MAGICS = re.compile(r"^(\s*)(%{1,2}(?:time|timeit|prun|memit)\b(?:\s+-\S+)*)")
-_SHELL_OR_MAGIC = re.compile(r"^\s*(?:[%!]|\?\??\w|\w[\w.]*\?\??\s*$)")
-_ASSIGNED_SHELL = re.compile(r"^(\s*[\w.,\s]+=\s*)([%!].*)$")
+# Line magics that run the statement after them: `%time x = f()` keeps `x = f()` in place.
+PYTHON_LINE_MAGICS = re.compile(r"%(?:time|timeit|prun|memit)\b")
+# A logical line starting with one of these is IPython's (magic, shell, help, autocall).
+ESCAPES = frozenset("!?%,;/")
+# After an assignment's `=`: `x = !ls`, `x = %env HOME`.
+_ASSIGNED = re.compile(r"\s*(!|%\s*[^\W\d])")
+_NOT_ASSIGN = frozenset("=!<>+-*/%@&|^:")  # before `=`, these make another operator
+_DOCTEST = re.compile(r"\s*>>>")
+_DOCTEST_PROMPT = re.compile(r"\s*(?:>>>|\.\.\.)[ \t]?")
+_IPYTHON_PROMPT = re.compile(r"(?:(?:\[nav\]|\[ins\])? )?In \[\d+\]: |\s*\.{3,}: ?")
+# How Jupyter compiles a cell (top-level `await` is IPython's).
+_FLAGS = ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
 
 
 class BrokenNotebook(Exception):
@@ -20,27 +36,207 @@ class BrokenNotebook(Exception):
 
 
 @dataclass(frozen=True)
+class CellError:
+    """A code cell that is not Python even as IPython reads it: where (in the cell, from 1)
+    and why. The cell is left out of the program; the engine reports it as CC000."""
+
+    cell: int
+    line: int
+    column: int
+    message: str
+
+
+@dataclass(frozen=True)
 class Program:
     text: str
     places: list[tuple[int, int]]  # program line (index + 1) -> (cell number, line in cell)
     cells: dict[int, list[str]]  # cell number -> its original lines
+    errors: list[CellError] = field(default_factory=list)  # the cells left out, in order
 
     def place(self, line: int) -> tuple[int, int]:
         return self.places[line - 1] if 0 < line <= len(self.places) else (1, line)
 
 
-def _mask_line(line: str) -> str:
-    """The line with IPython-only syntax replaced by Python of the same width."""
-    timed = PYTHON_LINE_MAGICS.match(line)
-    if timed is not None:
-        return timed.group(1) + " " * len(timed.group(2)) + line[timed.end():]
-    assigned = _ASSIGNED_SHELL.match(line)
-    if assigned is not None:
-        return assigned.group(1) + "None"
-    if _SHELL_OR_MAGIC.match(line):
-        indent = line[: len(line) - len(line.lstrip())]
-        return indent + "pass"
-    return line
+def _compile_error(text: str) -> tuple[str, int, int] | None:
+    """Why ``text`` is not a cell Jupyter can compile, with its (line, column); None if it is."""
+    try:
+        compile(text, "<cell>", "exec", _FLAGS, dont_inherit=True)
+    except SyntaxError as error:
+        return f"syntax error: {error.msg}", error.lineno or 1, error.offset or 1
+    except (RecursionError, MemoryError):
+        return "the cell nests too deeply to analyse", 1, 1
+    except ValueError as error:  # e.g. a null byte
+        return f"cannot be parsed: {error}", 1, 1
+    return None
+
+
+def _dedented(lines: list[str]) -> list[str]:
+    """The lines without the indentation they all share (blank lines left as they are)."""
+    dedented = textwrap.dedent("\n".join(lines)).split("\n") if lines else []
+    return [new if new.strip() else old for old, new in zip(lines, dedented, strict=True)]
+
+
+def _cleaned(lines: list[str]) -> list[str]:
+    """IPython's clean-up, which only takes prefixes off lines: the indentation common to the
+    whole cell, and the prompts of a pasted session (``>>>``, ``...``, ``In [1]:``). A session
+    is only recognised from its first line, so that a docstring's doctest stays as it is."""
+    lines = _dedented(lines)
+    first = next((i for i, line in enumerate(lines) if line.strip()), len(lines))
+    if _DOCTEST.match(lines[first] if first < len(lines) else ""):
+        return _dedented([_DOCTEST_PROMPT.sub("", line, count=1) for line in lines])
+    if any(_IPYTHON_PROMPT.match(line) for line in lines[first:first + 2]):
+        return [_IPYTHON_PROMPT.sub("", line, count=1) for line in lines]
+    return lines
+
+
+def _continued(lines: list[str], start: int) -> int:
+    """The index after the line at ``start`` and the lines its backslashes continue it on."""
+    end = start
+    while end < len(lines) - 1 and lines[end].endswith("\\"):
+        end += 1
+    return end + 1
+
+
+def _timed(line: str, start: int, continuation: list[str]) -> str | None:
+    """``%time x = f()`` as ``pass; x = f()``: the statement the magic runs stays at its
+    columns and at the line's indentation level (blanking the magic alone would indent it);
+    None if that is not a simple statement. ``start`` is where the magic's name ends; its
+    options (``-n 10``) are skipped."""
+    indent = len(line) - len(line.lstrip())
+    tail = "".join("\n" + text for text in continuation)
+    position, after_option = start, False
+    while True:
+        code = len(line) - len(line[position:].lstrip())
+        if _compile_error("pass;" + line[code:] + tail) is None:
+            return line[:indent] + "pass;" + " " * (code - indent - 5) + line[code:]
+        word = (line[code:].split(maxsplit=1) or [""])[0]
+        if not word or not (word.startswith("-") or after_option):
+            return None
+        position, after_option = code + len(word), word.startswith("-")
+
+
+def _escaped(lines: list[str]) -> list[str]:
+    """A magic, shell or help line and its continuation lines: ``pass`` at its indentation
+    (so that a block holding only it is not empty), the timed statement kept."""
+    indent = lines[0][: len(lines[0]) - len(lines[0].lstrip())]
+    timed = PYTHON_LINE_MAGICS.match(lines[0], len(indent))
+    kept = _timed(lines[0], timed.end(), lines[1:]) if timed is not None else None
+    if kept is not None:
+        return [kept, *lines[1:]]
+    return [indent + "pass"] + [""] * (len(lines) - 1)
+
+
+def _string_end(line: str, start: int, quotes: str) -> int:
+    """Where a string open at ``start`` ends on the line (after its closing quotes); past the
+    end (``len + 1``) if a backslash continues it; -1 if the line ends first."""
+    index = start
+    while index < len(line):
+        if line[index] == "\\":
+            index += 2
+        elif line.startswith(quotes, index):
+            return index + len(quotes)
+        else:
+            index += 1
+    return index if index > len(line) else -1
+
+
+@dataclass
+class _Logical:
+    """How far a Python logical line has been read, as Python's tokenizer would."""
+
+    depth: int = 0  # open brackets
+    quotes: str = ""  # of a string still open at the end of a line
+    last: str = ""  # the last character of the last token so far
+    assigned: bool = False  # its first `=` outside brackets was read
+    continued: bool = False  # the line read last goes on to the next
+
+    def read(self, line: str) -> int | None:
+        """Read one physical line; where a magic or shell command assigned by the logical
+        line's first `=` starts (``x = !ls``), if it does."""
+        index, comment = 0, False
+        while index < len(line) and not comment:
+            char = line[index]
+            if self.quotes:
+                end = _string_end(line, index, self.quotes)
+                if end < 0 or end > len(line):
+                    self.quotes = "" if end < 0 and len(self.quotes) == 1 else self.quotes
+                    break
+                index, self.quotes, self.last = end, "", '"'
+                continue
+            if char in "'\"":
+                self.quotes = char * 3 if line.startswith(char * 3, index) else char
+                index += len(self.quotes)
+                continue
+            comment = char == "#"
+            if char in "([{":
+                self.depth += 1
+            elif char in ")]}":
+                self.depth = max(self.depth - 1, 0)
+            elif (char == "=" and not self.depth and not self.assigned and line[index + 1:index + 2] != "="
+                  and line[index - 1:index] not in _NOT_ASSIGN):
+                self.assigned = True
+                magic = _ASSIGNED.match(line, index + 1)
+                if magic is not None:
+                    return magic.start(1)
+            if not char.isspace() and char != "\\" and not comment:
+                self.last = char
+            index += 1
+        self.continued = bool(self.quotes or self.depth) or (not comment and line.endswith("\\"))
+        return None
+
+
+def _python(lines: list[str], start: int) -> tuple[list[str], int]:
+    """The logical line starting at ``start`` as Python: its lines, and the index after it.
+    IPython's syntax in it is an assigned magic or shell command, or a trailing ``?``."""
+    reader, index = _Logical(), start
+    masked: list[str] = []
+    while index < len(lines):
+        line = lines[index]
+        magic = reader.read(line)
+        if magic is not None:  # `x = !ls` -> `x = None`
+            end = _continued(lines, index)
+            return [*masked, line[:magic] + "None"] + [""] * (end - index - 1), end
+        masked.append(line)
+        index += 1
+        if not reader.continued:
+            break
+    if reader.last == "?":  # `model?`, `torch.nn.Linear??`
+        return _escaped(masked[:1]) + [""] * (len(masked) - 1), index
+    return masked, index
+
+
+def _masked(lines: list[str]) -> list[str]:
+    """The cell as Python with the same number of lines, IPython's syntax replaced and the
+    Python it runs kept in place."""
+    done: list[str] = []
+    while True:
+        lines = _cleaned(lines)
+        first = next((i for i, line in enumerate(lines) if line.strip()), len(lines))
+        head = lines[first] if first < len(lines) else ""
+        if not head.startswith("%%") or re.match(r"%%\w+\?", head):
+            break
+        done += [""] * first + ["pass"]
+        lines = lines[first + 1:]
+        if head[2:].rstrip().partition(" ")[0] not in PYTHON_CELL_MAGICS:  # %%bash, %%writefile...
+            return done + [""] * len(lines)
+    index = 0
+    while index < len(lines):
+        if lines[index].lstrip()[:1] in ESCAPES:
+            end = _continued(lines, index)
+            done += _escaped(lines[index:end])
+        else:
+            python, end = _python(lines, index)
+            done += python
+        index = end
+    return done
+
+
+def _column(original: str, masked: str, offset: int) -> int:
+    """A column in the masked line as a column in the original (they end alike where Python
+    was kept)."""
+    if original.endswith(masked[offset - 1:]):
+        offset += len(original) - len(masked)
+    return max(offset, 1)
 
 
 def _cell_lines(cell: dict[str, object], number: int) -> list[str]:
@@ -52,17 +248,9 @@ def _cell_lines(cell: dict[str, object], number: int) -> list[str]:
     return source.splitlines()
 
 
-def _masked(lines: list[str]) -> list[str]:
-    if lines and lines[0].lstrip().startswith("%%"):
-        magic = lines[0].lstrip()[2:].split(maxsplit=1)
-        if not magic or magic[0] not in PYTHON_CELL_MAGICS:
-            return ["pass" if i == 0 else "" for i in range(len(lines))]  # %%bash, %%writefile...
-        return ["pass", *(_mask_line(line) for line in lines[1:])]
-    return [_mask_line(line) for line in lines]
-
-
 def program(text: str) -> Program:
-    """The notebook's code cells as one Python program."""
+    """The notebook's code cells as one Python program, without the cells that are not
+    Python (each one a ``CellError``)."""
     try:
         notebook = json.loads(text)
     except (json.JSONDecodeError, RecursionError) as error:
@@ -73,12 +261,21 @@ def program(text: str) -> Program:
     lines: list[str] = []
     places: list[tuple[int, int]] = []
     originals: dict[int, list[str]] = {}
+    errors: list[CellError] = []
     for number, cell in enumerate(cells, start=1):
         if cell.get("cell_type") != "code":
             continue
         original = _cell_lines(cell, number)
         originals[number] = original
-        for index, line in enumerate(_masked(original), start=1):
-            lines.append(line)
+        masked = _masked(original)
+        failure = _compile_error("\n".join(masked) + "\n")
+        if failure is not None:
+            message, line, offset = failure
+            line = min(max(line, 1), max(len(original), 1))
+            column = _column(original[line - 1], masked[line - 1], offset) if original else 1
+            errors.append(CellError(number, line, column, message))
+            masked = [""] * len(original)
+        for index, masked_line in enumerate(masked, start=1):
+            lines.append(masked_line)
             places.append((number, index))
-    return Program("\n".join(lines) + "\n", places, originals)
+    return Program("\n".join(lines) + "\n", places, originals, errors)

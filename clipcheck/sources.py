@@ -1,14 +1,19 @@
 """Finding the files to check and reading them: paths reported as given, recursion with the
 usual folders skipped, ``.gitignore`` in git trees, exclusions, PEP 263 coding lines.
 
-Nothing here raises on bad input: a path that does not exist or a file that cannot be read or
-decoded comes back as a reason, which the engine turns into a CC000 finding.
+Nothing here raises on bad input: a path that does not exist, a folder or file that cannot be
+read or decoded comes back as a reason, which the engine turns into a CC000 finding. A FIFO, a
+socket or a device is never opened (reading one could block the run forever): it comes back
+skipped, with a reason the report gives as a note. Symbolic links to folders are not followed,
+so a link loop ends the walk instead of feeding it.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import stat
 import subprocess
 import sys
 import tokenize
@@ -28,6 +33,17 @@ STDIN = "-"
 Excluded = Callable[[Path], bool]
 
 
+def _guarded(excluded: Excluded) -> Excluded:
+    """``excluded``, made unable to raise: looking for the settings of a path inside a folder
+    that cannot be searched fails, and such a path is then kept, to be reported unreadable."""
+    def guarded(path: Path) -> bool:
+        try:
+            return excluded(path)
+        except OSError:
+            return False
+    return guarded
+
+
 @dataclass(frozen=True)
 class Source:
     """One input to check: ``shown`` is its path as the report names it; ``path`` is ``None``
@@ -35,15 +51,50 @@ class Source:
 
     shown: str
     path: Path | None
-    missing: str | None = None  # why it cannot be checked at all (no such file)
+    # Why it cannot be checked at all (no such file, an unreadable folder): a CC000 finding.
+    missing: str | None = None
+    # Why it is not checked at all (a FIFO, a socket, a device): reported as a note, not a
+    # finding, since the user did nothing wrong by having one in the tree.
+    skipped: str | None = None
 
     @property
     def is_notebook(self) -> bool:  # standard input named ``x.ipynb`` is one too
         return self.shown.endswith(".ipynb")
 
 
+def _special(mode: int) -> str | None:
+    """What a file that is not a regular one is ("a FIFO"), or ``None`` for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    return "a special file"
+
+
+def _skip_reason(path: Path) -> str | None:
+    """Why ``path`` must not be opened (it is a FIFO, a socket or a device), or ``None``. A path
+    that cannot even be stat'ed is left to ``read_bytes``, which says why it cannot be read."""
+    try:
+        kind = _special(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return None
+    return None if kind is None else f"{kind}, not a regular file"
+
+
 def _is_virtualenv(path: Path) -> bool:
-    return (path / "pyvenv.cfg").is_file()
+    # Not ``Path.is_file``: it raises PermissionError inside a folder that cannot be searched.
+    try:
+        return stat.S_ISREG(os.stat(path / "pyvenv.cfg").st_mode)
+    except (OSError, ValueError):
+        return False
 
 
 def _git_ignored(root: Path, candidates: list[Path]) -> set[Path]:
@@ -63,10 +114,27 @@ def _git_ignored(root: Path, candidates: list[Path]) -> set[Path]:
     return {Path(p) for p in result.stdout.decode(errors="replace").split("\0") if p}
 
 
-def _walk(root: Path, excluded: Excluded) -> list[Path]:
-    """The checkable files under directory ``root``, sorted, without skipped folders."""
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
+@dataclass(frozen=True)
+class _Found:
+    """A path met while walking: a file to check, a special file to skip, or a folder that
+    could not be read (``missing``)."""
+
+    path: Path
+    missing: str | None = None
+    skipped: str | None = None
+
+
+def _walk(root: Path, excluded: Excluded) -> list[_Found]:
+    """The checkable files under directory ``root``, sorted, without skipped folders; the
+    folders that could not be read, where they would have been walked."""
+    found: list[_Found] = []
+
+    def unreadable(error: OSError) -> None:
+        where = Path(error.filename) if error.filename is not None else root
+        found.append(_Found(where, missing=f"cannot read the folder: {error.strerror or error}"))
+
+    # Symbolic links to folders are not followed (the default), so ``d/loop -> ..`` ends.
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
         here = Path(dirpath)
         top = here == root
         dirnames[:] = sorted(
@@ -75,17 +143,30 @@ def _walk(root: Path, excluded: Excluded) -> list[Path]:
             and not (top and d in SKIPPED_AT_TOP) and not _is_virtualenv(here / d)
             and not excluded(here / d)
         )
-        found.extend(here / f for f in sorted(filenames)
+        found.extend(_Found(here / f, skipped=_skip_reason(here / f)) for f in sorted(filenames)
                      if f.endswith(CHECKED_SUFFIXES) and not excluded(here / f))
-    ignored = _git_ignored(root, found)
-    return [f for f in found if f not in ignored]
+    ignored = _git_ignored(root, [f.path for f in found])
+    return [f for f in found if f.path not in ignored]
 
 
 def _shown(given: str, root: Path, found: Path, implicit: bool) -> str:
     """A file found in a given directory is that directory joined with its relative path (the
     current directory, when no path was given, is left out)."""
+    if found == root:  # the given folder itself could not be read
+        return given
     relative = found.relative_to(root)
     return str(relative) if implicit else os.path.join(given, str(relative))
+
+
+def _is_absent(path: Path) -> bool:
+    """Whether nothing at all is at ``path`` (a dangling link or a link loop is something)."""
+    try:
+        os.lstat(path)
+    except OSError as error:
+        return error.errno in (errno.ENOENT, errno.ENOTDIR)
+    except ValueError:  # an embedded NUL: no file can have that name
+        return True
+    return False
 
 
 def discover(given: Sequence[str], excluded: Excluded, force_exclude: bool = False,
@@ -95,6 +176,7 @@ def discover(given: Sequence[str], excluded: Excluded, force_exclude: bool = Fal
     Files named explicitly are checked even when excluded, unless ``force_exclude`` (what a
     pre-commit hook, which passes every staged file, wants)."""
     implicit = not given
+    excluded = _guarded(excluded)
     sources: list[Source] = []
     seen: set[str] = set()
 
@@ -109,14 +191,20 @@ def discover(given: Sequence[str], excluded: Excluded, force_exclude: bool = Fal
             add(Source(stdin_name or STDIN, None))
             continue
         path = Path(name)
-        if path.is_dir():
+        try:
+            mode: int | None = os.stat(path).st_mode
+        except (OSError, ValueError):
+            mode = None  # absent, a dangling link, a link loop: sorted out below
+        if mode is not None and stat.S_ISDIR(mode):
             for found in _walk(path, excluded):
-                add(Source(_shown(name, path, found, implicit), found))
-        elif os.path.lexists(path):
-            if not (force_exclude and excluded(path)):
-                add(Source(name, path))
-        else:
+                add(Source(_shown(name, path, found.path, implicit), found.path,
+                           missing=found.missing, skipped=found.skipped))
+        elif _is_absent(path):
             add(Source(name, path, missing="no such file or directory"))
+        elif not (force_exclude and excluded(path)):
+            # A file that exists but cannot be read is kept: ``read_bytes`` says why.
+            kind = None if mode is None else _special(mode)
+            add(Source(name, path, skipped=None if kind is None else f"{kind}, not a regular file"))
     return sources
 
 
@@ -147,12 +235,33 @@ def decode(data: bytes) -> tuple[str, str]:
         raise Unreadable(f"unknown encoding in its coding line: {encoding}") from None
 
 
+# Opening never blocks: a FIFO opened without O_NONBLOCK waits for a writer that never comes.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+
+
 def read_bytes(source: Source) -> bytes:
+    """The bytes of a source. Never blocks: the file is opened without waiting and refused
+    unless it is a regular file, since it may have been swapped for a FIFO since discovery."""
     if source.missing is not None:
         raise Unreadable(source.missing)
+    if source.skipped is not None:  # the engine reports these as notes and does not read them
+        raise Unreadable(source.skipped)
     if source.path is None:
         return sys.stdin.buffer.read()
     try:
-        return source.path.read_bytes()
+        fd = os.open(source.path, _OPEN_FLAGS)
+    except OSError as error:
+        if error.errno == errno.ENOENT and os.path.islink(source.path):
+            raise Unreadable("cannot read the file: a broken symbolic link (its target does "
+                             "not exist)") from None
+        raise Unreadable(f"cannot read the file: {error.strerror or error}") from None
+    except ValueError as error:  # an embedded NUL in the name
+        raise Unreadable(f"cannot read the file: {error}") from None
+    try:
+        with os.fdopen(fd, "rb") as file:
+            kind = _special(os.fstat(file.fileno()).st_mode)
+            if kind is not None:
+                raise Unreadable(f"not a regular file: {kind}")
+            return file.read()
     except OSError as error:
         raise Unreadable(f"cannot read the file: {error.strerror or error}") from None

@@ -82,7 +82,7 @@ def test_a_fix_makes_its_edit_once_and_the_file_rechecks_clean(tmp_path: Path, b
     assert run_json("--select", rule, "train.py", cwd=tmp_path) == (0, [])
     again = run_clipcheck("check", "--fix", "--unsafe-fixes", "train.py", cwd=tmp_path)
     assert again.returncode == 0 and path.read_text() == after  # idempotent
-    assert sorted(os.listdir(tmp_path)) == ["train.py"]  # no temporary file left behind
+    assert sorted(os.listdir(tmp_path)) == [".clipcheck_cache", "train.py"]  # no temporary file left behind
 
 
 def test_moves_are_unsafe_and_need_the_flag(tmp_path: Path) -> None:

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from clipcheck import __version__
+from clipcheck.catalogue import CATALOGUE
 from clipcheck.docs import rule_doc
 from clipcheck.engine import Report
 from clipcheck.findings import UNANALYSABLE_CODE, UNANALYSABLE_NAME, Finding
-from clipcheck.static.rules import RULES
 from clipcheck.suppressions import UNUSED_CODE, UNUSED_NAME
 
 SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -41,7 +41,7 @@ def _uri(path: str, root: Path) -> str:
 
 def _descriptors() -> list[dict[str, object]]:
     rules: list[dict[str, object]] = []
-    for rule in RULES:
+    for rule in CATALOGUE:
         page = rule_doc(rule)
         rules.append({"id": rule.code, "name": rule.name, "shortDescription": {"text": rule.summary},
                       "help": {"text": page, "markdown": page},

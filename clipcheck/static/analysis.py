@@ -9,7 +9,7 @@ from functools import cached_property
 import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider
 
-from clipcheck.findings import Finding
+from clipcheck.findings import Finding, unanalysable
 from clipcheck.static.bindings import PART
 from clipcheck.static.cfg import Node
 from clipcheck.static.dataflow import (
@@ -42,6 +42,22 @@ WRAP_ANCHOR_IN_LIST = "CC302"  # the stored generator becomes a list
 PSEUDO_OPTIMIZER = "*"
 # Events that name the modules whose gradients they touch.
 MODULE_EVENTS = frozenset({EventKind.ZERO_GRAD, EventKind.GRAD_WRITE, EventKind.CLIP, EventKind.NEW_MODULE})
+
+
+def analyse_text(text: str, shown: str, rules: Sequence[str] | None = None,
+                 custom: Vocabulary = NO_CUSTOM_VOCABULARY) -> list[Finding]:
+    """Findings for a program's text that CPython parses (LibCST may still refuse it), by the
+    rules whose codes ``rules`` lists (all by default)."""
+    try:
+        module = cst.parse_module(text)
+    except cst.ParserSyntaxError as failure:
+        return [unanalysable(shown, f"syntax error: {failure.message}", failure.raw_line,
+                             failure.raw_column + 1)]
+    chosen = RULES if rules is None else tuple(r for r in RULES if r.code in rules)
+    try:
+        return ModuleAnalysis(module, chosen, custom).findings(shown)
+    except RecursionError:
+        return [unanalysable(shown, "the file nests too deeply to analyse")]
 
 
 class ModuleAnalysis:

@@ -12,7 +12,14 @@ import libcst as cst
 from clipcheck.static.frameworks import accelerate, lightning, registered
 from clipcheck.static.frameworks import torch as vocab
 from clipcheck.static.names import ModuleNames, dotted
-from clipcheck.static.syntax import assignment_targets, nested_statements, rebound_names, returns, statements
+from clipcheck.static.syntax import (
+    assignment_targets,
+    children,
+    nested_statements,
+    rebound_names,
+    returns,
+    statements,
+)
 
 
 class Kind(enum.Enum):
@@ -297,7 +304,7 @@ class Bindings:
                     if isinstance(node, cst.Attribute):
                         stack.append(node.value)
                     continue
-            stack.extend(node.children)
+            stack.extend(children(node))
         result = frozenset(found)
         self._flows[memo_key] = result
         return result
@@ -370,7 +377,7 @@ DETACHING_METHODS = frozenset({"detach", "detach_", "item", "tolist", "numpy"})
 def walk_code(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
     """``node`` and everything inside it, except nested functions, lambdas and classes."""
     yield node
-    for child in node.children:
+    for child in children(node):
         if not isinstance(child, (cst.Lambda, cst.FunctionDef, cst.ClassDef)):
             yield from walk_code(child)
 

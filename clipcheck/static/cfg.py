@@ -20,7 +20,7 @@ import libcst as cst
 from clipcheck.static.events import Amp, Event, EventKind, Origin
 from clipcheck.static.names import dotted
 from clipcheck.static.recognizer import BoundaryTest, Branch, Inline, Item, Recognizer
-from clipcheck.static.syntax import statements
+from clipcheck.static.syntax import children, statements
 
 MAX_INLINE_DEPTH = 4
 MAX_NODES = 20_000
@@ -675,7 +675,7 @@ def _without_not(test: cst.BaseExpression) -> tuple[cst.BaseExpression, bool]:
 
 
 def _has_call(node: cst.CSTNode) -> bool:
-    return isinstance(node, cst.Call) or any(_has_call(c) for c in node.children)
+    return isinstance(node, cst.Call) or any(_has_call(c) for c in children(node))
 
 
 def _leaves_iteration(body: cst.BaseSuite) -> bool:
@@ -689,7 +689,7 @@ def _names(test: cst.CSTNode) -> list[cst.BaseExpression]:
     """The names and attributes a test reads."""
     if isinstance(test, (cst.Name, cst.Attribute)):
         return [test]
-    return [n for child in test.children for n in _names(child)]
+    return [n for child in children(test) for n in _names(child)]
 
 
 def _merge(*frontiers: Frontier) -> Frontier:

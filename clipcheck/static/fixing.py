@@ -14,6 +14,7 @@ from collections.abc import Mapping
 import libcst as cst
 
 from clipcheck.static.events import Event, Origin
+from clipcheck.static.syntax import children
 
 Positions = Mapping[cst.CSTNode, object]
 # Words of loss scaling: where they appear, where a clip belongs depends on ``unscale_``.
@@ -39,7 +40,7 @@ class FixPlanner:
             parents: dict[cst.CSTNode, cst.CSTNode] = {}
 
             def visit(parent: cst.CSTNode) -> None:
-                for child in parent.children:
+                for child in children(parent):
                     parents[child] = parent
                     visit(child)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import libcst as cst
@@ -73,7 +74,7 @@ class ModuleNames:
     def of(cls, module: cst.Module) -> ModuleNames:
         names = cls()
         collector = _ImportCollector(names.aliases)
-        module.visit(collector)
+        collector.collect(module.body)
         assigned = dict.fromkeys(collector.rebound, 2)  # ``global X`` in a function rebinds X
         for stmt in module.body:
             if isinstance(stmt, cst.FunctionDef):
@@ -138,18 +139,32 @@ class ModuleNames:
         return numeric_literal(expr)
 
 
-class _ImportCollector(cst.CSTVisitor):
+class _ImportCollector:
     """Every import in the module, wherever it stands, binds its name to a dotted path."""
 
     def __init__(self, aliases: dict[str, str]) -> None:
         self.aliases = aliases
         self.rebound: set[str] = set()
 
-    def visit_Global(self, node: cst.Global) -> bool:
-        self.rebound.update(n.name.value for n in node.names)
-        return False
+    def collect(self, body: Iterable[cst.CSTNode]) -> None:
+        """Walks statements only (imports and ``global`` are statements), never expressions:
+        a LibCST visitor would rebuild every node of the module on its way."""
+        for stmt in body:
+            if isinstance(stmt, cst.SimpleStatementLine):
+                for small in stmt.body:
+                    if isinstance(small, cst.Global):
+                        self._global(small)
+                    elif isinstance(small, cst.Import):
+                        self._import(small)
+                    elif isinstance(small, cst.ImportFrom):
+                        self._import_from(small)
+            elif isinstance(stmt, cst.BaseCompoundStatement):
+                self.collect(nested_statements(stmt))
 
-    def visit_Import(self, node: cst.Import) -> bool:
+    def _global(self, node: cst.Global) -> None:
+        self.rebound.update(n.name.value for n in node.names)
+
+    def _import(self, node: cst.Import) -> None:
         for alias in node.names:
             path = _module_path(alias.name)
             if alias.asname is not None and isinstance(alias.asname.name, cst.Name):
@@ -157,11 +172,10 @@ class _ImportCollector(cst.CSTVisitor):
             else:
                 root = path.split(".")[0]
                 self.aliases[root] = root
-        return False
 
-    def visit_ImportFrom(self, node: cst.ImportFrom) -> bool:
+    def _import_from(self, node: cst.ImportFrom) -> None:
         if node.relative or isinstance(node.names, cst.ImportStar):
-            return False
+            return
         module = _module_path(node.module)
         for alias in node.names:
             imported = _module_path(alias.name)
@@ -169,8 +183,4 @@ class _ImportCollector(cst.CSTVisitor):
             if alias.asname is not None and isinstance(alias.asname.name, cst.Name):
                 local = alias.asname.name.value
             self.aliases[local] = f"{module}.{imported}"
-        return False
 
-    # Only statements can hold imports; expressions are never entered.
-    def visit_SimpleStatementLine(self, node: cst.SimpleStatementLine) -> bool:
-        return any(isinstance(s, (cst.Import, cst.ImportFrom, cst.Global)) for s in node.body)

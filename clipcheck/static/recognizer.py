@@ -22,7 +22,7 @@ from clipcheck.static.frameworks import torch as vocab
 from clipcheck.static.frameworks.custom import NONE as NO_CUSTOM_VOCABULARY
 from clipcheck.static.frameworks.custom import Vocabulary
 from clipcheck.static.names import ModuleNames, dotted, numeric_literal
-from clipcheck.static.syntax import assignment_targets, statements
+from clipcheck.static.syntax import assignment_targets, children, statements
 
 
 @dataclass(frozen=True)
@@ -566,11 +566,11 @@ class Recognizer:
         if isinstance(node, cst.CompFor):
             self._collect(node.iter, out)
             out.extend(self.iteration(node.iter, node))
-            for child in node.children:
+            for child in children(node):
                 if child is not node.iter:
                     self._collect(child, out)
             return
-        for child in node.children:
+        for child in children(node):
             self._collect(child, out)
 
     def _collect_call(self, call: cst.Call, out: list[Item], statement: bool) -> None:

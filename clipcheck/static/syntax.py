@@ -2,11 +2,47 @@
 
 from __future__ import annotations
 
+import inspect
+import re
 from collections.abc import Iterator, Sequence
 
 import libcst as cst
 
 _CLAUSES = (cst.If, cst.Else, cst.ExceptHandler, cst.ExceptStarHandler, cst.Finally, cst.MatchCase)
+
+
+# ``visit_required(self, "func", self.func, visitor)``: the fields a node's own visit walks, in order.
+_VISITED_FIELD = re.compile(r'visit_\w+\(\s*self,\s*"(\w+)"')
+_FIELD_ORDER: dict[type[cst.CSTNode], tuple[str, ...] | None] = {}
+
+
+def _field_order(kind: type[cst.CSTNode]) -> tuple[str, ...] | None:
+    """The fields whose nodes LibCST's ``children`` lists, in its order, read once per node
+    class from the class's ``_visit_and_replace_children``; ``None`` when it cannot be read."""
+    try:
+        source = inspect.getsource(kind._visit_and_replace_children)
+    except (OSError, TypeError):
+        return None
+    return tuple(dict.fromkeys(_VISITED_FIELD.findall(source))) or None
+
+
+def children(node: cst.CSTNode) -> list[cst.CSTNode]:
+    """``node.children`` without its cost: LibCST computes that property by rebuilding the node
+    through a visitor, which made it the analysis's largest expense."""
+    kind = type(node)
+    if kind not in _FIELD_ORDER:
+        _FIELD_ORDER[kind] = _field_order(kind)
+    order = _FIELD_ORDER[kind]
+    if order is None:
+        return list(node.children)
+    found: list[cst.CSTNode] = []
+    for name in order:
+        value = getattr(node, name)
+        if isinstance(value, cst.CSTNode):
+            found.append(value)
+        elif isinstance(value, (tuple, list)):
+            found.extend(v for v in value if isinstance(v, cst.CSTNode))
+    return found
 
 
 def statements(suite: cst.BaseSuite) -> Sequence[cst.BaseStatement]:
@@ -19,7 +55,7 @@ def statements(suite: cst.BaseSuite) -> Sequence[cst.BaseStatement]:
 
 def nested_statements(stmt: cst.BaseCompoundStatement | cst.CSTNode) -> Iterator[cst.BaseStatement]:
     """Every statement directly inside a compound statement's blocks (all its clauses)."""
-    for child in stmt.children:
+    for child in children(stmt):
         if isinstance(child, cst.BaseSuite):
             yield from statements(child)
         elif isinstance(child, _CLAUSES):
@@ -72,7 +108,7 @@ def rebound_names(node: cst.CSTNode) -> frozenset[str]:
         if isinstance(target, cst.Name):
             found.add(target.value)
         elif target is not None:
-            for child in target.children:
+            for child in children(target):
                 names(child)
 
     def walk(current: cst.CSTNode) -> None:
@@ -88,7 +124,7 @@ def rebound_names(node: cst.CSTNode) -> frozenset[str]:
             found.update(n.name.value for n in current.names)
         elif isinstance(current, cst.Del):
             names(current.target)
-        for child in current.children:
+        for child in children(current):
             walk(child)
 
     walk(node)

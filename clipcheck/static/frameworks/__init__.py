@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import libcst as cst
-
 if TYPE_CHECKING:
+    import libcst as cst
+
     from clipcheck.static.bindings import Binding, Bindings, Kind, Scope
     from clipcheck.static.names import ModuleNames
     from clipcheck.static.recognizer import Item, Recognizer

@@ -17,6 +17,11 @@ KEYS: dict[str, EventKind] = {"backward": EventKind.BACKWARD, "clip": EventKind.
 class Vocabulary:
     entries: tuple[tuple[str, EventKind], ...] = ()
 
+    @property
+    def words(self) -> frozenset[str]:
+        """The names the project's calls go by (``clip_all``, ``backward``): the pre-screen's."""
+        return frozenset(name.rpartition(".")[2] for name, _ in self.entries)
+
     def of_function(self, qualified: str | None) -> EventKind | None:
         return next((kind for name, kind in self.entries if name == qualified), None)
 

@@ -12,7 +12,7 @@ import libcst as cst
 from clipcheck.static.bindings import Kind
 from clipcheck.static.events import EventKind
 from clipcheck.static.frameworks import Context, Framework, register
-from clipcheck.static.syntax import statements
+from clipcheck.static.syntax import children, statements
 
 if TYPE_CHECKING:
     from clipcheck.static.names import ModuleNames
@@ -29,7 +29,7 @@ BACKWARD_ONLY_CALLS = frozenset({"backward", "manual_backward", "scale"})
 
 def _calls(node: cst.CSTNode) -> list[cst.Call]:
     found = [node] if isinstance(node, cst.Call) else []
-    for child in node.children:
+    for child in children(node):
         found.extend(_calls(child))
     return found
 

@@ -48,3 +48,50 @@ def name_says_engine(name: str) -> bool:
 
 def name_says_accelerator(name: str) -> bool:
     return bool(set(name_tokens(name)) & _ACCELERATOR_TOKENS)
+
+
+# Words of class names that make an optimizer (``ScheduleFreeAdamW``, ``FusedLamb``,
+# ``OptimWrapper``) or a scheduler (``CosineAnnealingLR``, ``ReduceOnPlateauMomentum``, a
+# pipeline ``ScheduleGPipe``). An optimizer word wins: a name that merely contains "schedule"
+# is not enough, and neither is a package path.
+OPTIMIZER_WORDS = frozenset({
+    "adam", "adamw", "adamax", "nadam", "radam", "sgd", "asgd", "adagrad", "adadelta", "rmsprop",
+    "rprop", "lbfgs", "lamb", "lars", "lion", "adafactor", "adan", "sophia", "prodigy", "muon",
+    "shampoo", "novograd", "ranger", "lookahead", "optimizer", "optimiser", "optim",
+})
+_SCHEDULER_WORDS = frozenset({
+    "scheduler", "schedule", "lr", "swalr", "momentum", "warmup", "plateau", "annealing",
+})
+_CLASS_WORDS = re.compile(r"[A-Z]+(?=[A-Z][a-z]|\d|_|$)|[A-Z]?[a-z]+|\d+")
+
+
+def class_words(name: str) -> frozenset[str]:
+    """``ScheduleFreeAdamW`` -> schedule, free, adam, w; ``SWALR`` -> swalr."""
+    return frozenset(w.lower() for w in _CLASS_WORDS.findall(name))
+
+
+def is_optimizer_class(qualified: str) -> bool:
+    """``torch.optim.AdamW``, ``bitsandbytes.optim.AdamW8bit``, ``apex.optimizers.FusedAdam``,
+    ``schedulefree.AdamWScheduleFree``; not ``torch.optim.lr_scheduler.StepLR``."""
+    parts = qualified.split(".")
+    name = parts[-1]
+    if not name[:1].isupper() or name in {"Optimizer", "AveragedModel"}:
+        return False
+    words = class_words(name)
+    if words & OPTIMIZER_WORDS:
+        return True
+    if is_scheduler_class(qualified):
+        return False
+    return len(parts) >= 2 and any(p in {"optim", "optimizers", "optimizer"} for p in parts[:-1])
+
+
+def is_scheduler_class(qualified: str) -> bool:
+    parts = qualified.split(".")
+    words = class_words(parts[-1])
+    if words & OPTIMIZER_WORDS:
+        return False
+    return bool(words & _SCHEDULER_WORDS) or any("schedul" in p for p in parts[:-1])
+
+
+def is_scaler_class(qualified: str) -> bool:
+    return qualified.split(".")[-1] in {"GradScaler", "ShardedGradScaler"}

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import ClassVar
 
+from clipcheck.catalogue import BY_CODE
 from clipcheck.static.dataflow import OptState
 from clipcheck.static.events import Event, Origin
 from clipcheck.static.facts import UnitFacts
@@ -28,9 +29,17 @@ class RawFinding:
 
 
 class Rule:
+    """One rule: its code, and a check over facts; its name and summary are the catalogue's."""
+
     code: ClassVar[str]
-    name: ClassVar[str]
-    summary: ClassVar[str]
+
+    @property
+    def name(self) -> str:
+        return BY_CODE[self.code].name
+
+    @property
+    def summary(self) -> str:
+        return BY_CODE[self.code].summary
 
     def check(self, facts: UnitFacts) -> Iterable[RawFinding]:
         raise NotImplementedError

@@ -23,8 +23,6 @@ from clipcheck.static.rules.base import (
 
 class ClipBeforeBackward(Rule):
     code = "CC101"
-    name = "clip-before-backward"
-    summary = "gradients are clipped before the backward pass that feeds the step"
 
     def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
         """Each clip on its own: every path from it to a step runs a backward pass first."""
@@ -59,8 +57,6 @@ class ClipBeforeBackward(Rule):
 
 class ClipAfterStep(Rule):
     code = "CC102"
-    name = "clip-after-step"
-    summary = "gradients are clipped after the step already applied them"
 
     def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
         for clip, event in facts.events(EventKind.CLIP):
@@ -78,8 +74,6 @@ class ClipAfterStep(Rule):
 
 class StepBeforeBackward(Rule):
     code = "CC103"
-    name = "step-before-backward"
-    summary = "the optimizer steps before the backward pass that should feed it"
 
     EMPTY = frozenset({Grads.NONE, *USED, *ZEROED})
 
@@ -103,8 +97,6 @@ class StepBeforeBackward(Rule):
 
 class ZeroGradBeforeStep(Rule):
     code = "CC104"
-    name = "zero-grad-before-step"
-    summary = "gradients are zeroed between backward and step"
 
     def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
         for step, step_event in facts.events(EventKind.STEP):
@@ -136,8 +128,6 @@ class ZeroGradBeforeStep(Rule):
 
 class MissingZeroGrad(Rule):
     code = "CC105"
-    name = "missing-zero-grad"
-    summary = "a backward pass accumulates onto gradients a step already used"
 
     def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
         for step, _ in facts.events(EventKind.STEP):
@@ -196,8 +186,6 @@ class MissingZeroGrad(Rule):
 
 class ForeignGradients(Rule):
     code = "CC107"
-    name = "foreign-gradients"
-    summary = "a backward adds onto gradients another loss left on this optimizer's parameters"
 
     def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
         """At each step: on every path, this optimizer's own backward joined gradients that
@@ -249,8 +237,6 @@ def _is_node(node: int) -> Callable[[Node], bool]:
 
 class ClipInsideAccumulation(Rule):
     code = "CC106"
-    name = "clip-inside-accumulation"
-    summary = "gradients are clipped on every micro-batch of an accumulation"
 
     def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
         for clip, event in facts.events(EventKind.CLIP):

@@ -52,8 +52,6 @@ def _updates_or_fails(node: Node) -> bool:
 
 class ClipScaledGradients(Rule):
     code = "CC201"
-    name = "clip-scaled-gradients"
-    summary = "gradients are clipped while still multiplied by the loss scale"
 
     def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
         for clip, event in facts.events(EventKind.CLIP):
@@ -103,8 +101,6 @@ class ClipScaledGradients(Rule):
 
 class StepBypassesScaler(Rule):
     code = "CC202"
-    name = "step-bypasses-scaler"
-    summary = "the loss was scaled but the optimizer steps directly, not through the scaler"
 
     def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
         for step, event in facts.events(EventKind.STEP):
@@ -130,8 +126,6 @@ def _scaled_for_step(state: OptState) -> bool:
 
 class UnscaleTwice(Rule):
     code = "CC203"
-    name = "unscale-twice"
-    summary = "the same gradients are unscaled twice before one step"
 
     def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
         for node, event, _, reaching in _through_scaler(facts, EventKind.UNSCALE):
@@ -176,8 +170,6 @@ class UnscaleTwice(Rule):
 
 class MissingScalerUpdate(Rule):
     code = "CC204"
-    name = "missing-scaler-update"
-    summary = "scaler.step runs in a loop that never calls scaler.update()"
 
     def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
         """A scaler call that a loop of the function brings back to after ``scaler.step``

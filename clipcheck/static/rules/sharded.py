@@ -17,8 +17,6 @@ FSDP_WORDS = ("fsdp", "fullyshard", "fully_shard")
 
 class FsdpNeedsModuleClip(Rule):
     code = "CC401"
-    name = "fsdp-needs-module-clip"
-    summary = "an FSDP1 model is clipped with torch.nn.utils, which sees only the local shard"
 
     def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
         for clip, event in facts.events(EventKind.CLIP):
@@ -38,8 +36,6 @@ class FsdpNeedsModuleClip(Rule):
 
 class ClipBypassesDeepspeed(Rule):
     code = "CC402"
-    name = "clip-bypasses-deepspeed"
-    summary = "a DeepSpeed engine's gradients are clipped by hand"
 
     def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
         engines = {k for _, e in facts.events(EventKind.STEP) if e.wrapper == deepspeed.WRAPPER
@@ -63,8 +59,6 @@ class ClipBypassesDeepspeed(Rule):
 
 class NoSyncMissesForward(Rule):
     code = "CC403"
-    name = "no-sync-misses-forward"
-    summary = "DDP's no_sync() wraps the backward but not the forward pass"
 
     def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
         for _, event in facts.events(EventKind.LATE_NO_SYNC):

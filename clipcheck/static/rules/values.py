@@ -13,8 +13,6 @@ from clipcheck.static.rules.base import RawFinding, Rule, label, subject
 
 class NonPositiveMaxNorm(Rule):
     code = "CC301"
-    name = "non-positive-max-norm"
-    summary = "a clipping threshold is zero or negative"
 
     def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
         for node, event in facts.events(EventKind.CLIP, EventKind.CLIP_CONFIG):
@@ -55,8 +53,6 @@ class NonPositiveMaxNorm(Rule):
 
 class ExhaustedParameters(Rule):
     code = "CC302"
-    name = "exhausted-parameters"
-    summary = "a parameter generator is reused after it was consumed"
 
     def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
         for node, event in facts.events(EventKind.PARAMS_USE):

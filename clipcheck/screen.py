@@ -1,0 +1,328 @@
+"""The pre-screen: decides with the standard library's ``ast`` (CPython's own parser, a small
+part of a LibCST parse) whether a file can hold a finding, and which of its top-level
+statements the analysis needs. Most Python files, even in a deep-learning code base, never
+reach LibCST; those that do are analysed without the definitions that cannot matter.
+
+The screen is exact, not a heuristic: a file it skips has no finding when analysed in full,
+and a file it reduces has the same findings as the whole (``tests/test_screen.py`` checks both
+over every fixture and over generated programs). Its words are the recognizer's vocabulary;
+a test checks that they cover it.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from types import CodeType
+
+from clipcheck.static.frameworks.naming import OPTIMIZER_WORDS, class_words, name_says_scaler
+
+# Calls that can make a finding on their own: a clip (CC301, CC401, CC402 and a clip inside
+# Lightning's training_step), an unscale (CC203), a no_sync block (CC403), Lightning's
+# Trainer threshold (CC301).
+CLIP_WORDS = frozenset({"clip_grad_norm_", "clip_grad_norm", "clip_grad_value_", "clip_grads_with_norm_",
+                        "clip_gradients"})
+SINGLE_WORDS = CLIP_WORDS | {"unscale_", "unscale_gradients", "no_sync", "no_backward_sync",
+                             "gradient_clip_val"}
+# Every other finding needs two kinds of event: among a step, a backward, a zero-grad or a
+# ``.grad`` written by hand, a scaler, and a framework hook that implies the others.
+STEP_WORDS = frozenset({"step"})  # as a method: ``optimizer.step()``, ``scaler.step(opt)``
+BACKWARD_WORDS = frozenset({"backward", "manual_backward"})
+ZERO_WORDS = frozenset({"zero_grad"})
+HOOK_WORDS = frozenset({
+    "training_step", "train_step", "on_before_backward", "on_after_backward", "on_before_optimizer_step",
+    "on_before_zero_grad", "optimizer_step", "optimizer_zero_grad", "configure_gradient_clipping",
+})
+# A parameter generator handed to an optimizer twice (CC302, with a clip or an optimizer class).
+GENERATOR_WORDS = frozenset({"parameters", "named_parameters", "filter", "map", "chain", "from_iterable",
+                             "islice"})
+OPTIMIZER_MODULES = frozenset({"optim", "optimizers", "optimizer"})
+# Methods that, on ``p.grad``, clip, zero or overwrite it by hand.
+GRAD_METHODS = frozenset({"clamp_", "clip_", "mul_", "zero_", "fill_", "copy_"})
+GRAD = "grad"
+# Words after which a statement may hold an event, though alone they make no finding.
+EVENT_WORDS = frozenset({"scale", "update", "requires_grad", "requires_grad_", "toggle_optimizer",
+                         "untoggle_optimizer", "set_requires_grad", "deepcopy", GRAD})
+
+# Members a framework reads from a class itself: Lightning's switch to manual optimization.
+FRAMEWORK_MEMBERS = frozenset({"automatic_optimization"})
+
+
+@dataclass(frozen=True)
+class Screened:
+    """What the screen decided: a syntax error; or nothing that can be found (``text`` is
+    ``None``); or the text to analyse, with the statements that cannot matter blanked out
+    (every line and column of the rest in place)."""
+
+    error: tuple[str, int, int] | None = None
+    text: str | None = None
+
+
+def _syntax(source: str, shown: str) -> ast.Module | tuple[str, int, int]:
+    """The module's tree, or CPython's verdict: a syntax error at its exact position, and a
+    cheap refusal of pathological nesting (before LibCST's recursive parser sees it)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # invalid escapes and the like: not ours to report
+            return ast.parse(source, shown)
+    except SyntaxError as error:
+        return f"syntax error: {error.msg}", error.lineno or 1, error.offset or 1
+    except (RecursionError, MemoryError):
+        return "the file nests too deeply to analyse", 1, 1
+    except ValueError as error:  # e.g. a null byte
+        return f"cannot be parsed: {error}", 1, 1
+
+
+@dataclass
+class _Item:
+    """A top-level statement, or (for a class) its header and each member of its body: what
+    it mentions, what it defines, what it reads."""
+
+    first: int
+    last: int
+    is_import: bool = False
+    parent: int | None = None  # a member: the index of its class's header
+    names: set[str] = field(default_factory=set)  # every identifier, at any depth
+    reads: set[str] = field(default_factory=set)  # names and attributes read, at any depth
+    methods: set[str] = field(default_factory=set)  # attribute names (``x.step``)
+    defs: set[str] = field(default_factory=set)  # functions defined, at any depth
+    defines: set[str] = field(default_factory=set)  # what a call or a use of a name can reach
+    binds: set[str] = field(default_factory=set)  # ... and the attributes it assigns
+    grads: bool = False  # a ``p.grad`` written, or clipped, zeroed, overwritten by hand
+
+
+def _grad_receiver(node: ast.expr) -> bool:
+    """``p.grad`` or ``p.grad.data``."""
+    if isinstance(node, ast.Attribute) and node.attr == "data":
+        node = node.value
+    return isinstance(node, ast.Attribute) and node.attr == GRAD
+
+
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda, ast.ListComp, ast.SetComp,
+           ast.DictComp, ast.GeneratorExp)
+
+
+def _names_bound(node: ast.AST, into: set[str]) -> None:
+    """The names ``node`` binds in the namespace it runs in, not in the functions, classes
+    and comprehensions it defines (those define their own name only)."""
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        into.add(node.name)
+        return
+    if isinstance(node, _SCOPES):
+        return
+    if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+        into.add(node.id)
+    elif isinstance(node, ast.alias):
+        into.add(node.asname or node.name.split(".")[0])
+    for child in ast.iter_child_nodes(node):
+        _names_bound(child, into)
+
+
+def _item(node: ast.AST, first: int, last: int, parent: int | None = None) -> _Item:
+    item = _Item(first, last, isinstance(node, (ast.Import, ast.ImportFrom)), parent)
+    for child in ast.walk(node):
+        if isinstance(child, ast.Name):
+            item.names.add(child.id)
+            if isinstance(child.ctx, ast.Load):
+                item.reads.add(child.id)
+        elif isinstance(child, ast.Attribute):
+            item.names.add(child.attr)
+            item.methods.add(child.attr)
+            if isinstance(child.ctx, ast.Load):
+                item.reads.add(child.attr)
+            else:
+                item.binds.add(child.attr)  # ``self.optimizer = ...``: what ``self.optimizer`` reads
+                item.grads |= child.attr == GRAD
+        elif isinstance(child, ast.Call):
+            func = child.func
+            if isinstance(func, ast.Attribute) and func.attr in GRAD_METHODS and _grad_receiver(func.value):
+                item.grads = True
+            item.names.update(k.arg for k in child.keywords if k.arg)
+        elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            item.names.add(child.name)
+            if not isinstance(child, ast.ClassDef):
+                item.defs.add(child.name)
+        elif isinstance(child, ast.Global):
+            item.defines.update(child.names)
+        elif isinstance(child, ast.alias):
+            item.names.update(child.name.split("."))
+        elif isinstance(child, ast.ImportFrom) and child.module:
+            item.names.update(child.module.split("."))
+        elif isinstance(child, (ast.AugAssign, ast.AnnAssign, ast.Assign, ast.Delete)):
+            targets = child.targets if isinstance(child, (ast.Assign, ast.Delete)) else [child.target]
+            item.grads |= any(_grad_receiver(t) for t in targets)
+    _names_bound(node, item.defines)
+    item.binds |= item.defines
+    return item
+
+
+def _start(node: ast.stmt) -> int:
+    return min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))])
+
+
+def _items(body: list[ast.stmt]) -> list[_Item]:
+    """The module's top-level statements as items, each class split into its header and its
+    members (so that a large class is analysed with only the methods that can matter)."""
+    items: list[_Item] = []
+    for stmt in body:
+        last = stmt.end_lineno or stmt.lineno
+        if not isinstance(stmt, ast.ClassDef):
+            items.append(_item(stmt, _start(stmt), last))
+            continue
+        header = ast.ClassDef(name=stmt.name, bases=stmt.bases, keywords=stmt.keywords, body=[],
+                              decorator_list=stmt.decorator_list)
+        items.append(_item(header, _start(stmt), _start(stmt.body[0]) - 1))
+        parent = len(items) - 1
+        items.extend(_item(m, _start(m), m.end_lineno or m.lineno, parent) for m in stmt.body)
+    return items
+
+
+def _hooks(defs: Iterable[str]) -> bool:
+    """A framework hook that runs once per batch around a step it implies."""
+    return any(d in HOOK_WORDS or (d.startswith("on_") and d.endswith(("_batch_start", "_batch_end"))
+                                   and "train" in d) for d in defs)
+
+
+def _optimizer_class(names: Iterable[str]) -> bool:
+    """An optimizer's class or module among ``names`` (``AdamW``, ``torch.optim``)."""
+    return any(n in OPTIMIZER_MODULES or (n[:1].isupper() and bool(class_words(n) & OPTIMIZER_WORDS))
+               for n in names)
+
+
+def can_find(names: set[str], *, step: bool, hooks: bool, grads: bool, scaler: bool, optimizer: bool,
+             custom: frozenset[str] = frozenset()) -> bool:
+    """Whether code mentioning ``names`` can hold a finding of any rule: a word that makes one on
+    its own, two kinds of event, or a parameter generator beside an optimizer class."""
+    if names & (SINGLE_WORDS | custom):
+        return True
+    kinds = step + bool(names & BACKWARD_WORDS) + (bool(names & ZERO_WORDS) or grads) + scaler + hooks
+    return kinds >= 2 or (bool(names & GENERATOR_WORDS) and optimizer)
+
+
+def _code_names(code: CodeType, into: set[str]) -> None:
+    """Every name compiled code uses: globals, attributes and imported paths (``co_names``),
+    locals, its functions' names, and keyword arguments (tuples of names among its
+    constants). Strings and comments, where words like "step" and "backward" abound, are
+    not among them."""
+    into.update(code.co_names)
+    into.update(code.co_varnames)
+    into.update(code.co_cellvars)
+    into.update(code.co_freevars)
+    into.add(code.co_name)
+    for constant in code.co_consts:
+        if isinstance(constant, CodeType):
+            _code_names(constant, into)
+        elif isinstance(constant, tuple):
+            into.update(c for c in constant if isinstance(c, str))
+
+
+def _compiled_names(source: str, shown: str) -> set[str] | None:
+    """The names of the compiled module, split at dots; ``None`` when CPython's compiler
+    refuses the text (the parser's verdict then decides). Compiling costs no more than
+    building the syntax tree, and reading the names of its code is far cheaper than walking
+    the tree."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # invalid escapes and the like: not ours to report
+            code = compile(source, shown, "exec", dont_inherit=True, optimize=0)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+    names: set[str] = set()
+    _code_names(code, names)
+    return {part for name in names for part in name.split(".")}
+
+
+def _might_find(names: set[str], custom: frozenset[str]) -> bool:
+    """:func:`can_find` on the compiled names: a quick no for most files. Each test holds
+    wherever the tree's does (a step's name is among the names, and so on)."""
+    return can_find(names, step=bool(names & STEP_WORDS), hooks=_hooks(names), grads=GRAD in names,
+                    scaler=any(name_says_scaler(n) for n in names), optimizer=_optimizer_class(names),
+                    custom=custom)
+
+
+_SEED_WORDS = SINGLE_WORDS | BACKWARD_WORDS | ZERO_WORDS | HOOK_WORDS | GENERATOR_WORDS | EVENT_WORDS
+
+
+def _seed(item: _Item, custom: frozenset[str]) -> bool:
+    """An item that may hold an event itself (a step is a method: ``step`` alone is a name)."""
+    return bool(item.names & (_SEED_WORDS | custom) or item.methods & STEP_WORDS) or item.grads or _hooks(
+        item.defs)
+
+
+def _dunder(name: str) -> bool:
+    return name.startswith("__") and name.endswith("__")
+
+
+def _needed(items: list[_Item], custom: frozenset[str]) -> list[bool]:
+    """The items the analysis needs. Carriers: those that may hold an event, and those that
+    read what a carrier defines (a call of a helper with events, a use of an object whose
+    class has them), since events reach a unit through what it calls. Kept besides: the
+    definitions of whatever a kept item reads (constants, bindings, the classes, methods and
+    attributes a call resolves to), every import, and the header and special methods
+    (``__init__``, ``__call__``) of every kept class."""
+    carriers = [_seed(i, custom) for i in items]
+    kept = [c or i.is_import for i, c in zip(items, carriers, strict=True)]
+    changed = True
+    while changed:
+        changed = False
+        carried = {n for i, c in zip(items, carriers, strict=True) if c for n in i.defines if not _dunder(n)}
+        reads = {n for i, k in zip(items, kept, strict=True) if k for n in i.reads if not _dunder(n)}
+        for index, item in enumerate(items):
+            if not carriers[index] and item.reads & carried:
+                carriers[index] = kept[index] = changed = True
+            elif not kept[index] and item.binds & reads:
+                kept[index] = changed = True
+            if item.parent is not None and (kept[index] or carriers[index]):
+                changed |= not kept[item.parent] or carriers[index] > carriers[item.parent]
+                kept[item.parent] = True
+                carriers[item.parent] |= carriers[index]
+    for index, item in enumerate(items):
+        if item.parent is not None and kept[item.parent] and (
+                item.binds & FRAMEWORK_MEMBERS or (item.defines and all(map(_dunder, item.defines)))):
+            kept[index] = True
+    for header in {i.parent for i in items if i.parent is not None and kept[i.parent]}:
+        members = [index for index, i in enumerate(items) if i.parent == header]
+        if not any(kept[m] for m in members):  # a class read by name only: kept whole
+            for m in members:
+                kept[m] = True
+    return kept
+
+
+_LINE_ENDS = re.compile(r"(?<=\n)|(?<=\r)(?!\n)")
+
+
+def _blanked(source: str, statements: list[_Item], kept: list[bool]) -> str:
+    """The source with the lines of statements not kept emptied (their line breaks stay), except
+    where a kept statement shares a line (``a = 1; opt.step()``)."""
+    needed_lines = {n for s, k in zip(statements, kept, strict=True) if k for n in range(s.first, s.last + 1)}
+    blank = {n for s, k in zip(statements, kept, strict=True) if not k
+             for n in range(s.first, s.last + 1)} - needed_lines
+    if not blank:
+        return source
+    lines = _LINE_ENDS.split(source)
+    for number in blank:
+        line = lines[number - 1]
+        lines[number - 1] = line[len(line.rstrip("\r\n")):]
+    return "".join(lines)
+
+
+def screen(source: str, shown: str, custom: frozenset[str] = frozenset()) -> Screened:
+    """The screen's verdict on one program's text (``custom``: the last names of the project's
+    own vocabulary)."""
+    names = _compiled_names(source, shown)
+    if names is not None and not _might_find(names, custom):
+        return Screened()
+    parsed = _syntax(source, shown)
+    if isinstance(parsed, tuple):
+        return Screened(error=parsed)
+    items = _items(parsed.body)
+    names = {n for i in items for n in i.names}
+    if not can_find(names, step=any(STEP_WORDS & i.methods for i in items),
+                    hooks=any(_hooks(i.defs) for i in items), grads=any(i.grads for i in items),
+                    scaler=any(name_says_scaler(n) for n in names), optimizer=_optimizer_class(names),
+                    custom=custom):
+        return Screened()
+    return Screened(text=_blanked(source, items, _needed(items, custom)))

@@ -1,0 +1,222 @@
+"""Worker processes: each input is analysed in a child process under a time and a memory
+limit, so that a crash, a native segfault, a hang or a blow-up costs one input its result (a
+reason the engine turns into CC000) and never the run.
+
+Results come back in the order of the inputs, whatever the number of workers, so that output
+does not depend on ``--jobs``. Workers are forked where the platform allows it (the parent has
+not imported LibCST, so a fork is cheap) and started fresh after any failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How long and how much memory one input may take: a base plus an allowance per megabyte
+    of input, since the cost of an analysis grows with the size of its input."""
+
+    seconds: float = 60.0
+    seconds_per_mib: float = 60.0
+    memory_mib: int = 2048
+    memory_per_mib: int = 1024
+
+    def time_for(self, size: int) -> float:
+        return self.seconds + self.seconds_per_mib * size / MIB
+
+    def memory_for(self, size: int) -> int:
+        return (self.memory_mib + self.memory_per_mib * size // MIB) * MIB
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An input whose analysis did not finish: why, in words for the report."""
+
+    reason: str
+
+
+def usable_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _address_space() -> int:
+    """The worker's present address space (what it inherited from the parent included), which
+    the limit comes on top of; 0 where the system does not tell."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _limit_memory(allowance: int) -> None:
+    """At most ``allowance`` more bytes of address space for this process."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows has no rlimits
+        return
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = _address_space() + allowance
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
+def _serve(connection: multiprocessing.connection.Connection, work: Callable[[Any], Any]) -> None:
+    """A worker's loop: one input at a time, until told to stop or memory runs out."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C stops
+    gc.set_threshold(50_000, 20, 100)  # syntax trees are many small objects, rarely cycles
+    while True:
+        try:
+            message = connection.recv()
+        except EOFError:
+            return
+        if message is None:
+            return
+        index, item, memory = message
+        _limit_memory(memory)
+        try:
+            result: Any = work(item)
+        except MemoryError:
+            failure = Failure(f"the analysis ran out of memory (limit {memory // MIB} MiB)")
+            connection.send((index, failure, False))
+            return  # a fresh worker takes the next input
+        except RecursionError:
+            result = Failure("the file nests too deeply to analyse")
+        except Exception as error:  # an internal error: this input only
+            where = traceback.extract_tb(error.__traceback__)[-1]
+            result = Failure(f"internal error in clipcheck ({type(error).__name__}: {error}, at "
+                             f"{os.path.basename(where.filename)}:{where.lineno}); please report it")
+        connection.send((index, result, True))
+
+
+def _context() -> Any:
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods and sys.platform != "darwin" else "spawn")
+
+
+class _Worker:
+    def __init__(self, work: Callable[[Any], Any]) -> None:
+        gc.freeze()  # the parent's objects stay shared with the fork, never scanned there
+        context = _context()
+        self.connection, child = context.Pipe()
+        self.process = context.Process(target=_serve, args=(child, work), daemon=True)
+        self.process.start()
+        child.close()
+        self.index: int | None = None
+        self.deadline = 0.0
+        self.limit = 0.0
+
+    def give(self, index: int, item: object, seconds: float, memory: int) -> None:
+        self.index, self.limit, self.deadline = index, seconds, time.monotonic() + seconds
+        self.connection.send((index, item, memory))
+
+    def stop(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join()
+        self.connection.close()
+
+    def death(self) -> str:
+        code = self.process.exitcode
+        if code is not None and code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            return f"the analysis crashed ({name})"
+        return f"the analysis stopped unexpectedly (exit status {code})"
+
+
+class Pool(Generic[T, R]):
+    """Runs ``work`` over inputs in ``jobs`` worker processes under ``limits``."""
+
+    def __init__(self, work: Callable[[T], R], jobs: int, limits: Limits,
+                 size: Callable[[T], int] = lambda item: 0) -> None:
+        self.work, self.jobs, self.limits, self.size = work, max(1, jobs), limits, size
+
+    def map(self, items: Sequence[T], done: Callable[[int], None] = lambda index: None) -> list[R | Failure]:
+        """Each input's result (or why it has none), in the inputs' order; ``done`` is told
+        each index as it finishes (for a progress display)."""
+        results: dict[int, R | Failure] = {}
+        # The largest first, so that no worker is left with a large input at the end.
+        pending = sorted(range(len(items)), key=lambda index: self.size(items[index]))
+        workers: list[_Worker] = []
+        try:
+            while pending or workers:
+                workers = [w for w in workers if w.index is not None or w.process.is_alive()]
+                while pending and len(workers) < min(self.jobs, len(items)):
+                    workers.append(_Worker(self.work))
+                for worker in workers:
+                    if worker.index is None and pending:
+                        index = pending.pop()
+                        size = self.size(items[index])
+                        limits = self.limits.time_for(size), self.limits.memory_for(size)
+                        worker.give(index, items[index], *limits)
+                busy = [w for w in workers if w.index is not None]
+                if not busy:
+                    break
+                timeout = max(0.0, min(w.deadline for w in busy) - time.monotonic())
+                ready = multiprocessing.connection.wait(
+                    [w.connection for w in busy] + [w.process.sentinel for w in busy], timeout)
+                for worker in busy:
+                    finished = worker.index
+                    outcome = _outcome(worker, ready)
+                    if outcome is None or finished is None:
+                        continue
+                    results[finished] = outcome
+                    done(finished)
+                    if not worker.process.is_alive():
+                        worker.stop()
+                        workers.remove(worker)
+        finally:
+            for worker in workers:
+                with contextlib.suppress(OSError):
+                    worker.connection.send(None)
+                worker.stop()
+        return [results[i] for i in range(len(items))]
+
+
+def _outcome(worker: _Worker, ready: list[Any]) -> Any:
+    """A busy worker's result once it has one; a failure when it died or ran out of time;
+    ``None`` while it works."""
+    if worker.connection in ready or worker.connection.poll():
+        try:
+            _, result, going_on = worker.connection.recv()
+        except (EOFError, OSError):
+            worker.process.join()
+            worker.index = None
+            return Failure(worker.death())
+        worker.index = None
+        if not going_on:
+            worker.process.join()
+        return result
+    if worker.process.sentinel in ready:
+        worker.process.join()
+        worker.index = None
+        return Failure(worker.death())
+    if time.monotonic() >= worker.deadline:
+        worker.stop()
+        worker.index = None
+        return Failure(f"the analysis took longer than its limit of {worker.limit:.0f} s")
+    return None

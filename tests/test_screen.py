@@ -1,0 +1,158 @@
+"""The pre-screen is exact: what it skips has no finding when analysed in full, and what it
+reduces has the findings of the whole. Checked over every fixture and over generated
+programs that mix training code with code that only looks like it."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import libcst as cst
+import pytest
+
+from clipcheck import notebooks
+from clipcheck.engine import analyse_source
+from clipcheck.screen import (
+    BACKWARD_WORDS,
+    CLIP_WORDS,
+    EVENT_WORDS,
+    FRAMEWORK_MEMBERS,
+    GRAD_METHODS,
+    HOOK_WORDS,
+    SINGLE_WORDS,
+    ZERO_WORDS,
+    screen,
+)
+from clipcheck.static.analysis import analyse_text
+from clipcheck.static.frameworks import accelerate, amp, ddp, lightning
+from clipcheck.static.frameworks import torch as vocab
+from clipcheck.static.recognizer import FREEZE_METHODS, REQUIRES_GRAD
+from clipcheck.static.syntax import children
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = sorted((ROOT / "fixtures").rglob("*.py")) + sorted((ROOT / "examples").rglob("*.py"))
+
+
+def _program(path: Path) -> str:
+    text = path.read_text(encoding="utf-8")
+    return notebooks.program(text).text if path.suffix == ".ipynb" else text
+
+
+def _same(text: str) -> None:
+    """The screened analysis finds exactly what the full analysis finds."""
+    full = analyse_text(text, "x.py")
+    screened = analyse_source(text, "x.py")
+    assert screened == full
+    if screen(text, "x.py").text is None:
+        assert not full
+
+
+@pytest.mark.parametrize("path", FIXTURES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_screen_changes_no_finding_of_a_fixture(path: Path) -> None:
+    _same(_program(path))
+
+
+# Pieces of modules: training loops with and without mistakes, helpers that carry events into
+# their callers, classes whose methods resolve calls, and code that only mentions the words.
+PIECES = [
+    "import torch\nfrom torch import nn\n",
+    "MAX_NORM = 0.0\n",
+    "def clip(model):\n    torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_NORM)\n",
+    "def update(opt):\n    opt.step()\n",
+    "def reset(opt):\n    opt.zero_grad()\n",
+    "def helper(x):\n    return x * 2\n",
+    "def log(step, loss):\n    print('step', step, 'backward done', loss)\n",
+    "def train(model, loader, opt):\n    for x, y in loader:\n        loss = model(x).sum()\n"
+    "        loss.backward()\n        update(opt)\n        clip(model)\n",
+    "def train2(model, loader, opt):\n    for x in loader:\n        reset(opt)\n"
+    "        model(x).sum().backward()\n"
+    "        helper(x)\n        opt.step()\n",
+    "class Trainer:\n    def __init__(self, model):\n        self.model = model\n"
+    "        self.optimizer = torch.optim.SGD(model.parameters(), lr=0.1)\n"
+    "    def run_batch(self, x):\n        self.model(x).sum().backward()\n        self.optimizer.step()\n"
+    "    def unrelated(self):\n        return helper(3)\n",
+    "class Model(nn.Module):\n    def forward(self, x):\n        return helper(x)\n"
+    "    def step(self):\n        return 1\n",
+    "trainer = Trainer(Model())\n",
+    "def fit(loader):\n    for batch in loader:\n        trainer.run_batch(batch)\n"
+    "        trainer.optimizer.zero_grad()\n",
+    "def dead(opt, loss):\n    return\n    opt.step()\n    loss.backward()\n",
+    "if False:\n    opt = torch.optim.Adam([])\n",
+    "scaler = torch.amp.GradScaler()\n",
+    "def amp_loop(model, loader, opt):\n    for x in loader:\n"
+    "        scaler.scale(model(x).sum()).backward()\n"
+    "        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)\n        scaler.step(opt)\n",
+    "params = model.parameters()\n",
+    "opt = torch.optim.AdamW(params)\n",
+    "torch.nn.utils.clip_grad_norm_(params, 1.0)\n",
+    "for p in model.parameters():\n    p.grad = None\n",
+    "def note():\n    '''Call optimizer.step() after loss.backward() and scaler.update().'''\n",
+    "model = Model(); opt.step()\n",
+]
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_the_screen_changes_no_finding_of_a_generated_module(seed: int) -> None:
+    chosen = random.Random(seed)
+    pieces = chosen.sample(PIECES, chosen.randint(1, len(PIECES)))
+    if chosen.random() < 0.7:
+        pieces.insert(0, PIECES[0])
+    _same("\n\n".join(pieces))
+
+
+def test_the_screen_skips_code_that_only_mentions_training() -> None:
+    text = "\n\n".join(PIECES[i] for i in (0, 5, 6, 21))
+    assert screen(text, "x.py").text is None
+
+
+def test_the_screen_leaves_out_definitions_that_cannot_matter() -> None:
+    text = "\n\n".join(PIECES[i] for i in (0, 5, 6, 3, 7, 2, 1))
+    kept = screen(text, "x.py").text
+    assert kept is not None and "def log" not in kept and "def update" in kept and "MAX_NORM = 0.0" in kept
+    assert kept.count("\n") == text.count("\n")
+
+
+def test_the_screen_reports_syntax_errors_where_cpython_does() -> None:
+    found = analyse_source("import os\n\ndef f(:\n    pass\n", "x.py")
+    assert [(f.code, f.line, f.column) for f in found] == [("CC000", 3, 7)]
+
+
+def test_the_words_cover_the_vocabulary() -> None:
+    clips = {q.rpartition(".")[2] for q in vocab.CLIP_FUNCTIONS} | set(vocab.CLIP_METHODS_WITH_PARAMETERS)
+    assert clips | set(vocab.CLIP_METHODS_ON_MODULE) | {lightning.CLIP_GRADIENTS_METHOD} <= CLIP_WORDS
+    assert ddp.ON_MODULE | ddp.ON_ARGUMENT | {accelerate.UNSCALE_METHOD} <= SINGLE_WORDS
+    assert lightning.TRAINER_CLIP_KEYWORDS <= SINGLE_WORDS
+    assert vocab.BACKWARD_METHODS == BACKWARD_WORDS and "zero_grad" in ZERO_WORDS
+    assert {q.rpartition(".")[2] for q in vocab.BACKWARD_FUNCTIONS} <= BACKWARD_WORDS
+    assert lightning.PER_BATCH_METHODS | (lightning.PER_BATCH_HOOKS - BACKWARD_WORDS) <= HOOK_WORDS
+    assert vocab.HAND_CLIP_METHODS | vocab.HAND_ZERO_METHODS | vocab.HAND_WRITE_METHODS <= GRAD_METHODS
+    amp_words = {amp.SCALE_METHOD} | amp.SCALER_METHODS
+    assert FREEZE_METHODS | {REQUIRES_GRAD} | amp_words <= EVENT_WORDS | SINGLE_WORDS | {"step"}
+    assert lightning.AUTOMATIC_OPTIMIZATION in FRAMEWORK_MEMBERS
+
+
+@pytest.mark.parametrize("path", FIXTURES[::7], ids=lambda p: p.name)
+def test_children_are_libcsts_own(path: Path) -> None:
+    stack: list[cst.CSTNode] = [cst.parse_module(_program(path))]
+    while stack:
+        node = stack.pop()
+        expected = list(node.children)
+        found = children(node)
+        assert found == expected and all(a is b for a, b in zip(found, expected, strict=True))
+        stack.extend(expected)
+
+
+def test_a_file_without_training_code_never_imports_libcst(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.py"
+    plain.write_text("import os\n\n\ndef add(a, b):\n    return a + b  # no step, no backward\n")
+    script = ("import sys\nfrom clipcheck.cli import main\n"
+              f"sys.argv = ['clipcheck', 'check', '--no-cache', '--jobs', '1', {str(plain)!r}]\n"
+              "try:\n    main()\nexcept SystemExit as done:\n    assert done.code == 0, done.code\n"
+              "assert 'libcst' not in sys.modules, 'the parent imported libcst'\n")
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path)
+    worker = ("import sys\nfrom clipcheck.engine import analyse_source\n"
+              f"assert analyse_source(open({str(plain)!r}).read(), 'plain.py') == []\n"
+              "assert 'libcst' not in sys.modules, 'the analysis imported libcst'\n")
+    subprocess.run([sys.executable, "-c", worker], check=True, cwd=tmp_path)
