@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,14 @@ def codes(selectors: Iterable[str], where: str = "") -> frozenset[str]:
     return frozenset(r.code for s in selectors for r in rules_matching(s, where))
 
 
+def _holds(test: Callable[[], bool]) -> bool:
+    """A file-system test that is false, not an error, inside a folder one may not search."""
+    try:
+        return test()
+    except OSError:
+        return False
+
+
 def _spec(patterns: Sequence[str]) -> pathspec.PathSpec:
     return pathspec.PathSpec.from_lines("gitwildmatch", patterns)
 
@@ -77,6 +85,8 @@ def _relative(path: Path, root: Path) -> str | None:
 
 def _matches(spec: pathspec.PathSpec, path: Path, root: Path) -> bool:
     """Whether gitignore-style ``spec``, relative to ``root``, matches file or folder ``path``."""
+    if not spec.patterns:
+        return False  # the common case, asked for every file and folder of the tree
     relative = _relative(path, root)
     if relative is None or relative == ".":
         return False
@@ -225,7 +235,7 @@ class Resolver:
         if path is None:
             path = Path.cwd() / "-"
         folder = Path(os.path.abspath(path))
-        folder = folder if folder.is_dir() else folder.parent
+        folder = folder if _holds(folder.is_dir) else folder.parent
         chain: list[Path] = []
         settings = None
         for candidate in (folder, *folder.parents):
@@ -244,7 +254,7 @@ class Resolver:
     def _in(self, folder: Path) -> Settings | None:
         for name in CONFIG_FILES:
             path = folder / name
-            if path.is_file():
+            if _holds(path.is_file):
                 table = _table(path)
                 if table is not None:
                     return build(folder, path, table, self.cli)

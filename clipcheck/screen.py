@@ -92,6 +92,7 @@ class _Item:
     defines: set[str] = field(default_factory=set)  # what a call or a use of a name can reach
     binds: set[str] = field(default_factory=set)  # ... and the attributes it assigns
     grads: bool = False  # a ``p.grad`` written, or clipped, zeroed, overwritten by hand
+    own_unit: bool = False  # a ``def`` or a class: not part of the module's top-level unit
 
 
 def _grad_receiver(node: ast.expr) -> bool:
@@ -171,10 +172,12 @@ def _items(body: list[ast.stmt]) -> list[_Item]:
         last = stmt.end_lineno or stmt.lineno
         if not isinstance(stmt, ast.ClassDef):
             items.append(_item(stmt, _start(stmt), last))
+            items[-1].own_unit = isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef))
             continue
         header = ast.ClassDef(name=stmt.name, bases=stmt.bases, keywords=stmt.keywords, body=[],
                               decorator_list=stmt.decorator_list)
         items.append(_item(header, _start(stmt), _start(stmt.body[0]) - 1))
+        items[-1].own_unit = True
         parent = len(items) - 1
         items.extend(_item(m, _start(m), m.end_lineno or m.lineno, parent) for m in stmt.body)
     return items
@@ -193,13 +196,14 @@ def _optimizer_class(names: Iterable[str]) -> bool:
 
 
 def can_find(names: set[str], *, step: bool, hooks: bool, grads: bool, scaler: bool, optimizer: bool,
-             custom: frozenset[str] = frozenset()) -> bool:
+             custom: frozenset[str] = frozenset(), kinds: int = 2) -> bool:
     """Whether code mentioning ``names`` can hold a finding of any rule: a word that makes one on
-    its own, two kinds of event, or a parameter generator beside an optimizer class."""
+    its own, two kinds of event, or a parameter generator beside an optimizer class (with
+    ``kinds=1``: whether it holds an event that can join another one's into a finding)."""
     if names & (SINGLE_WORDS | custom):
         return True
-    kinds = step + bool(names & BACKWARD_WORDS) + (bool(names & ZERO_WORDS) or grads) + scaler + hooks
-    return kinds >= 2 or (bool(names & GENERATOR_WORDS) and optimizer)
+    found = step + bool(names & BACKWARD_WORDS) + (bool(names & ZERO_WORDS) or grads) + scaler + hooks
+    return found >= kinds or (bool(names & GENERATOR_WORDS) and optimizer)
 
 
 def _code_names(code: CodeType, into: set[str]) -> None:
@@ -243,6 +247,15 @@ def _might_find(names: set[str], custom: frozenset[str]) -> bool:
                     custom=custom)
 
 
+def _can_find(item: _Item, custom: frozenset[str], kinds: int = 2) -> bool:
+    """Whether an item (or the whole module) can hold a finding by itself (``kinds=1``: an
+    event that can join another one's)."""
+    names = item.names
+    return can_find(names, step=bool(item.methods & STEP_WORDS), hooks=_hooks(item.defs), grads=item.grads,
+                    scaler=any(name_says_scaler(n) for n in names), optimizer=_optimizer_class(names),
+                    custom=custom, kinds=kinds)
+
+
 _SEED_WORDS = SINGLE_WORDS | BACKWARD_WORDS | ZERO_WORDS | HOOK_WORDS | GENERATOR_WORDS | EVENT_WORDS
 
 
@@ -256,29 +269,42 @@ def _dunder(name: str) -> bool:
     return name.startswith("__") and name.endswith("__")
 
 
-def _needed(items: list[_Item], custom: frozenset[str]) -> list[bool]:
-    """The items the analysis needs. Carriers: those that may hold an event, and those that
-    read what a carrier defines (a call of a helper with events, a use of an object whose
-    class has them), since events reach a unit through what it calls. Kept besides: the
-    definitions of whatever a kept item reads (constants, bindings, the classes, methods and
-    attributes a call resolves to), every import, and the header and special methods
-    (``__init__``, ``__call__``) of every kept class."""
-    carriers = [_seed(i, custom) for i in items]
-    kept = [c or i.is_import for i, c in zip(items, carriers, strict=True)]
+def _carriers(items: list[_Item], custom: frozenset[str]) -> set[str]:
+    """What can bring events into a unit that calls or uses it: the definitions of the items that
+    hold an event, and of those that read one of these (a helper, a class with such a method,
+    an object built from it), whatever the depth."""
+    carriers = [_can_find(i, custom, kinds=1) for i in items]
     changed = True
     while changed:
         changed = False
         carried = {n for i, c in zip(items, carriers, strict=True) if c for n in i.defines if not _dunder(n)}
-        reads = {n for i, k in zip(items, kept, strict=True) if k for n in i.reads if not _dunder(n)}
         for index, item in enumerate(items):
             if not carriers[index] and item.reads & carried:
-                carriers[index] = kept[index] = changed = True
-            elif not kept[index] and item.binds & reads:
+                carriers[index] = changed = True
+            if item.parent is not None and carriers[index] and not carriers[item.parent]:
+                carriers[item.parent] = changed = True
+    return {n for i, c in zip(items, carriers, strict=True) if c for n in i.defines if not _dunder(n)}
+
+
+def _needed(items: list[_Item], custom: frozenset[str]) -> list[bool]:
+    """The items the analysis needs: those that can hold a finding, alone or with the events of
+    what they call or use; the definitions of whatever a kept item reads (constants,
+    bindings, the classes, methods and attributes a call resolves to, the helpers inlined);
+    every import; at the top level, every statement that may hold an event (the module's
+    own unit); and the header and special methods (``__init__``, ``__call__``) of every kept
+    class."""
+    carried = _carriers(items, custom)
+    kept = [_can_find(i, custom) or bool(i.reads & carried) or i.is_import
+            or (i.parent is None and not i.own_unit and _seed(i, custom)) for i in items]
+    changed = True
+    while changed:
+        changed = False
+        reads = {n for i, k in zip(items, kept, strict=True) if k for n in i.reads if not _dunder(n)}
+        for index, item in enumerate(items):
+            if not kept[index] and item.binds & reads:
                 kept[index] = changed = True
-            if item.parent is not None and (kept[index] or carriers[index]):
-                changed |= not kept[item.parent] or carriers[index] > carriers[item.parent]
-                kept[item.parent] = True
-                carriers[item.parent] |= carriers[index]
+            if item.parent is not None and kept[index] and not kept[item.parent]:
+                kept[item.parent] = changed = True
     for index, item in enumerate(items):
         if item.parent is not None and kept[item.parent] and (
                 item.binds & FRAMEWORK_MEMBERS or (item.defines and all(map(_dunder, item.defines)))):
@@ -319,10 +345,12 @@ def screen(source: str, shown: str, custom: frozenset[str] = frozenset()) -> Scr
     if isinstance(parsed, tuple):
         return Screened(error=parsed)
     items = _items(parsed.body)
-    names = {n for i in items for n in i.names}
-    if not can_find(names, step=any(STEP_WORDS & i.methods for i in items),
-                    hooks=any(_hooks(i.defs) for i in items), grads=any(i.grads for i in items),
-                    scaler=any(name_says_scaler(n) for n in names), optimizer=_optimizer_class(names),
-                    custom=custom):
+    whole = _Item(1, len(items))
+    for item in items:
+        whole.names |= item.names
+        whole.methods |= item.methods
+        whole.defs |= item.defs
+        whole.grads |= item.grads
+    if not _can_find(whole, custom):
         return Screened()
     return Screened(text=_blanked(source, items, _needed(items, custom)))

@@ -93,7 +93,7 @@ PIECES = [
 ]
 
 
-@pytest.mark.parametrize("seed", range(60))
+@pytest.mark.parametrize("seed", range(300))
 def test_the_screen_changes_no_finding_of_a_generated_module(seed: int) -> None:
     chosen = random.Random(seed)
     pieces = chosen.sample(PIECES, chosen.randint(1, len(PIECES)))

@@ -121,6 +121,10 @@ def _is_zero(expr: cst.BaseExpression) -> bool:
 
 
 _UNKNOWN = object()
+# The node classes :meth:`Recognizer._collect` treats apart (LibCST never subclasses them).
+_COLLECTED_APART = frozenset({cst.Lambda, cst.FunctionDef, cst.ClassDef, cst.Assign, cst.AnnAssign,
+                              cst.AugAssign,
+                              cst.IfExp, cst.BooleanOperation, cst.Expr, cst.Call, cst.CompFor})
 
 
 def _compare(left: object, operator: cst.BaseCompOp, right: object) -> bool | None:
@@ -541,6 +545,10 @@ class Recognizer:
         return out
 
     def _collect(self, node: cst.CSTNode, out: list[Item]) -> None:
+        if type(node) not in _COLLECTED_APART:  # most nodes: a cheap test, LibCST's
+            for child in children(node):  # ``isinstance`` goes through ``ABCMeta``
+                self._collect(child, out)
+            return
         if isinstance(node, (cst.Lambda, cst.FunctionDef, cst.ClassDef)):
             return
         if isinstance(node, (cst.Assign, cst.AnnAssign, cst.AugAssign)):
