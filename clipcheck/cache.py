@@ -16,7 +16,6 @@ import functools
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from clipcheck import __version__
@@ -66,6 +65,8 @@ class Cache:
         """Stores a result; a cache that cannot be written is no cache (never an error)."""
         data = {"findings": [vars(f) for f in findings],
                 "lines": {("" if cell is None else str(cell)): text for cell, text in lines.items()}}
+        import tempfile
+
         folder = self.folder / name[:2]
         try:
             self._create()

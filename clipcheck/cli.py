@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import runpy
 import sys
-import traceback
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -168,6 +166,8 @@ def _print_script_traceback(error: BaseException, script: str) -> None:
     """Print ``error`` as ``python script`` would: its traceback from the script's first frame
     on, without the frames of this runner, runpy and click, which would read as clipcheck
     failing (none at all for a syntax error, which points at the script itself)."""
+    import traceback
+
     trace = error.__traceback__
     while trace is not None and trace.tb_frame.f_code.co_filename != script:
         trace = trace.tb_next
@@ -193,6 +193,8 @@ def run(max_norm: float | None, check_every: int, script: str, args: tuple[str, 
         raise click.UsageError(
             f"clipcheck run needs PyTorch, which cannot be imported here ({error}): install it "
             "with `pip install torch` (or `pip install 'clipcheck[runtime]'`)") from error
+    import runpy
+
     sys.argv = [script, *args]
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
     runtime.install(max_norm=max_norm, check_every=check_every)

@@ -14,9 +14,10 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pathspec
+if TYPE_CHECKING:
+    import pathspec
 
 from clipcheck.catalogue import CATALOGUE, RuleInfo
 from clipcheck.static.frameworks.custom import KEYS as VOCABULARY_KEYS
@@ -72,7 +73,12 @@ def _holds(test: Callable[[], bool]) -> bool:
         return False
 
 
-def _spec(patterns: Sequence[str]) -> pathspec.PathSpec:
+def _spec(patterns: Sequence[str]) -> pathspec.PathSpec | None:
+    """Gitignore-style patterns; ``None`` for none (pathspec is imported only for some)."""
+    if not patterns:
+        return None
+    import pathspec
+
     return pathspec.PathSpec.from_lines("gitwildmatch", patterns)
 
 
@@ -83,9 +89,9 @@ def _relative(path: Path, root: Path) -> str | None:
         return None
 
 
-def _matches(spec: pathspec.PathSpec, path: Path, root: Path) -> bool:
+def _matches(spec: pathspec.PathSpec | None, path: Path, root: Path) -> bool:
     """Whether gitignore-style ``spec``, relative to ``root``, matches file or folder ``path``."""
-    if not spec.patterns:
+    if spec is None:
         return False  # the common case, asked for every file and folder of the tree
     relative = _relative(path, root)
     if relative is None or relative == ".":
@@ -113,8 +119,8 @@ class Settings:
     exclude: tuple[str, ...] = ()
     per_file_ignores: tuple[tuple[str, frozenset[str]], ...] = ()
     vocabulary: Vocabulary = NO_CUSTOM_VOCABULARY
-    _excluded: pathspec.PathSpec = field(default_factory=lambda: _spec([]), compare=False, repr=False)
-    _ignores: tuple[tuple[pathspec.PathSpec, frozenset[str]], ...] = field(default=(), compare=False,
+    _excluded: pathspec.PathSpec | None = field(default=None, compare=False, repr=False)
+    _ignores: tuple[tuple[pathspec.PathSpec | None, frozenset[str]], ...] = field(default=(), compare=False,
                                                                           repr=False)
 
     def _relative(self, path: Path) -> str | None:
@@ -129,7 +135,7 @@ class Settings:
         relative = self._relative(path) if path is not None else None
         if relative is not None:
             for spec, rule_codes in self._ignores:
-                if spec.match_file(relative):
+                if spec is not None and spec.match_file(relative):
                     ignored |= rule_codes
         return [r for r in CATALOGUE if r.code in self.selected and r.code not in ignored]
 
