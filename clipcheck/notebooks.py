@@ -15,6 +15,8 @@ import re
 import textwrap
 from dataclasses import dataclass, field
 
+from clipcheck.screen import parse
+
 # Cell magics whose body is IPython code (only their first line is the magic).
 PYTHON_CELL_MAGICS = frozenset({"time", "timeit", "capture", "prun", "debug", "memit"})
 # Line magics that run the statement after them: `%time x = f()` keeps `x = f()` in place.
@@ -28,7 +30,6 @@ _DOCTEST = re.compile(r"\s*>>>")
 _DOCTEST_PROMPT = re.compile(r"\s*(?:>>>|\.\.\.)[ \t]?")
 _IPYTHON_PROMPT = re.compile(r"(?:(?:\[nav\]|\[ins\])? )?In \[\d+\]: |\s*\.{3,}: ?")
 # How Jupyter compiles a cell (top-level `await` is IPython's).
-_FLAGS = ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
 
 
 class BrokenNotebook(Exception):
@@ -59,15 +60,8 @@ class Program:
 
 def _compile_error(text: str) -> tuple[str, int, int] | None:
     """Why ``text`` is not a cell Jupyter can compile, with its (line, column); None if it is."""
-    try:
-        compile(text, "<cell>", "exec", _FLAGS, dont_inherit=True)
-    except SyntaxError as error:
-        return f"syntax error: {error.msg}", error.lineno or 1, error.offset or 1
-    except (RecursionError, MemoryError):
-        return "the cell nests too deeply to analyse", 1, 1
-    except ValueError as error:  # e.g. a null byte
-        return f"cannot be parsed: {error}", 1, 1
-    return None
+    verdict = parse(text, "<cell>", ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+    return verdict if isinstance(verdict, tuple) else None
 
 
 def _dedented(lines: list[str]) -> list[str]:

@@ -61,19 +61,21 @@ class Screened:
     text: str | None = None
 
 
-def _syntax(source: str, shown: str) -> ast.Module | tuple[str, int, int]:
+def parse(source: str, shown: str, flags: int = 0) -> ast.Module | tuple[str, int, int]:
     """The module's tree, or CPython's verdict: a syntax error at its exact position, and a
     cheap refusal of pathological nesting (before LibCST's recursive parser sees it)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # invalid escapes and the like: not ours to report
-            return ast.parse(source, shown)
+            tree = compile(source, shown, "exec", flags | ast.PyCF_ONLY_AST, dont_inherit=True)
     except SyntaxError as error:
         return f"syntax error: {error.msg}", error.lineno or 1, error.offset or 1
     except (RecursionError, MemoryError):
-        return "the file nests too deeply to analyse", 1, 1
+        return "the code nests too deeply to analyse", 1, 1
     except ValueError as error:  # e.g. a null byte
         return f"cannot be parsed: {error}", 1, 1
+    assert isinstance(tree, ast.Module)
+    return tree
 
 
 @dataclass
@@ -341,7 +343,7 @@ def screen(source: str, shown: str, custom: frozenset[str] = frozenset()) -> Scr
     names = _compiled_names(source, shown)
     if names is not None and not _might_find(names, custom):
         return Screened()
-    parsed = _syntax(source, shown)
+    parsed = parse(source, shown)
     if isinstance(parsed, tuple):
         return Screened(error=parsed)
     items = _items(parsed.body)

@@ -155,15 +155,15 @@ class Pool(Generic[T, R]):
                  size: Callable[[T], int] = lambda item: 0) -> None:
         self.work, self.jobs, self.limits, self.size = work, max(1, jobs), limits, size
 
-    def map(self, items: Sequence[T], done: Callable[[int], None] = lambda index: None) -> list[R | Failure]:
-        """Each input's result (or why it has none), in the inputs' order; ``done`` is told
-        each index as it finishes (for a progress display)."""
+    def map(self, items: Sequence[T]) -> list[R | Failure]:
+        """Each input's result (or why it has none), in the inputs' order."""
         results: dict[int, R | Failure] = {}
         # The largest first, so that no worker is left with a large input at the end.
         pending = sorted(range(len(items)), key=lambda index: self.size(items[index]))
         workers: list[_Worker] = []
+        lost = 0  # workers found dead before their input: the system refuses them
         try:
-            while pending or workers:
+            while True:
                 workers = [w for w in workers if w.index is not None or w.process.is_alive()]
                 while pending and len(workers) < min(self.jobs, len(items)):
                     workers.append(_Worker(self.work))
@@ -172,9 +172,20 @@ class Pool(Generic[T, R]):
                         index = pending.pop()
                         size = self.size(items[index])
                         limits = self.limits.time_for(size), self.limits.memory_for(size)
-                        worker.give(index, items[index], *limits)
+                        try:
+                            worker.give(index, items[index], *limits)
+                        except OSError:  # it died idle: the input goes to a fresh worker
+                            pending.append(index)
+                            worker.index = None
+                            worker.stop()
+                            lost += 1
                 busy = [w for w in workers if w.index is not None]
+                if lost > 3 * self.jobs:
+                    results.update((i, Failure("no worker process could be started")) for i in pending)
+                    pending.clear()
                 if not busy:
+                    if pending:
+                        continue
                     break
                 timeout = max(0.0, min(w.deadline for w in busy) - time.monotonic())
                 ready = multiprocessing.connection.wait(
@@ -185,7 +196,6 @@ class Pool(Generic[T, R]):
                     if outcome is None or finished is None:
                         continue
                     results[finished] = outcome
-                    done(finished)
                     if not worker.process.is_alive():
                         worker.stop()
                         workers.remove(worker)

@@ -39,3 +39,16 @@ def marked_line(path: Path, marker: str) -> str:
     numbers = [i for i, text in enumerate(lines, start=1) if text.endswith(f"# <- {marker}")]
     assert len(numbers) == 1, marker
     return f"{path}:{numbers[0]}"
+
+
+# A training loop that zeroes between backward and step (CC104 on line 8).
+BAD = """import torch
+
+
+def train(model, loader, optimizer):
+    for x, y in loader:
+        loss = model(x).sum()
+        loss.backward()
+        optimizer.zero_grad()
+        optimizer.step()
+"""

@@ -6,18 +6,8 @@ import json
 import subprocess
 from pathlib import Path
 
-from conftest import FIXTURES, run_clipcheck, run_json
+from conftest import BAD, FIXTURES, run_clipcheck, run_json
 
-BAD = """import torch
-
-
-def train(model, loader, optimizer):
-    for x, y in loader:
-        loss = model(x).sum()
-        loss.backward()
-        optimizer.zero_grad()
-        optimizer.step()
-"""
 CLEAN = """import torch
 
 

@@ -133,9 +133,34 @@ def test_the_words_cover_the_vocabulary() -> None:
     assert lightning.AUTOMATIC_OPTIMIZATION in FRAMEWORK_MEMBERS
 
 
-@pytest.mark.parametrize("path", FIXTURES[::7], ids=lambda p: p.name)
-def test_children_are_libcsts_own(path: Path) -> None:
-    stack: list[cst.CSTNode] = [cst.parse_module(_program(path))]
+SYNTAX = """
+from a import (b as c, d)
+from e import *
+@decorator(x=1)
+async def f(p, /, q: int = 2, *args, r, **kwargs) -> None:
+    global g
+    async with h() as (i, j), k:
+        async for m in n:
+            await o
+    x = f"{p!r}" f"{q:>{r}}" f"{s=}" f"{t:.2f}"
+    y = [z for z in w if z] or {u: v for u, v in w} and (lambda a=1: a)(*x, **y)
+    match y:
+        case [1, *rest] | {"k": _} if rest:
+            pass
+        case Point(x=0) as p:
+            raise ValueError from None
+    try:
+        del y[1:2, ::3]
+    except* (A, B) as e:
+        nonlocal_ = yield from e
+    finally:
+        return (yield)
+"""
+
+
+@pytest.mark.parametrize("path", [*FIXTURES[::7], None], ids=lambda p: p.name if p else "syntax")
+def test_children_are_libcsts_own(path: Path | None) -> None:
+    stack: list[cst.CSTNode] = [cst.parse_module(_program(path) if path else SYNTAX)]
     while stack:
         node = stack.pop()
         expected = list(node.children)

@@ -19,20 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import BAD as TRAIN
 from conftest import clipcheck_command
 
 from clipcheck.sources import Source, Unreadable, discover, read_bytes
 
-TRAIN = """import torch
-
-
-def train(model, loader, optimizer):
-    for x, y in loader:
-        loss = model(x).sum()
-        loss.backward()
-        optimizer.zero_grad()
-        optimizer.step()
-"""
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
 
