@@ -16,6 +16,7 @@ import functools
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 from clipcheck import __version__
@@ -27,8 +28,15 @@ _PACKAGE = Path(__file__).resolve().parent
 
 @functools.lru_cache(maxsize=1)
 def fingerprint() -> str:
-    """The version and a hash of the package's sources: a changed clipcheck is a new cache."""
-    digest = hashlib.blake2b(__version__.encode(), digest_size=8)
+    """The version and a hash of the package's sources (a changed clipcheck is a new cache), and
+    the Python and LibCST that parse (what a syntax error is depends on them)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        libcst = version("libcst")
+    except PackageNotFoundError:
+        libcst = "?"
+    digest = hashlib.blake2b(f"{__version__} {sys.version} {libcst}".encode(), digest_size=8)
     for source in sorted(_PACKAGE.rglob("*.py")):
         digest.update(source.relative_to(_PACKAGE).as_posix().encode())
         digest.update(source.read_bytes())
@@ -45,6 +53,15 @@ def key(data: bytes, *parts: object) -> str:
 Entry = tuple[list[Finding], dict[int | None, list[str]]]
 
 
+def _sound(finding: Finding) -> bool:
+    """An entry someone else wrote may be anything: a finding's fields must have their types."""
+    numbers = (finding.line, finding.column, finding.end_line, finding.end_column)
+    texts = (finding.path, finding.code, finding.rule, finding.message)
+    return (all(type(n) is int for n in numbers) and all(isinstance(t, str) for t in texts)
+            and (finding.cell is None or type(finding.cell) is int)
+            and (finding.fix is None or isinstance(finding.fix, dict)))
+
+
 class Cache:
     """Results by key under ``root/.clipcheck_cache/<fingerprint>``."""
 
@@ -56,8 +73,11 @@ class Cache:
         try:
             data = json.loads((self.folder / name[:2] / name).read_bytes())
             findings = [Finding(**f) for f in data["findings"]]
-            lines = {(int(cell) if cell else None): text for cell, text in data["lines"].items()}
-        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            lines = {(int(cell) if cell else None): list(map(str, text))
+                     for cell, text in data["lines"].items()}
+            if not all(_sound(f) for f in findings):
+                return None
+        except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError):
             return None
         return findings, lines
 

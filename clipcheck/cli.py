@@ -36,6 +36,12 @@ def _selectors(values: Sequence[str]) -> tuple[str, ...]:
     return tuple(part.strip() for value in values for part in value.split(",") if part.strip())
 
 
+def _a_number(value: float) -> float:
+    if value != value:  # NaN passes any range
+        raise click.BadParameter("not a number")
+    return value
+
+
 def _use_color(choice: str) -> bool:
     if choice != "auto":
         return choice == "always"
@@ -79,7 +85,8 @@ def main() -> None:
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
               help="Worker processes (default: the usable cores).")
 @click.option("--no-cache", is_flag=True, help=f"Neither read nor write the results cache ({FOLDER}).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=Limits.seconds,
+@click.option("--timeout", type=click.FloatRange(min=0, max=86_400, min_open=True), default=Limits.seconds,
+              callback=lambda _ctx, _param, value: _a_number(value),
               show_default=True, metavar="SECONDS",
               help="Time one file may take (plus as much again per MiB) before it is reported unanalysable.")
 @click.option("--show-settings", is_flag=True,

@@ -15,7 +15,7 @@ from clipcheck.config import Resolver
 from clipcheck.findings import Finding, in_cell, unanalysable
 from clipcheck.fixes import fix_text, unified_diff, write_whole
 from clipcheck.screen import screen
-from clipcheck.sources import Unreadable, decode, discover, read_bytes
+from clipcheck.sources import Unreadable, decode, discover, read_bytes, source_lines
 from clipcheck.static.frameworks.custom import NONE as NO_CUSTOM_VOCABULARY
 from clipcheck.static.frameworks.custom import Vocabulary
 from clipcheck.workers import Failure, Limits, Pool, usable_cores
@@ -50,7 +50,7 @@ def analyse_source(source: str, shown: str, rules: Sequence[str] | None = None,
         return []
     from clipcheck.static.analysis import analyse_text
 
-    return analyse_text(screened.text, shown, rules, custom)
+    return analyse_text(screened.text, shown, rules, custom, whole=source)
 
 
 @dataclass
@@ -188,7 +188,7 @@ def run_task(task: Task) -> Outcome:
             # Comments are read (a tokenizer's pass) only where a finding or an unused
             # suppression can come of them.
             comments = suppressions.parse(text) if found or task.report_unused else {}
-            checked = Checked(suppressions.apply(found, comments), {None: text.splitlines()}, comments)
+            checked = Checked(suppressions.apply(found, comments), {None: source_lines(text)}, comments)
     except Unreadable as reason:
         checked = Checked([unanalysable(task.shown, str(reason))], {}, {})
     findings = checked.findings

@@ -16,6 +16,7 @@ import textwrap
 from dataclasses import dataclass, field
 
 from clipcheck.screen import parse
+from clipcheck.sources import source_lines
 
 # Cell magics whose body is IPython code (only their first line is the magic).
 PYTHON_CELL_MAGICS = frozenset({"time", "timeit", "capture", "prun", "debug", "memit"})
@@ -239,7 +240,7 @@ def _cell_lines(cell: dict[str, object], number: int) -> list[str]:
         source = "".join(source)
     if not isinstance(source, str):
         raise BrokenNotebook(f"cell {number} has a source that is neither text nor a list of lines")
-    return source.splitlines()
+    return source_lines(source)
 
 
 def program(text: str) -> Program:

@@ -70,7 +70,7 @@ def parse(source: str, shown: str, flags: int = 0) -> ast.Module | tuple[str, in
             tree = compile(source, shown, "exec", flags | ast.PyCF_ONLY_AST, dont_inherit=True)
     except SyntaxError as error:
         return f"syntax error: {error.msg}", error.lineno or 1, error.offset or 1
-    except (RecursionError, MemoryError):
+    except RecursionError:  # (a MemoryError is the worker's: its limit, not the code's)
         return "the code nests too deeply to analyse", 1, 1
     except ValueError as error:  # e.g. a null byte
         return f"cannot be parsed: {error}", 1, 1
@@ -95,6 +95,7 @@ class _Item:
     binds: set[str] = field(default_factory=set)  # ... and the attributes it assigns
     grads: bool = False  # a ``p.grad`` written, or clipped, zeroed, overwritten by hand
     own_unit: bool = False  # a ``def`` or a class: not part of the module's top-level unit
+    aliases: dict[str, list[str]] = field(default_factory=dict)  # ``import x.y as z``: z -> x, y
 
 
 def _grad_receiver(node: ast.expr) -> bool:
@@ -146,12 +147,18 @@ def _item(node: ast.AST, first: int, last: int, parent: int | None = None) -> _I
             item.names.update(k.arg for k in child.keywords if k.arg)
         elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             item.names.add(child.name)
-            if not isinstance(child, ast.ClassDef):
+            if isinstance(child, ast.ClassDef):
+                item.binds.add(child.name)  # the analysis knows a module's classes at any depth
+            else:
                 item.defs.add(child.name)
         elif isinstance(child, ast.Global):
             item.defines.update(child.names)
         elif isinstance(child, ast.alias):
-            item.names.update(child.name.split("."))
+            parts = child.name.split(".")
+            item.names.update(parts)
+            item.binds.add(child.asname or parts[0])  # imports count at any depth, too
+            if child.asname:
+                item.aliases[child.asname] = parts
         elif isinstance(child, ast.ImportFrom) and child.module:
             item.names.update(child.module.split("."))
         elif isinstance(child, (ast.AugAssign, ast.AnnAssign, ast.Assign, ast.Delete)):
@@ -275,17 +282,17 @@ def _carriers(items: list[_Item], custom: frozenset[str]) -> set[str]:
     """What can bring events into a unit that calls or uses it: the definitions of the items that
     hold an event, and of those that read one of these (a helper, a class with such a method,
     an object built from it), whatever the depth."""
-    carriers = [_can_find(i, custom, kinds=1) for i in items]
+    carriers = [_can_find(i, custom, kinds=1) or bool(i.names & GENERATOR_WORDS) for i in items]
     changed = True
     while changed:
         changed = False
-        carried = {n for i, c in zip(items, carriers, strict=True) if c for n in i.defines if not _dunder(n)}
+        carried = {n for i, c in zip(items, carriers, strict=True) if c for n in i.binds if not _dunder(n)}
         for index, item in enumerate(items):
             if not carriers[index] and item.reads & carried:
                 carriers[index] = changed = True
             if item.parent is not None and carriers[index] and not carriers[item.parent]:
                 carriers[item.parent] = changed = True
-    return {n for i, c in zip(items, carriers, strict=True) if c for n in i.defines if not _dunder(n)}
+    return {n for i, c in zip(items, carriers, strict=True) if c for n in i.binds if not _dunder(n)}
 
 
 def _needed(items: list[_Item], custom: frozenset[str]) -> list[bool]:
@@ -307,6 +314,9 @@ def _needed(items: list[_Item], custom: frozenset[str]) -> list[bool]:
                 kept[index] = changed = True
             if item.parent is not None and kept[index] and not kept[item.parent]:
                 kept[item.parent] = changed = True
+            # Statements sharing a line (``a = (1,\n 2); opt.step()``) stand or fall together.
+            if index and kept[index] != kept[index - 1] and items[index - 1].last >= item.first:
+                kept[index] = kept[index - 1] = changed = True
     for index, item in enumerate(items):
         if item.parent is not None and kept[item.parent] and (
                 item.binds & FRAMEWORK_MEMBERS or (item.defines and all(map(_dunder, item.defines)))):
@@ -347,6 +357,10 @@ def screen(source: str, shown: str, custom: frozenset[str] = frozenset()) -> Scr
     if isinstance(parsed, tuple):
         return Screened(error=parsed)
     items = _items(parsed.body)
+    aliases = {name: parts for i in items for name, parts in i.aliases.items()}
+    for item in items:  # ``from torch.optim import SGD as O``: ``O(...)`` builds an SGD
+        for name in item.reads & aliases.keys():
+            item.names.update(aliases[name])
     whole = _Item(1, len(items))
     for item in items:
         whole.names |= item.names

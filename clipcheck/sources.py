@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -206,6 +207,16 @@ def discover(given: Sequence[str], excluded: Excluded, force_exclude: bool = Fal
             kind = None if mode is None else _special(mode)
             add(Source(name, path, skipped=None if kind is None else f"{kind}, not a regular file"))
     return sources
+
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def source_lines(text: str) -> list[str]:
+    """The lines of Python source as CPython counts them: ``str.splitlines`` also breaks at
+    form feeds, ``\\x1c``-``\\x1e``, ``\\x85`` and ``\\u2028``, which Python keeps inside a line."""
+    lines = _LINE_BREAK.split(text)
+    return lines[:-1] if lines and not lines[-1] else lines
 
 
 class Unreadable(Exception):

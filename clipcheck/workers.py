@@ -165,8 +165,11 @@ class Pool(Generic[T, R]):
         try:
             while True:
                 workers = [w for w in workers if w.index is not None or w.process.is_alive()]
-                while pending and len(workers) < min(self.jobs, len(items)):
-                    workers.append(_Worker(self.work))
+                while pending and len(workers) < min(self.jobs, len(items)) and lost <= 3 * self.jobs:
+                    try:
+                        workers.append(_Worker(self.work))
+                    except OSError:  # the system refuses another process now
+                        lost += 1
                 for worker in workers:
                     if worker.index is None and pending:
                         index = pending.pop()

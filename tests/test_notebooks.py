@@ -323,3 +323,10 @@ def test_the_command_reports_the_broken_cell_and_still_the_training_mistake(tmp_
     assert [(f["code"], f["cell"], f["line"]) for f in found if f["code"] == "CC000"] == [("CC000", 2, 2)]
     assert [(f["code"], f["cell"], f["line"], f["column"]) for f in found if f["code"] == "CC101"] == [
         ("CC101", 3, 5, 5)]
+
+
+def test_cell_lines_break_where_python_breaks_them() -> None:
+    """A form feed or U+2028 is inside a line for CPython and IPython, not between two."""
+    cell = "import torch\n\x0cx = 1\ns = 'a\u2028b'\n"
+    nb = program(json.dumps({"cells": [{"cell_type": "code", "source": cell}]}))
+    assert nb.errors == [] and nb.cells[1] == ["import torch", "\x0cx = 1", "s = 'a\u2028b'"]

@@ -102,6 +102,105 @@ def test_the_screen_changes_no_finding_of_a_generated_module(seed: int) -> None:
     _same("\n\n".join(pieces))
 
 
+# Modules whose findings (or fixes) depend on what a statement elsewhere defines.
+DEPENDENT = {
+    "an_import_inside_a_helper": """\
+import torch
+
+def setup():
+    from torch.cuda.amp import GradScaler as S
+    return S
+
+def train(model, opt, data):
+    s = S()
+    for x in data:
+        opt.zero_grad()
+        s.scale(model(x)).backward()
+        opt.step()
+        s.update()
+""",
+    "an_aliased_optimizer_class": """\
+from torch.optim import SGD as O
+
+def build(model):
+    ps = model.parameters()
+    first = O(ps, lr=0.1)
+    second = O(ps, lr=0.01)
+    return first, second
+""",
+    "statements_sharing_a_line": """\
+import torch
+model = torch.nn.Linear(2, 2)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+LABELS = ("a",
+          "b"); opt.step()
+model(torch.ones(2)).sum().backward()
+""",
+    "a_scaler_stored_by_init": """\
+import torch
+class T:
+    def __init__(self, model):
+        self.opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        self.amp = torch.cuda.amp.GradScaler()
+
+    def fit(self, data):
+        for x in data:
+            self.amp.step(self.opt)
+""",
+    "a_class_shadowed_in_a_function": """\
+import pytorch_lightning as pl
+import torch
+
+class Base(pl.LightningModule):
+    pass
+
+def make_plain():
+    class Base:
+        pass
+    return Base
+
+class M(Base):
+    def training_step(self, batch, i):
+        loss = self(batch)
+        torch.nn.utils.clip_grad_norm_(self.parameters(), 1.0)
+        return loss
+""",
+    "a_docstring_naming_gradscaler": '''\
+"""Training loop; the AMP variant with GradScaler lives elsewhere."""
+import torch
+
+
+def train(model, opt, data):
+    for x in data:
+        opt.zero_grad()
+        loss = model(x)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        loss.backward()
+        opt.step()
+''',
+    "a_generator_stored_by_init": """\
+import torch
+from torch import nn
+
+
+class Model(nn.Module):
+    def __init__(self, backbone):
+        super().__init__()
+        self.backbone = backbone
+        self.trainable = backbone.parameters()
+        self.n_params = sum(p.numel() for p in self.trainable)
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.trainable, lr=1e-4)
+""",
+}
+
+
+@pytest.mark.parametrize("name", sorted(DEPENDENT))
+def test_the_screen_keeps_what_findings_depend_on(name: str) -> None:
+    _same(DEPENDENT[name])
+
+
 def test_the_screen_skips_code_that_only_mentions_training() -> None:
     text = "\n\n".join(PIECES[i] for i in (0, 5, 6, 21))
     assert screen(text, "x.py").text is None

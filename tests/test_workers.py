@@ -196,3 +196,22 @@ def test_concurrent_runs_share_the_cache_safely(tmp_path: Path) -> None:
     assert all(len(json.loads(o)) == 40 for o in outputs)
     assert not [p for p in (tmp_path / FOLDER).rglob("*.tmp")]
     assert _cli("--output-format", "json", ".", cwd=tmp_path).stdout == outputs[0]
+
+
+def test_an_entry_with_wrong_types_is_a_miss(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    good = Finding("a.py", 3, 1, 3, 9, "CC102", "clip-after-step", "message")
+    cache.put("ab" * 20, [good], {None: ["x"]})
+    assert cache.get("ab" * 20) == ([good], {None: ["x"]})
+    entry = cache.folder / "ab" / ("ab" * 20)
+    entry.write_text(entry.read_text().replace('"line": 3', '"line": "3"'))
+    assert cache.get("ab" * 20) is None
+    entry.write_text("[" * 100_000 + "]" * 100_000)
+    assert cache.get("ab" * 20) is None
+
+
+@pytest.mark.parametrize("limit", ["inf", "nan", "1e10", "0"])
+def test_an_impossible_timeout_is_a_usage_error(tmp_path: Path, limit: str) -> None:
+    _tree(tmp_path, ["a.py"])
+    result = _cli("--timeout", limit, ".", cwd=tmp_path)
+    assert result.returncode == 2 and "--timeout" in result.stderr and "Traceback" not in result.stderr

@@ -45,9 +45,10 @@ MODULE_EVENTS = frozenset({EventKind.ZERO_GRAD, EventKind.GRAD_WRITE, EventKind.
 
 
 def analyse_text(text: str, shown: str, rules: Sequence[str] | None = None,
-                 custom: Vocabulary = NO_CUSTOM_VOCABULARY) -> list[Finding]:
+                 custom: Vocabulary = NO_CUSTOM_VOCABULARY, whole: str | None = None) -> list[Finding]:
     """Findings for a program's text that CPython parses (LibCST may still refuse it), by the
-    rules whose codes ``rules`` lists (all by default)."""
+    rules whose codes ``rules`` lists (all by default); ``whole`` is the file's own text when
+    ``text`` is the screen's reduction of it."""
     try:
         module = cst.parse_module(text)
     except cst.ParserSyntaxError as failure:
@@ -55,15 +56,16 @@ def analyse_text(text: str, shown: str, rules: Sequence[str] | None = None,
                              failure.raw_column + 1)]
     chosen = RULES if rules is None else tuple(r for r in RULES if r.code in rules)
     try:
-        return ModuleAnalysis(module, chosen, custom).findings(shown)
+        return ModuleAnalysis(module, chosen, custom, whole).findings(shown)
     except RecursionError:
         return [unanalysable(shown, "the file nests too deeply to analyse")]
 
 
 class ModuleAnalysis:
     def __init__(self, module: cst.Module, rules: Sequence[Rule] = RULES,
-                 custom: Vocabulary = NO_CUSTOM_VOCABULARY) -> None:
+                 custom: Vocabulary = NO_CUSTOM_VOCABULARY, code: str | None = None) -> None:
         self.module = module
+        self.code = module.code if code is None else code  # the whole file's, for the fixes
         self.rules = rules
         self.program = Program(module, custom)
         self._init_params: dict[cst.FunctionDef, ParamsState] = {}
@@ -149,7 +151,7 @@ class ModuleAnalysis:
 
     @cached_property
     def _planner(self) -> FixPlanner:
-        return FixPlanner(self.module, self._positions)
+        return FixPlanner(self.module, self._positions, self.code)
 
     def _fix(self, finding: RawFinding) -> dict[str, object] | None:
         """The edit ``--fix`` would make for this finding, where it is certain."""

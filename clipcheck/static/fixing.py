@@ -29,8 +29,9 @@ def _edit(start: tuple[int, int], end: tuple[int, int], content: str) -> dict[st
 class FixPlanner:
     """Builds fixes for one module; parents are computed once, on the first request."""
 
-    def __init__(self, module: cst.Module, positions: Positions) -> None:
+    def __init__(self, module: cst.Module, positions: Positions, code: str) -> None:
         self.module = module
+        self.code = code  # the whole file's text (the module may be the screen's reduction)
         self.positions = positions
         self.lines = module.code.splitlines(keepends=True)
         self._parents: dict[cst.CSTNode, cst.CSTNode] | None = None
@@ -71,7 +72,7 @@ class FixPlanner:
         if not isinstance(call, cst.Call) or any(a.keyword is None for a in call.args):
             return False
         receiver = call.func.value if isinstance(call.func, cst.Attribute) else None
-        return not isinstance(receiver, cst.Call) and not any(word in self.module.code for word in SCALING)
+        return not isinstance(receiver, cst.Call) and not any(word in self.code for word in SCALING)
 
     def move(self, clip: Event, anchor: Event, after: bool) -> dict[str, object] | None:
         """Move the clip's line to just after (``after``) or just before its anchor's line,
