@@ -212,6 +212,7 @@ def check(paths: Sequence[str], resolver: Resolver, force_exclude: bool = False,
     cores) and, without fixing, looked up in and stored to ``cache``."""
     report = Report()
     tasks: list[Task] = []
+    keys: list[str | None] = []  # each task's cache key, hashed once
     for source in discover(paths, resolver.excluded, force_exclude, stdin_name):
         if source.skipped is not None:
             report.notes.append(f"{source.shown}: skipped, {source.skipped}")
@@ -226,13 +227,15 @@ def check(paths: Sequence[str], resolver: Resolver, force_exclude: bool = False,
         settings = resolver.for_path(where)
         task = Task(source.shown, source.path, data, tuple(r.code for r in settings.rules_for(where)),
                     settings.vocabulary, fixing, report_unused)
-        hit = cache.get(task.cache_key) if cache is not None and fixing is None else None
+        name = task.cache_key if cache is not None and fixing is None else None
+        hit = cache.get(name) if cache is not None and name is not None else None
         if hit is not None:
             _add(report, task.shown, *hit)
         else:
             tasks.append(task)
+            keys.append(name)
     pool = Pool(run_task, jobs or usable_cores(), limits, size=lambda task: len(task.data))
-    for task, result in zip(tasks, pool.map(tasks), strict=True):
+    for task, name, result in zip(tasks, keys, pool.map(tasks), strict=True):
         if isinstance(result, Failure):
             _add(report, task.shown, [unanalysable(task.shown, result.reason)], {})
             continue
@@ -240,7 +243,7 @@ def check(paths: Sequence[str], resolver: Resolver, force_exclude: bool = False,
         report.fixed += result.fixed
         if result.diff is not None:
             report.diffs.append(result.diff)
-        if cache is not None and fixing is None:
-            cache.put(task.cache_key, result.findings, result.lines)
+        if cache is not None and name is not None:
+            cache.put(name, result.findings, result.lines)
     report.findings.sort(key=lambda f: (f.path, f.cell or 0, f.line, f.column, f.code))
     return report

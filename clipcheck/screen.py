@@ -12,12 +12,12 @@ a test checks that they cover it.
 from __future__ import annotations
 
 import ast
-import re
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import CodeType
 
+from clipcheck.sources import source_lines
 from clipcheck.static.frameworks.naming import OPTIMIZER_WORDS, class_words, name_says_scaler
 
 # Calls that can make a finding on their own: a clip (CC301, CC401, CC402 and a clip inside
@@ -329,9 +329,6 @@ def _needed(items: list[_Item], custom: frozenset[str]) -> list[bool]:
     return kept
 
 
-_LINE_ENDS = re.compile(r"(?<=\n)|(?<=\r)(?!\n)")
-
-
 def _blanked(source: str, statements: list[_Item], kept: list[bool]) -> str:
     """The source with the lines of statements not kept emptied (their line breaks stay), except
     where a kept statement shares a line (``a = 1; opt.step()``)."""
@@ -340,7 +337,7 @@ def _blanked(source: str, statements: list[_Item], kept: list[bool]) -> str:
              for n in range(s.first, s.last + 1)} - needed_lines
     if not blank:
         return source
-    lines = _LINE_ENDS.split(source)
+    lines = source_lines(source, keepends=True)
     for number in blank:
         line = lines[number - 1]
         lines[number - 1] = line[len(line.rstrip("\r\n")):]

@@ -58,10 +58,6 @@ class Source:
     # finding, since the user did nothing wrong by having one in the tree.
     skipped: str | None = None
 
-    @property
-    def is_notebook(self) -> bool:  # standard input named ``x.ipynb`` is one too
-        return self.shown.endswith(".ipynb")
-
 
 def _special(mode: int) -> str | None:
     """What a file that is not a regular one is ("a FIFO"), or ``None`` for a regular file."""
@@ -210,12 +206,13 @@ def discover(given: Sequence[str], excluded: Excluded, force_exclude: bool = Fal
 
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_AFTER_LINE_BREAK = re.compile(r"(?<=\n)|(?<=\r)(?!\n)")
 
 
-def source_lines(text: str) -> list[str]:
+def source_lines(text: str, keepends: bool = False) -> list[str]:
     """The lines of Python source as CPython counts them: ``str.splitlines`` also breaks at
     form feeds, ``\\x1c``-``\\x1e``, ``\\x85`` and ``\\u2028``, which Python keeps inside a line."""
-    lines = _LINE_BREAK.split(text)
+    lines = (_AFTER_LINE_BREAK if keepends else _LINE_BREAK).split(text)
     return lines[:-1] if lines and not lines[-1] else lines
 
 

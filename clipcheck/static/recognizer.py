@@ -545,41 +545,45 @@ class Recognizer:
         return out
 
     def _collect(self, node: cst.CSTNode, out: list[Item]) -> None:
-        if type(node) not in _COLLECTED_APART:  # most nodes: a cheap test, LibCST's
-            for child in children(node):  # ``isinstance`` goes through ``ABCMeta``
-                self._collect(child, out)
+        # A cheap test first: LibCST's ``isinstance`` goes through ``ABCMeta``.
+        if type(node) in _COLLECTED_APART and self._collected_apart(node, out):
             return
+        for child in children(node):
+            self._collect(child, out)
+
+    def _collected_apart(self, node: cst.CSTNode, out: list[Item]) -> bool:
+        """Collects the nodes whose parts are not simply walked in order; ``False`` for a node
+        that is (an expression statement that is not a call)."""
         if isinstance(node, (cst.Lambda, cst.FunctionDef, cst.ClassDef)):
-            return
+            return True
         if isinstance(node, (cst.Assign, cst.AnnAssign, cst.AugAssign)):
             value = node.value
             if value is not None:
                 self._collect(value, out)
             out.extend(self._assignment(node))
-            return
+            return True
         if isinstance(node, cst.IfExp):
             self._collect(node.test, out)
             self._branch(self.items(node.body), self.items(node.orelse), out)
-            return
+            return True
         if isinstance(node, cst.BooleanOperation):
             self._collect(node.left, out)
             self._branch(self.items(node.right), [], out)
-            return
+            return True
         if isinstance(node, cst.Expr) and isinstance(node.value, cst.Call):
             self._collect_call(node.value, out, statement=True)
-            return
+            return True
         if isinstance(node, cst.Call):
             self._collect_call(node, out, statement=False)
-            return
+            return True
         if isinstance(node, cst.CompFor):
             self._collect(node.iter, out)
             out.extend(self.iteration(node.iter, node))
             for child in children(node):
                 if child is not node.iter:
                     self._collect(child, out)
-            return
-        for child in children(node):
-            self._collect(child, out)
+            return True
+        return False
 
     def _collect_call(self, call: cst.Call, out: list[Item], statement: bool) -> None:
         self._collect(call.func, out)
