@@ -105,6 +105,8 @@ def _grad_receiver(node: ast.expr) -> bool:
     return isinstance(node, ast.Attribute) and node.attr == GRAD
 
 
+_DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+_ASSIGNMENTS = (ast.AugAssign, ast.AnnAssign, ast.Assign, ast.Delete)
 _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda, ast.ListComp, ast.SetComp,
            ast.DictComp, ast.GeneratorExp)
 
@@ -125,9 +127,35 @@ def _names_bound(node: ast.AST, into: set[str]) -> None:
         _names_bound(child, into)
 
 
+# Fields that never hold a node: skipped on the walk (``ctx``: the shared ``Load`` and ``Store``).
+_LEAF_FIELDS = frozenset({"ctx", "id", "attr", "name", "arg", "module", "asname", "type_comment", "level",
+                          "is_async", "simple", "conversion", "kind", "tag"})
+
+
+def _subtree(node: ast.AST) -> list[ast.AST]:
+    """``node`` and every node below it, in no particular order: :func:`ast.walk` without its
+    generators (the screen's largest cost)."""
+    found: list[ast.AST] = []
+    stack: list[object] = [node]
+    pop, push, extend, keep = stack.pop, stack.append, stack.extend, found.append
+    while stack:
+        current = pop()
+        if not isinstance(current, ast.AST):
+            continue  # a name in ``global a, b``, a missing dictionary key
+        keep(current)
+        for name in current._fields:
+            if name not in _LEAF_FIELDS:
+                value = getattr(current, name, None)
+                if value.__class__ is list:
+                    extend(value)
+                else:
+                    push(value)
+    return found
+
+
 def _item(node: ast.AST, first: int, last: int, parent: int | None = None) -> _Item:
     item = _Item(first, last, isinstance(node, (ast.Import, ast.ImportFrom)), parent)
-    for child in ast.walk(node):
+    for child in _subtree(node):
         if isinstance(child, ast.Name):
             item.names.add(child.id)
             if isinstance(child.ctx, ast.Load):
@@ -145,7 +173,7 @@ def _item(node: ast.AST, first: int, last: int, parent: int | None = None) -> _I
             if isinstance(func, ast.Attribute) and func.attr in GRAD_METHODS and _grad_receiver(func.value):
                 item.grads = True
             item.names.update(k.arg for k in child.keywords if k.arg)
-        elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        elif isinstance(child, _DEFINITIONS):
             item.names.add(child.name)
             if isinstance(child, ast.ClassDef):
                 item.binds.add(child.name)  # the analysis knows a module's classes at any depth
@@ -161,7 +189,7 @@ def _item(node: ast.AST, first: int, last: int, parent: int | None = None) -> _I
                 item.aliases[child.asname] = parts
         elif isinstance(child, ast.ImportFrom) and child.module:
             item.names.update(child.module.split("."))
-        elif isinstance(child, (ast.AugAssign, ast.AnnAssign, ast.Assign, ast.Delete)):
+        elif isinstance(child, _ASSIGNMENTS):
             targets = child.targets if isinstance(child, (ast.Assign, ast.Delete)) else [child.target]
             item.grads |= any(_grad_receiver(t) for t in targets)
     _names_bound(node, item.defines)
@@ -278,11 +306,11 @@ def _dunder(name: str) -> bool:
     return name.startswith("__") and name.endswith("__")
 
 
-def _carriers(items: list[_Item], custom: frozenset[str]) -> set[str]:
-    """What can bring events into a unit that calls or uses it: the definitions of the items that
-    hold an event, and of those that read one of these (a helper, a class with such a method,
-    an object built from it), whatever the depth."""
-    carriers = [_can_find(i, custom, kinds=1) or bool(i.names & GENERATOR_WORDS) for i in items]
+def _spread(items: list[_Item], carriers: list[bool]) -> set[str]:
+    """The names that carry something into a unit that uses them: those bound by the items in
+    ``carriers``, which grows to take in every item that reads such a name, whatever the depth.
+    A method is reached through its name (``x.run()``), except a special one, called through
+    its class's instances (``wrapper(loss)`` runs ``__call__``): its class carries too."""
     changed = True
     while changed:
         changed = False
@@ -290,9 +318,28 @@ def _carriers(items: list[_Item], custom: frozenset[str]) -> set[str]:
         for index, item in enumerate(items):
             if not carriers[index] and item.reads & carried:
                 carriers[index] = changed = True
-            if item.parent is not None and carriers[index] and not carriers[item.parent]:
+            if (item.parent is not None and carriers[index] and not carriers[item.parent]
+                    and any(map(_dunder, item.defines))):
                 carriers[item.parent] = changed = True
     return {n for i, c in zip(items, carriers, strict=True) if c for n in i.binds if not _dunder(n)}
+
+
+def _carriers(items: list[_Item], custom: frozenset[str]) -> tuple[set[str], set[str]]:
+    """What can bring events into a unit that calls or uses it (the definitions of the items that
+    hold an event, and of those that read one of these: a helper, a class with such a method,
+    an object built from it); and, apart, what can bring a parameter generator (``map``,
+    ``filter``, ``model.parameters()``), which matters only where an optimizer is built."""
+    events = _spread(items, [_can_find(i, custom, kinds=1) for i in items])
+    generators = _spread(items, [bool(i.names & GENERATOR_WORDS) for i in items])
+    return events, generators
+
+
+def _root(item: _Item, events: set[str], generators: set[str], custom: frozenset[str]) -> bool:
+    """An item that can hold a finding: by itself, with the events of what it reads, or by
+    handing a generator that something it reads returns to an optimizer it builds (a
+    consumed generator is found only at an optimizer or a clip the unit calls itself)."""
+    return _can_find(item, custom) or bool(item.reads & events) or (
+        bool(item.reads & generators) and _optimizer_class(item.names))
 
 
 def _needed(items: list[_Item], custom: frozenset[str]) -> list[bool]:
@@ -302,8 +349,8 @@ def _needed(items: list[_Item], custom: frozenset[str]) -> list[bool]:
     every import; at the top level, every statement that may hold an event (the module's
     own unit); and the header and special methods (``__init__``, ``__call__``) of every kept
     class."""
-    carried = _carriers(items, custom)
-    kept = [_can_find(i, custom) or bool(i.reads & carried) or i.is_import
+    events, generators = _carriers(items, custom)
+    kept = [_root(i, events, generators, custom) or i.is_import
             or (i.parent is None and not i.own_unit and _seed(i, custom)) for i in items]
     changed = True
     while changed:

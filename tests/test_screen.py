@@ -25,11 +25,11 @@ from clipcheck.screen import (
     ZERO_WORDS,
     screen,
 )
-from clipcheck.static.analysis import analyse_text
+from clipcheck.static.analysis import analyse_text, parse_trusted
 from clipcheck.static.frameworks import accelerate, amp, ddp, lightning
 from clipcheck.static.frameworks import torch as vocab
 from clipcheck.static.recognizer import FREEZE_METHODS, REQUIRES_GRAD
-from clipcheck.static.syntax import children
+from clipcheck.static.syntax import children, trivia
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = sorted((ROOT / "fixtures").rglob("*.py")) + sorted((ROOT / "examples").rglob("*.py"))
@@ -262,10 +262,18 @@ def test_children_are_libcsts_own(path: Path | None) -> None:
     stack: list[cst.CSTNode] = [cst.parse_module(_program(path) if path else SYNTAX)]
     while stack:
         node = stack.pop()
-        expected = list(node.children)
+        every = list(node.children)
+        expected = [child for child in every if not trivia(type(child))]
         found = children(node)
         assert found == expected and all(a is b for a, b in zip(found, expected, strict=True))
-        stack.extend(expected)
+        for child in every:  # what is skipped holds nothing but more of the same
+            if trivia(type(child)):
+                assert all(trivia(type(n)) for n in _descendants(child)), child
+        stack.extend(every)
+
+
+def _descendants(node: cst.CSTNode) -> list[cst.CSTNode]:
+    return [d for child in node.children for d in (child, *_descendants(child))]
 
 
 def test_a_file_without_training_code_never_imports_libcst(tmp_path: Path) -> None:
@@ -280,3 +288,14 @@ def test_a_file_without_training_code_never_imports_libcst(tmp_path: Path) -> No
               f"assert analyse_source(open({str(plain)!r}).read(), 'plain.py') == []\n"
               "assert 'libcst' not in sys.modules, 'the analysis imported libcst'\n")
     subprocess.run([sys.executable, "-c", worker], check=True, cwd=tmp_path)
+
+
+@pytest.mark.parametrize("path", [*FIXTURES[::5], None], ids=lambda p: p.name if p else "syntax")
+def test_the_trusted_parse_builds_libcsts_own_tree(path: Path | None) -> None:
+    """Nodes built without LibCST's checks are the nodes it builds with them, and the checks
+    are back on afterwards."""
+    text = _program(path) if path else SYNTAX
+    trusted = parse_trusted(text)
+    assert trusted.deep_equals(cst.parse_module(text)) and trusted.code == text
+    with pytest.raises(cst.CSTValidationError):
+        cst.Name("not a name")

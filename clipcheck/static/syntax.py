@@ -7,9 +7,6 @@ from collections.abc import Iterator, Sequence
 
 import libcst as cst
 
-_CLAUSES = (cst.If, cst.Else, cst.ExceptHandler, cst.ExceptStarHandler, cst.Finally, cst.MatchCase)
-
-
 _FIELD_ORDER: dict[type[cst.CSTNode], tuple[str, ...]] = {}
 
 
@@ -37,7 +34,8 @@ def _field_order(node: cst.CSTNode) -> tuple[str, ...]:
 
 
 def children(node: cst.CSTNode) -> list[cst.CSTNode]:
-    """``node.children`` without its cost: LibCST computes that property by rebuilding the node
+    """``node.children`` without its cost, and without the nodes that hold no code (whitespace,
+    comments, punctuation, operators): LibCST computes that property by rebuilding the node
     through a visitor, which made it the analysis's largest expense."""
     order = _FIELD_ORDER.get(type(node))
     if order is None:
@@ -45,29 +43,42 @@ def children(node: cst.CSTNode) -> list[cst.CSTNode]:
     found: list[cst.CSTNode] = []
     for name in order:
         value = getattr(node, name)
-        if _is_node(type(value)):
+        if _holds_code(type(value)):
             found.append(value)
         elif isinstance(value, (tuple, list)):
-            found.extend(v for v in value if _is_node(type(v)))
+            found.extend(v for v in value if _holds_code(type(v)))
     return found
 
 
-_NODE_CLASSES: dict[type, bool] = {}
+# Nodes that hold no code: whitespace and comments, punctuation and operators.
+_TRIVIA_MODULES = frozenset({"libcst._nodes.whitespace", "libcst._nodes.op"})
+_TRIVIA_CLASSES = (cst.LeftParen, cst.RightParen, cst.LeftSquareBracket, cst.RightSquareBracket,
+                   cst.LeftCurlyBrace, cst.RightCurlyBrace)
+_HOLDS_CODE: dict[type, bool] = {}
 
 
-def _is_node(kind: type) -> bool:
-    """``issubclass(kind, cst.CSTNode)``, once per class: ``CSTNode`` is an abstract base class,
-    whose checks cost several times a plain one."""
-    known = _NODE_CLASSES.get(kind)
+def trivia(kind: type) -> bool:
+    """A node class whose nodes hold no code."""
+    return kind.__module__ in _TRIVIA_MODULES or issubclass(kind, _TRIVIA_CLASSES)
+
+
+def _holds_code(kind: type) -> bool:
+    """A node class, other than trivia, decided once per class: ``CSTNode`` is an abstract base
+    class, whose checks cost several times a plain one."""
+    known = _HOLDS_CODE.get(kind)
     if known is None:
-        known = _NODE_CLASSES[kind] = issubclass(kind, cst.CSTNode)
+        known = _HOLDS_CODE[kind] = issubclass(kind, cst.CSTNode) and not trivia(kind)
     return known
+
+
+_SUITES = (cst.IndentedBlock, cst.SimpleStatementSuite)
+_CLAUSES = (cst.If, cst.Else, cst.ExceptHandler, cst.ExceptStarHandler, cst.Finally, cst.MatchCase)
 
 
 def statements(suite: cst.BaseSuite) -> Sequence[cst.BaseStatement]:
     """The statements of a suite; a one-line suite (``if x: a; b``) becomes one line."""
-    if isinstance(suite, cst.IndentedBlock):
-        return suite.body
+    if type(suite) is cst.IndentedBlock:
+        return suite.body  # type: ignore[attr-defined]
     assert isinstance(suite, cst.SimpleStatementSuite)
     return [cst.SimpleStatementLine(body=suite.body)]
 
@@ -75,9 +86,10 @@ def statements(suite: cst.BaseSuite) -> Sequence[cst.BaseStatement]:
 def nested_statements(stmt: cst.BaseCompoundStatement | cst.CSTNode) -> Iterator[cst.BaseStatement]:
     """Every statement directly inside a compound statement's blocks (all its clauses)."""
     for child in children(stmt):
-        if isinstance(child, cst.BaseSuite):
-            yield from statements(child)
-        elif isinstance(child, _CLAUSES):
+        kind = type(child)
+        if kind in _SUITES:
+            yield from statements(child)  # type: ignore[arg-type]
+        elif kind in _CLAUSES:
             yield from nested_statements(child)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 _OPTIMIZER_TOKENS = frozenset(
@@ -16,18 +17,20 @@ _ACCELERATOR_TOKENS = frozenset({"accelerator"})
 _TOKEN_SPLIT = re.compile(r"[_\d]+|(?<=[a-z])(?=[A-Z])")
 
 
-def name_tokens(name: str) -> list[str]:
-    """``opt_d`` -> ``[opt, d]``; ``optimizerG`` -> ``[optimizer, g]``."""
-    return [t.lower() for t in _TOKEN_SPLIT.split(name) if t]
+# Names repeat across a file and a run: each is split once (the cache is bounded).
+@functools.lru_cache(maxsize=1 << 16)
+def name_tokens(name: str) -> frozenset[str]:
+    """``opt_d`` -> ``{opt, d}``; ``optimizerG`` -> ``{optimizer, g}``."""
+    return frozenset(t.lower() for t in _TOKEN_SPLIT.split(name) if t)
 
 
 def name_says_optimizer(name: str) -> bool:
-    tokens = set(name_tokens(name))
+    tokens = name_tokens(name)
     return bool(tokens & _OPTIMIZER_TOKENS) and not tokens & _NOT_OPTIMIZER_TOKENS
 
 
 def name_says_scaler(name: str) -> bool:
-    return bool(set(name_tokens(name)) & _SCALER_TOKENS)
+    return bool(name_tokens(name) & _SCALER_TOKENS)
 
 
 _SETTING_TOKENS = frozenset(
@@ -38,7 +41,7 @@ _SETTING_TOKENS = frozenset(
 
 def name_says_setting(name: str) -> bool:
     """``weight_decay``, ``args``, ``cfg.optim``: a name for settings, never for a module."""
-    return bool(set(name_tokens(name)) & _SETTING_TOKENS)
+    return bool(name_tokens(name) & _SETTING_TOKENS)
 
 
 def name_says_engine(name: str) -> bool:
@@ -47,7 +50,7 @@ def name_says_engine(name: str) -> bool:
 
 
 def name_says_accelerator(name: str) -> bool:
-    return bool(set(name_tokens(name)) & _ACCELERATOR_TOKENS)
+    return bool(name_tokens(name) & _ACCELERATOR_TOKENS)
 
 
 # Words of class names that make an optimizer (``ScheduleFreeAdamW``, ``FusedLamb``,
@@ -65,6 +68,7 @@ _SCHEDULER_WORDS = frozenset({
 _CLASS_WORDS = re.compile(r"[A-Z]+(?=[A-Z][a-z]|\d|_|$)|[A-Z]?[a-z]+|\d+")
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def class_words(name: str) -> frozenset[str]:
     """``ScheduleFreeAdamW`` -> schedule, free, adam, w; ``SWALR`` -> swalr."""
     return frozenset(w.lower() for w in _CLASS_WORDS.findall(name))
