@@ -11,10 +11,12 @@ over each tree and every finding is looked up in ``bench/ecosystem_verdicts.csv`
 finding: repo, path, line, rule, TRUE or FALSE, a one-line reason).
 
 It prints per-repository counts, the findings still to triage, the verdict rows that no longer
-fire, and the precision over triaged findings. Exit status 0 only when every finding is
-triaged and no verdict row has disappeared. ``--write-new`` appends untriaged findings to the
-verdicts file with verdict ``?`` so they can be filled in; ``--prune`` drops the rows of
-findings that are gone (say why in the commit: a fixed false alarm, or a lost true finding).
+fire, and the precision over triaged findings. A repository without a snapshot is skipped
+with a note (its verdict rows are neither reported gone nor pruned) and named again in the
+summary. Exit status 0 only when every repository was checked, every finding is triaged and
+no verdict row has disappeared. ``--write-new`` appends untriaged findings to the verdicts file
+with verdict ``?`` so they can be filled in; ``--prune`` drops the rows of findings that are
+gone (say why in the commit: a fixed false alarm, or a lost true finding).
 Not part of CI: it needs the snapshots.
 """
 
@@ -69,11 +71,13 @@ def git(repo_dir: Path, *args: str, data: bytes | None = None) -> bytes:
                           capture_output=True, check=True).stdout
 
 
-def extract(repo: Repo, mirrors: Path, work: Path) -> tuple[Path, int]:
+def snapshot(repo: Repo, mirrors: Path) -> Path:
+    """Where the repository's git snapshot should be (it may be absent)."""
+    return mirrors / repo.folder / "repo"
+
+
+def extract(repo: Repo, git_dir: Path, work: Path) -> tuple[Path, int]:
     """The repository's Python files at its commit under ``work``; the count of missing blobs."""
-    git_dir = mirrors / repo.folder / "repo"
-    if not git_dir.exists():
-        raise SystemExit(f"no snapshot of {repo.name} at {git_dir}: fetch github:{repo.name} first")
     target = work / repo.folder
     stamp = target / ".clipcheck-commit"
     if stamp.exists() and stamp.read_text() == repo.commit:
@@ -109,14 +113,14 @@ def run_clipcheck(tree: Path) -> list[dict[str, object]]:
     return json.loads(result.stdout)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mirrors", type=Path, default=Path("/work/.mirror"))
     parser.add_argument("--work", type=Path, default=Path("/tmp/clipcheck-ecosystem"))
     parser.add_argument("--repo", action="append", default=[], help="only these (owner/name)")
     parser.add_argument("--write-new", action="store_true", help="append untriaged findings as '?'")
     parser.add_argument("--prune", action="store_true", help="drop verdict rows of findings that are gone")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     repos = [r for r in load_repos() if not args.repo or r.name in args.repo]
     verdicts = load_verdicts()
@@ -126,8 +130,14 @@ def main() -> int:
     totals = {"TRUE": 0, "FALSE": 0}
     header = ("repository", "files", "findings", "true", "false", "new", "seconds")
     print("{:<36} {:>6} {:>8} {:>5} {:>5} {:>4} {:>8}".format(*header))
+    skipped: list[Repo] = []
     for repo in repos:
-        tree, missing = extract(repo, args.mirrors, args.work)
+        git_dir = snapshot(repo, args.mirrors)
+        if not git_dir.exists():
+            print(f"{repo.name:<36} skipped: no snapshot at {git_dir} (fetch github:{repo.name})")
+            skipped.append(repo)
+            continue
+        tree, missing = extract(repo, git_dir, args.work)
         files = sum(1 for _ in tree.rglob("*.py"))
         started = time.perf_counter()
         findings = run_clipcheck(tree)
@@ -153,7 +163,7 @@ def main() -> int:
         print(f"{repo.name:<36} {files:>6} {len(findings):>8} {counts['TRUE']:>5} {counts['FALSE']:>5} "
               f"{counts['new']:>4} {elapsed:>8.1f}{note}")
 
-    checked = {r.name for r in repos}
+    checked = {r.name for r in repos if r not in skipped}
     gone = [k for k in verdicts if k[0] in checked and k not in seen]
     untriaged = [k for k in seen if verdicts.get(k, {}).get("verdict") not in VERDICTS]
     for key, message in new:
@@ -169,6 +179,9 @@ def main() -> int:
     precision = f"{totals['TRUE'] / triaged:.0%}" if triaged else "n/a"
     print(f"\n{totals['TRUE']} true, {totals['FALSE']} false, {len(untriaged)} untriaged, "
           f"{len(gone)} gone; precision {precision}")
+    if skipped:
+        print(f"{len(skipped)} of {len(repos)} repositories skipped (no snapshot): "
+              + ", ".join(r.name for r in skipped))
     if args.write_new or args.prune:
         rows = {k: v for k, v in verdicts.items() if not (args.prune and k in gone)}
         if args.write_new:
@@ -177,7 +190,7 @@ def main() -> int:
             writer = csv.DictWriter(handle, FIELDS, quoting=csv.QUOTE_MINIMAL, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows[k] for k in sorted(rows))
-    return 0 if not untriaged and not gone else 1
+    return 0 if not untriaged and not gone and not skipped else 1
 
 
 if __name__ == "__main__":
