@@ -11,8 +11,6 @@ optimizer step saw fresh, unscaled, clipped gradients.
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
@@ -39,10 +37,9 @@ from clipcheck.runtime.guard import Guard
 
 __all__ = [
     "BackwardAfterUnscaleError", "ClipAfterStepError", "ClipBeforeBackwardError",
-    "ClipInsideAccumulationError",
-    "ClipScaledGradientsError", "GradientOrderError", "Guard", "MaxNormExceededError",
-    "MissingClipError", "MissingScalerUpdateError", "MissingZeroGradError", "PartialClipError",
-    "StepBeforeBackwardError",
+    "ClipInsideAccumulationError", "ClipScaledGradientsError",
+    "GradientOrderError", "Guard", "MaxNormExceededError", "MissingClipError",
+    "MissingScalerUpdateError", "MissingZeroGradError", "PartialClipError", "StepBeforeBackwardError",
     "StepBypassesScalerError", "UnscaleTwiceError", "ZeroGradBeforeStepError", "guard", "install",
     "uninstall",
 ]
@@ -64,8 +61,9 @@ class _Installation:
     def __init__(self, max_norm: float | None, check_every: int) -> None:
         self.max_norm = max_norm
         self.check_every = check_every
-        # Weakly: what the global mode has seen must not outlive the training script's use.
-        self.guards: weakref.WeakSet[Guard] = weakref.WeakSet()
+        # Kept to the end, for the last check: a guard lets go of the parameters when its
+        # optimizer goes, and keeps only its verdicts (a step left unclipped, device counters).
+        self.guards: list[Guard] = []
         self.steps = 0
         self.handle = register_optimizer_step_pre_hook(self._attach)
 
@@ -74,14 +72,14 @@ class _Installation:
         self.steps += 1
         if interception.guard_of(optimizer) is None:
             # Its hooks start now: this first step's backward was not seen, so it is not checked.
-            self.guards.add(Guard(optimizer, self.max_norm, check_every=self.check_every,
-                                  attached_mid_step=True))
+            self.guards.append(Guard(optimizer, self.max_norm, check_every=self.check_every,
+                                     attached_mid_step=True))
 
     def close(self, check: bool) -> int:
-        """Close every guard still alive; the number of optimizer steps seen."""
+        """Close every guard it started; the number of optimizer steps seen."""
         self.handle.remove()
         failures: list[GradientOrderError] = []
-        for g in list(self.guards):
+        for g in self.guards:
             try:
                 g.close(check=check)
             except GradientOrderError as error:

@@ -218,12 +218,25 @@ class Guard:
         if self._closed:
             return
         self._closed = True
-        for handle in self._handles:
-            handle.remove()
+        self.release()
         interception.unregister(self)
         if check:
             self._raise_unclipped()
             self.check()
+
+    def release(self) -> None:
+        """Let go of the parameters: their hooks and the guard's lists of them (once the
+        optimizer is gone, or at ``close()``). A hook holds the guard, and autograd holds the
+        hook where the garbage collector cannot see it: while the hooks stay, the parameters
+        the guard lists would outlive the model. The device counters stay for ``close()``."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self.params = []
+        self.param_ids = set()
+        self._frozen = []
+        self._group_sizes = []
+        self._used = self._clipped = None
 
     # -- events -------------------------------------------------------------------------------
     def _accumulate_hook(self, index: int) -> Callable[[torch.Tensor], None]:

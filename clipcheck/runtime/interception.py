@@ -49,9 +49,13 @@ def unregister(guard: Guard) -> None:
     _release()
 
 
-def _forget(key: int, guard: weakref.ref[Guard]) -> None:
-    if _guards.get(key) is guard():
-        _guards.pop(key, None)
+def _forget(key: int, guard_ref: weakref.ref[Guard]) -> None:
+    """The optimizer is gone: its guard lets go of the parameters (see ``Guard.release``)."""
+    guard = guard_ref()
+    if guard is not None:
+        guard.release()
+        if _guards.get(key) is guard:
+            del _guards[key]
     _release()
 
 

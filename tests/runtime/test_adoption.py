@@ -7,7 +7,9 @@ from __future__ import annotations
 import gc
 import importlib
 import weakref
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -227,30 +229,46 @@ def test_forgotten_scaler_update_without_unscale_is_named_at_the_step() -> None:
     assert caught.value.location == line_of("step-after-no-update")
 
 
-def test_an_unclosed_guard_keeps_nothing_alive() -> None:
+def trained_refs(guard: Callable[[torch.optim.Optimizer], object] | None = None,
+                 ) -> tuple[list[weakref.ref[Any]], object]:
+    """Weak references to a model trained for a few steps under a learning-rate scheduler:
+    the model, each of its parameters, the optimizer and the scheduler. ``guard(optimizer)``
+    is called first, and what it returns is handed back; the rest is dropped."""
     model = backbone_and_head()
-    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
-    rt.guard(opt, max_norm=1.0, check_every=1)
-    finetune(model, opt, steps=2)
-    model_ref, opt_ref = weakref.ref(model), weakref.ref(opt)
-    del model, opt
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    kept = guard(opt) if guard is not None else None
+    scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=1)
+    finetune(model, opt, steps=3)
+    scheduler.step()
+    return [weakref.ref(o) for o in (model, opt, scheduler, *model.parameters())], kept
+
+
+def test_an_unclosed_guard_keeps_nothing_alive() -> None:
+    refs, _ = trained_refs(lambda opt: rt.guard(opt, max_norm=1.0, check_every=1))
     gc.collect()
-    assert model_ref() is None and opt_ref() is None
+    assert all(ref() is None for ref in refs)
     assert not interception._undo  # nothing left guarded: the patches are gone too
 
 
-def test_install_keeps_nothing_alive() -> None:
+def test_a_guard_kept_after_its_optimizer_holds_no_parameter() -> None:
+    """The parameters go with the optimizer even while the guard is kept, and the guard can
+    still be closed (``clipcheck run`` keeps its guards to the end for their last check)."""
+    refs, guard = trained_refs(lambda opt: rt.guard(opt, max_norm=1.0))
+    gc.collect()
+    assert all(ref() is None for ref in refs)
+    assert isinstance(guard, rt.Guard) and guard.steps == 3
+    guard.close()
+
+
+def test_install_frees_each_folds_parameters_before_uninstall() -> None:
     rt.install(check_every=1)
     try:
-        model = backbone_and_head()
-        opt = torch.optim.SGD(model.parameters(), lr=1e-2)
-        finetune(model, opt, steps=3)
-        model_ref = weakref.ref(model)
-        del model, opt
-        gc.collect()
-        assert model_ref() is None
+        for _ in range(3):  # three folds, a new model and optimizer each
+            refs, _ = trained_refs()
+            gc.collect()
+            assert all(ref() is None for ref in refs)
     finally:
-        assert rt.uninstall() == 3
+        assert rt.uninstall() == 9
 
 
 def test_closing_keeps_a_later_libraries_patch() -> None:

@@ -1,7 +1,10 @@
-"""GPU-only checks (skipped without CUDA): the guarded step adds no host-device sync, and the
-fused-optimizer + GradScaler path is understood."""
+"""GPU-only checks (skipped without CUDA): the guarded step adds no host-device sync, the
+fused-optimizer + GradScaler path is understood, and a guard never closed gives the model's
+memory back."""
 
 from __future__ import annotations
+
+import gc
 
 import pytest
 
@@ -67,3 +70,22 @@ def test_fused_adam_with_scaler() -> None:
             scaler.update()
     assert guard.steps == 10
 
+
+def train_unclosed(steps: int = 3) -> None:
+    """A model trained under a guard that is never closed, everything dropped on return."""
+    model, opt, x = make()
+    rt.guard(opt, max_norm=1.0, check_every=10_000)
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        model(x).square().mean().backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+
+def test_an_unclosed_guard_gives_the_memory_back() -> None:
+    train_unclosed()  # first, what CUDA keeps for good (cuBLAS workspaces): not the guard's
+    gc.collect()
+    baseline = torch.cuda.memory_allocated()
+    train_unclosed()
+    gc.collect()
+    assert torch.cuda.memory_allocated() == baseline
