@@ -462,16 +462,17 @@ class Guard:
                 f"this backward() accumulated into the gradients step {self.steps} already applied: "
                 "no zero_grad() ran in between, so this step re-applies them. Call "
                 "optimizer.zero_grad() once per update.", step=step, location=self._stale_backward[0])
-        if t_step < self._t_unscale < t_acc:
-            raise errors.BackwardAfterUnscaleError(
-                f"backward() ran after scaler.unscale_(optimizer) (at {self._unscale_site}): "
-                "the new gradients are still scaled when step() runs. Unscale after the last backward().",
-                step=step, location=locate())
+        # Before backward-after-unscale: accelerate's clip unscales inside the user's clip call.
         if t_step < self._t_clip < t_acc:
             raise errors.ClipBeforeBackwardError(
                 f"backward() ran after this clip, before the step at {locate()}: the step "
                 "applies gradients the clip never saw. Clip once, after the last backward() and "
                 "right before step().", step=step, location=self._clip_site)
+        if t_step < self._t_unscale < t_acc:
+            raise errors.BackwardAfterUnscaleError(
+                f"backward() ran after scaler.unscale_(optimizer) (at {self._unscale_site}): "
+                "the new gradients are still scaled when step() runs. Unscale after the last backward().",
+                step=step, location=locate())
 
     def _raise_unclipped(self) -> None:
         if self._unclipped_step is not None:

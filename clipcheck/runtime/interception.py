@@ -118,6 +118,9 @@ def _patch_all() -> None:
     fsdp = _fsdp1_class()
     if fsdp is not None:
         _replace(fsdp, "clip_grad_norm_", _fsdp_clip)
+    accelerator = getattr(sys.modules.get("accelerate.accelerator"), "Accelerator", None)
+    if isinstance(accelerator, type) and "clip_grad_norm_" in accelerator.__dict__:
+        _replace(accelerator, "clip_grad_norm_", _accelerate_clip)
 
 
 def _fsdp1_class() -> type | None:
@@ -243,6 +246,23 @@ def _fsdp_clip(original: Callable[..., Any]) -> Callable[..., Any]:
             return original(self, *rest, **kwargs)
 
         return _clipping(self.parameters(), float(max_norm), clip, max_norm, *args)
+
+    return clip_grad_norm_
+
+
+def _accelerate_clip(original: Callable[..., Any]) -> Callable[..., Any]:
+    """accelerate's ``Accelerator.clip_grad_norm_`` hands torch only the parameters that have a
+    gradient: a clip before the first backward never reaches torch's clip, so it is told to
+    the guards here (a clip that does reach torch's is seen there, once)."""
+    @functools.wraps(original)
+    @eager  # a compiled training step calls it eagerly
+    def clip_grad_norm_(self: Any, parameters: Any, max_norm: float, *args: Any, **kwargs: Any) -> Any:
+        if not _guards or isinstance(parameters, torch.Tensor):
+            return original(self, parameters, max_norm, *args, **kwargs)
+        params = list(parameters)  # a generator is read once: accelerate gets the list
+        if any(p.grad is not None for p in params) or math.isinf(max_norm):
+            return original(self, params, max_norm, *args, **kwargs)
+        return _clipping(params, float(max_norm), lambda _: original(self, params, max_norm, *args, **kwargs))
 
     return clip_grad_norm_
 

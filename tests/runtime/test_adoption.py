@@ -161,6 +161,24 @@ def test_accelerate_prepared_optimizer() -> None:
     assert caught.value.location == line_of("accelerate-zero")
 
 
+def test_accelerate_clip_before_the_first_backward_is_named_at_the_clip() -> None:
+    """accelerate's clip hands torch only parameters that have a gradient, so before the first
+    backward torch's clip never runs: the guard still names the misplaced clip, in this file."""
+    accelerate = pytest.importorskip("accelerate")
+    accelerator = accelerate.Accelerator(cpu=True)
+    model = backbone_and_head()
+    model, opt = accelerator.prepare(model, torch.optim.SGD(model.parameters(), lr=1e-2))
+    x, y = batch()
+    with pytest.raises(rt.ClipBeforeBackwardError) as caught, rt.guard(opt, max_norm=1.0, check_every=1):
+        for _ in range(2):
+            accelerator.clip_grad_norm_(model.parameters(), 1.0)  # <- accelerate-clip-first
+            accelerator.backward(torch.nn.functional.mse_loss(model(x), y))
+            opt.step()
+            opt.zero_grad()
+    assert caught.value.step == 1
+    assert caught.value.location == line_of("accelerate-clip-first")
+
+
 def test_no_false_alarms_on_correct_code() -> None:
     model = backbone_and_head()
     opt = torch.optim.SGD(model.parameters(), lr=1e-2)
