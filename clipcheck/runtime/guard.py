@@ -161,6 +161,7 @@ class Guard:
         self._used: _Snapshot | None = None
         self._clipped: _Snapshot | None = None
         self._vouched = False
+        self._in_closure = False  # a step's closure is running (Lightning, LBFGS)
         self._violations: torch.Tensor | None = None
         self._first_violation: torch.Tensor | None = None
         self._worst_ratio: torch.Tensor | None = None
@@ -270,16 +271,20 @@ class Guard:
         were synced when the clip asked whose they are)."""
         t_acc, t_step, t_zero = self._t_acc, self._t_step, self._t_zero
         backward_since_step = t_acc > t_step
+        # A clip inside a step's closure, ahead of the backward the closure runs (a clip in
+        # Lightning's training_step under automatic optimization), spoils the update in
+        # progress, not the last one: the step's check names it clip-before-backward.
+        after_step = not backward_since_step and not self._in_closure
         if self._unclipped_step is not None:
             step, step_location = self._unclipped_step
             self._unclipped_step = None
-            if not backward_since_step:
+            if after_step:
                 raise errors.ClipAfterStepError(
                     f"this clip runs after optimizer.step() (step {step}, at {step_location}): that "
                     "update already used unclipped gradients. Clip between backward() and step().",
                     step=step, location=location)
             self._missing_clip(step, step_location)
-        if self.steps and not backward_since_step and t_step > t_zero:
+        if self.steps and after_step and t_step > t_zero:
             raise errors.ClipAfterStepError(
                 "this clip runs after optimizer.step() and before any new backward(): that update "
                 "already used unclipped gradients. Clip between backward() and step().",
@@ -391,7 +396,11 @@ class Guard:
             # The closure runs backward inside the step (Lightning, LBFGS, which runs it
             # several times): each run is checked, the step is booked once.
             nonlocal booked
-            result = closure()
+            self._in_closure = True
+            try:
+                result = closure()
+            finally:
+                self._in_closure = False
             grads = self._check_step(lambda: location)
             if grads is not None and not booked:
                 booked = True

@@ -311,6 +311,30 @@ def test_a_closure_step_is_named_at_the_step_call() -> None:
     assert caught.value.location == line_of("closure-step")
 
 
+def test_a_clip_in_a_closure_before_its_backward_is_clip_before_backward() -> None:
+    """Under ``install()`` the first step goes unchecked; the second step's closure clips what
+    the first step used, ahead of its own backward: the update it spoils is the one in
+    progress, so it is not named clip-after-step."""
+    model, x, y = make()
+    opt = HandWrittenOptimizer(model.parameters())
+
+    def closure():
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # <- closure-clip-first
+        opt.zero_grad()
+        loss = loss_of(model, x, y)
+        loss.backward()
+        return loss
+
+    rt.install(check_every=1)
+    try:
+        with pytest.raises(rt.ClipBeforeBackwardError) as caught:
+            for _ in range(3):
+                opt.step(closure)
+    finally:
+        rt.uninstall(check=False)
+    assert caught.value.location == line_of("closure-clip-first")
+
+
 # -- correct loops: no error, and the same weights as without the guard ---------------------------
 
 def plain(model, opt, x, y, steps=6):

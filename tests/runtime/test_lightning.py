@@ -64,6 +64,15 @@ class SteppingTwice(Regressor):
         optimizer.step()  # <- second-step
 
 
+class ClippingInTrainingStep(Regressor):
+    """Automatic optimization with a clip in ``training_step``: Lightning runs the backward
+    after the method returns, so the clip sees the last update's gradients (or none)."""
+
+    def training_step(self, batch, batch_idx):
+        torch.nn.utils.clip_grad_norm_(self.parameters(), 1.0)  # <- clip-in-training-step
+        return super().training_step(batch, batch_idx)
+
+
 def fit(module: Regressor, clip: float | None) -> list[torch.Tensor]:
     torch.manual_seed(1)
     data = torch.utils.data.TensorDataset(torch.randn(64, 8), torch.randn(64, 1) * 10)
@@ -114,3 +123,11 @@ def test_an_overridden_optimizer_step_is_named_itself() -> None:
     with pytest.raises(rt.GradientOrderError) as caught:
         guarded_fit(SteppingTwice(), clip=1.0)
     assert caught.value.location == marked_line(Path(__file__), "second-step")
+
+
+def test_a_clip_in_training_step_is_clip_before_backward() -> None:
+    """As the static pass (CC101) names it: the clip spoils the update whose backward follows
+    it, not the previous one."""
+    with pytest.raises(rt.ClipBeforeBackwardError) as caught:
+        guarded_fit(ClippingInTrainingStep(), clip=None)
+    assert caught.value.location == marked_line(Path(__file__), "clip-in-training-step")
