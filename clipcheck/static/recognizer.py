@@ -242,18 +242,18 @@ class Recognizer:
     def kind(self, expr: cst.BaseExpression) -> Kind | None:
         """Whether a receiver is an optimizer, a scheduler, a scaler...: by its binding when
         one is visible, by its name otherwise."""
-        if isinstance(expr, cst.Call):
+        if type(expr) is cst.Call:  # (``type`` where ``isinstance`` would go through ABCMeta)
             if _call_name(expr) in lightning.OPTIMIZER_GETTERS:
                 return Kind.OPTIMIZER
             return None
-        if isinstance(expr, cst.Subscript):
+        if type(expr) is cst.Subscript:
             return self.kind(expr.value)
         root = expr
-        while isinstance(root, cst.Attribute):
+        while type(root) is cst.Attribute:
             root = root.value
-        argument = self.arguments.get(root.value) if isinstance(root, cst.Name) else None
+        argument = self.arguments.get(root.value) if type(root) is cst.Name else None
         is_argument = argument is not None
-        if argument is not None and isinstance(expr, cst.Name):
+        if argument is not None and type(expr) is cst.Name:
             if argument.kind not in (None, Kind.OTHER):
                 return argument.kind
             return self._kind_by_name(expr.value) or (
@@ -553,30 +553,31 @@ class Recognizer:
 
     def _collected_apart(self, node: cst.CSTNode, out: list[Item]) -> bool:
         """Collects the nodes whose parts are not simply walked in order; ``False`` for a node
-        that is (an expression statement that is not a call)."""
-        if isinstance(node, (cst.Lambda, cst.FunctionDef, cst.ClassDef)):
+        that is (an expression statement that is not a call). Types are compared, not tested
+        with ``isinstance`` (``ABCMeta``'s, slow): none of these classes has subclasses."""
+        if type(node) in (cst.Lambda, cst.FunctionDef, cst.ClassDef):
             return True
-        if isinstance(node, (cst.Assign, cst.AnnAssign, cst.AugAssign)):
+        if type(node) is cst.Assign or type(node) is cst.AnnAssign or type(node) is cst.AugAssign:
             value = node.value
             if value is not None:
                 self._collect(value, out)
             out.extend(self._assignment(node))
             return True
-        if isinstance(node, cst.IfExp):
+        if type(node) is cst.IfExp:
             self._collect(node.test, out)
             self._branch(self.items(node.body), self.items(node.orelse), out)
             return True
-        if isinstance(node, cst.BooleanOperation):
+        if type(node) is cst.BooleanOperation:
             self._collect(node.left, out)
             self._branch(self.items(node.right), [], out)
             return True
-        if isinstance(node, cst.Expr) and isinstance(node.value, cst.Call):
+        if type(node) is cst.Expr and type(node.value) is cst.Call:
             self._collect_call(node.value, out, statement=True)
             return True
-        if isinstance(node, cst.Call):
+        if type(node) is cst.Call:
             self._collect_call(node, out, statement=False)
             return True
-        if isinstance(node, cst.CompFor):
+        if type(node) is cst.CompFor:
             self._collect(node.iter, out)
             out.extend(self.iteration(node.iter, node))
             for child in children(node):
@@ -1007,7 +1008,7 @@ class Recognizer:
                 or self.kind(receiver) is not None):
             return None
         found = [f for cls in self.names.classes.values() for f in statements(cls.body)
-                 if isinstance(f, cst.FunctionDef) and f.name.value == method]
+                 if type(f) is cst.FunctionDef and f.name.value == method]
         return found[0] if len(found) == 1 else None
 
     def _is_partial(self, call: cst.Call) -> bool:
