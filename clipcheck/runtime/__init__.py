@@ -22,6 +22,7 @@ from clipcheck.runtime.errors import (
     ClipBeforeBackwardError,
     ClipInsideAccumulationError,
     ClipScaledGradientsError,
+    ForeignGradientsError,
     GradientOrderError,
     MaxNormExceededError,
     MissingClipError,
@@ -37,7 +38,7 @@ from clipcheck.runtime.guard import Guard
 
 __all__ = [
     "BackwardAfterUnscaleError", "ClipAfterStepError", "ClipBeforeBackwardError",
-    "ClipInsideAccumulationError", "ClipScaledGradientsError",
+    "ClipInsideAccumulationError", "ClipScaledGradientsError", "ForeignGradientsError",
     "GradientOrderError", "Guard", "MaxNormExceededError", "MissingClipError",
     "MissingScalerUpdateError", "MissingZeroGradError", "PartialClipError", "StepBeforeBackwardError",
     "StepBypassesScalerError", "UnscaleTwiceError", "ZeroGradBeforeStepError", "guard", "install",

@@ -28,6 +28,10 @@ class StepBeforeBackwardError(GradientOrderError):
     rule = "step-before-backward"
 
 
+class ForeignGradientsError(GradientOrderError):
+    rule = "foreign-gradients"
+
+
 class ClipInsideAccumulationError(GradientOrderError):
     rule = "clip-inside-accumulation"
 

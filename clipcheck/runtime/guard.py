@@ -3,10 +3,12 @@ gradients.
 
 Ordering is integer bookkeeping on the host: every event (a parameter's gradient accumulated,
 a zero-grad, a clip, an unscale, a step) stamps a global clock, and each rule is a comparison
-of stamps. The value check (the total gradient norm, unscaled, is at most ``max_norm``) is
-enqueued on the gradients' device and only read every ``check_every`` steps, so a guarded step
-adds no host-device synchronisation. When an intercepted clip covered every gradient and
-nothing touched them since, the value check is skipped altogether.
+of stamps. With several optimizers guarded, a step also marks the gradients it leaves on the
+others' parameters: a backward adding onto them before they are zeroed makes them foreign (two
+losses in one update). The value check (the total gradient norm, unscaled, is at most
+``max_norm``) is enqueued on the gradients' device and only read every ``check_every`` steps,
+so a guarded step adds no host-device synchronisation. When an intercepted clip covered every
+gradient and nothing touched them since, the value check is skipped altogether.
 """
 
 from __future__ import annotations
@@ -161,6 +163,18 @@ class Guard:
         self._used: _Snapshot | None = None
         self._clipped: _Snapshot | None = None
         self._vouched = False
+        # Foreign gradients: a backward left gradients on this optimizer's parameters, another
+        # optimizer stepped (``_stranded``: that guard, weakly, and its step's stamp), and a
+        # backward added onto them before this optimizer was zeroed (``_foreign``: the lines of
+        # both backwards). ``_opening``: the next accumulation notes its backward's line, the
+        # first of a new update's (from the first zero-grad or step on, only while another
+        # optimizer is guarded: foreign gradients need one, and finding a line walks the stack).
+        self._opening = True
+        self._first_backward: str | None = None
+        self._stranded: tuple[weakref.ref[Guard], int] | None = None
+        self._foreign: tuple[str | None, str | None] | None = None
+        # The accumulation hook has more to do than stamp the clock (see ``_rewatch``).
+        self._watching = True
         self._in_closure = False  # a step's closure is running (Lightning, LBFGS)
         self._violations: torch.Tensor | None = None
         self._first_violation: torch.Tensor | None = None
@@ -238,6 +252,7 @@ class Guard:
         self._frozen = []
         self._group_sizes = []
         self._used = self._clipped = None
+        self._watching = False
 
     # -- events -------------------------------------------------------------------------------
     def _accumulate_hook(self, index: int) -> Callable[[torch.Tensor], None]:
@@ -246,14 +261,53 @@ class Guard:
         # Compiled autograd, which would trace it, is not supported.
         def accumulated(param: torch.Tensor) -> None:
             self._t_acc = next(_CLOCK)
-            used = self._used  # dropped by a zero-grad
-            if used is None or self._stale_backward is not None:
-                return
-            if used.accumulated_once(index, param.grad, self._version):
-                # Only this accumulation touched the gradient the last step used.
-                self._stale_backward = (user_location(thread=self._thread),)
+            if self._watching:
+                self._watch(index, param)
 
         return accumulated
+
+    def _watch(self, index: int, param: torch.Tensor) -> None:
+        """What an accumulation tells beyond its time, on the backward's own thread: it adds
+        onto the gradient the last step used (missing-zero-grad), it is the first of this
+        update (its line, for foreign-gradients), or it adds onto gradients another
+        optimizer's step left behind (foreign-gradients)."""
+        site = None
+        used = self._used
+        if (used is not None and self._stale_backward is None
+                and used.accumulated_once(index, param.grad, self._version)):
+            # Only this accumulation touched the gradient the last step used.
+            site = user_location(thread=self._thread)
+            self._stale_backward = (site,)
+        if self._opening:
+            self._opening = False
+            self._first_backward = site or user_location(thread=self._thread)
+        elif self._stranded is not None and self._foreign is None:
+            self._foreign = (self._first_backward, site or user_location(thread=self._thread))
+        self._rewatch()
+
+    def _rewatch(self) -> None:
+        """Whether the accumulation hook must call ``_watch`` (kept as one flag, so that the
+        hook of a correct loop tests one attribute)."""
+        self._watching = ((self._used is not None and self._stale_backward is None) or self._opening
+                          or (self._stranded is not None and self._foreign is None))
+
+    def _new_update(self) -> None:
+        """A zero-grad or a step: the next backward starts what this optimizer's next step
+        applies."""
+        self._stranded = self._foreign = None
+        self._first_backward = None
+        self._opening = interception.several_guarded()
+
+    def _strand_others(self) -> None:
+        """This step leaves alone the gradients a backward put on other guarded optimizers'
+        parameters: a later backward that adds onto them before their optimizer is zeroed
+        mixes two losses (unless it reaches this optimizer too, see ``_check_foreign``)."""
+        for guard in interception.open_guards():
+            # ``guard`` holds gradients of a backward since its last zero-grad or step.
+            if (guard is not self and guard._stranded is None
+                    and guard._t_acc > guard._t_zero and guard._t_acc > guard._t_step):
+                guard._stranded = (weakref.ref(self), self._t_step)
+                guard._rewatch()
 
     def zeroing(self) -> None:
         """A zero-grad of (some of) this guard's gradients is about to run."""
@@ -265,6 +319,8 @@ class Guard:
         self._used = None  # what the last step used is going: no backward can accumulate into it
         self._stale_backward = None  # what the stale backward added goes before any step
         self._clipped = None
+        self._new_update()
+        self._rewatch()
 
     def before_clip(self, covered: set[int], max_norm: float | None, location: str | None) -> None:
         """A clip of the parameters whose ids are ``covered`` is about to run (the parameters
@@ -471,6 +527,8 @@ class Guard:
                 f"this backward() accumulated into the gradients step {self.steps} already applied: "
                 "no zero_grad() ran in between, so this step re-applies them. Call "
                 "optimizer.zero_grad() once per update.", step=step, location=self._stale_backward[0])
+        if self._foreign is not None:
+            self._check_foreign(step)
         # Before backward-after-unscale: accelerate's clip unscales inside the user's clip call.
         if t_step < self._t_clip < t_acc:
             raise errors.ClipBeforeBackwardError(
@@ -482,6 +540,25 @@ class Guard:
                 f"backward() ran after scaler.unscale_(optimizer) (at {self._unscale_site}): "
                 "the new gradients are still scaled when step() runs. Unscale after the last backward().",
                 step=step, location=locate())
+
+    def _check_foreign(self, step: int) -> None:
+        """Raise for gradients of two backwards with another optimizer's step between them,
+        unless a backward since that step reached the other optimizer's parameters too: then
+        both losses train both (a joint objective in two backwards, as the static CC107 treats
+        it)."""
+        assert self._foreign is not None and self._stranded is not None
+        first, second = self._foreign
+        other_ref, stepped_at = self._stranded
+        other = other_ref()
+        if other is not None and other._t_acc > stepped_at:
+            return
+        raise errors.ForeignGradientsError(
+            "this backward() added onto the gradients that an earlier backward()"
+            + (f" (at {first})" if first else "") + " left on this optimizer's parameters, and "
+            "another optimizer stepped in between: this step applies the other loss's gradients "
+            "too. Zero this optimizer's gradients right before its own backward(), or keep the "
+            "other loss out of its parameters (requires_grad_(False) on them during the other "
+            "backward, or detach).", step=step, location=second)
 
     def _raise_unclipped(self) -> None:
         if self._unclipped_step is not None:
@@ -552,6 +629,10 @@ class Guard:
         self._used = clipped if self._vouched and clipped is not None else _Snapshot(grads, self._version)
         self._vouched = False
         self._clipped = None
+        self._new_update()
+        if self._opening:  # another optimizer is guarded
+            self._strand_others()
+        self._rewatch()
         if self._violations is not None and self.steps % self.check_every == 0:
             self.check()
 

@@ -71,12 +71,24 @@ def guard_of(optimizer: object) -> Guard | None:
     return guard if guard is not None and guard.optimizer_ref() is optimizer else None
 
 
+def several_guarded() -> bool:
+    """More than one optimizer is guarded (gradients can be foreign to one of them)."""
+    return len(_guards) > 1
+
+
+def open_guards() -> list[Guard]:
+    """Every guard not closed whose optimizer is alive; a copy: a finalizer run by the garbage
+    collector may drop a guard from the registry meanwhile."""
+    return list(_guards.values())
+
+
 def guards_of(ids: set[int], settle: bool = True) -> list[Guard]:
     """The guards owning any of the parameters whose ids are given (set operations in C: a
     clip or a zero-grad of many tensors costs little per tensor). ``settle``: see
     :meth:`Guard.sync_params`."""
     owners = []
-    for guard in _guards.values():  # a loop, not a comprehension: no frame of its own on 3.11
+    # A copy (see open_guards); a loop, not a comprehension: no frame of its own on 3.11.
+    for guard in list(_guards.values()):
         if guard.needs_sync:
             guard.sync_params(settle)  # a parameter unfrozen since the last step is this guard's too
         if not guard.param_ids.isdisjoint(ids):
