@@ -1,0 +1,3 @@
+from clipcheck.server import serve
+
+serve()
