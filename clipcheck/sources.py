@@ -15,7 +15,6 @@ import io
 import os
 import re
 import stat
-import subprocess
 import sys
 import tokenize
 from collections.abc import Callable, Sequence
@@ -98,6 +97,8 @@ def _git_ignored(root: Path, candidates: list[Path]) -> set[Path]:
     """The candidates that git ignores, or none when ``root`` is not in a git work tree."""
     if not candidates:
         return set()
+    import subprocess  # only where a folder is walked: a single file's run never needs it
+
     try:
         result = subprocess.run(
             ["git", "-C", str(root), "check-ignore", "--stdin", "-z"],
