@@ -297,6 +297,7 @@ class Guard:
         self._stranded = self._foreign = None
         self._first_backward = None
         self._opening = interception.several_guarded()
+        self._rewatch()
 
     def _strand_others(self) -> None:
         """This step leaves alone the gradients a backward put on other guarded optimizers'
@@ -320,7 +321,6 @@ class Guard:
         self._stale_backward = None  # what the stale backward added goes before any step
         self._clipped = None
         self._new_update()
-        self._rewatch()
 
     def before_clip(self, covered: set[int], max_norm: float | None, location: str | None) -> None:
         """A clip of the parameters whose ids are ``covered`` is about to run (the parameters
@@ -632,7 +632,6 @@ class Guard:
         self._new_update()
         if self._opening:  # another optimizer is guarded
             self._strand_others()
-        self._rewatch()
         if self._violations is not None and self.steps % self.check_every == 0:
             self.check()
 
