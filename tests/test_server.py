@@ -311,6 +311,14 @@ def test_an_edited_configuration_applies_when_the_client_reports_it(tmp_path: Pa
         client.close()
 
 
+def test_a_save_checks_again_under_the_configuration_as_it_is_now(client: Client, project: Path) -> None:
+    path = project / "train.py"
+    assert [d["code"] for d in client.open(path, BAD)] == ["CC101"]
+    (project / "pyproject.toml").write_text('[tool.clipcheck]\nignore = ["CC101"]\n')
+    client.notify("textDocument/didSave", {"textDocument": {"uri": path.as_uri()}})
+    assert client.diagnostics(path.as_uri()) == []
+
+
 def test_a_broken_configuration_is_one_cc000(client: Client, project: Path) -> None:
     (project / "pyproject.toml").write_text('[tool.clipcheck]\nignore = ["no-such-rule"]\n')
     [diagnostic] = client.open(project / "train.py", BAD)

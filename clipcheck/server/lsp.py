@@ -96,16 +96,17 @@ class ClipcheckServer(LanguageServer):
         return Part(cell.document, document.source, document.version, code)
 
     # -- analysing -------------------------------------------------------------------------------
-    def schedule(self, key: str, delay: float = 0.0) -> None:
-        """Analyse the document after ``delay`` seconds without a newer change, and publish."""
+    def schedule(self, key: str, delay: float = 0.0, again: bool = False) -> None:
+        """Analyse the document after ``delay`` seconds without a newer change (``again``: even
+        if its text has not changed since its last analysis), and publish."""
         previous = self.pending.pop(key, None)
         if previous is not None:
             previous.cancel()
-        self.pending[key] = asyncio.get_running_loop().create_task(self._publish_after(key, delay))
+        self.pending[key] = asyncio.get_running_loop().create_task(self._publish_after(key, delay, again))
 
-    async def _publish_after(self, key: str, delay: float) -> None:
+    async def _publish_after(self, key: str, delay: float, again: bool) -> None:
         await asyncio.sleep(delay)
-        analysis = await self.analysed(key, again=True)
+        analysis = await self.analysed(key, again)
         if analysis is not None:
             self.publish(analysis)
 
@@ -118,7 +119,7 @@ class ClipcheckServer(LanguageServer):
             return None
         known = self.analyses.get(key)
         if not again and known is not None and known.snapshot.signature == snapshot.signature:
-            return known
+            return Analysis(snapshot, known.findings)  # the same texts, perhaps at newer versions
         analysis = await asyncio.get_running_loop().run_in_executor(self.analyser, analyse, snapshot)
         now = self.snapshot(key)
         if now is None or now.signature != snapshot.signature:
@@ -284,8 +285,9 @@ def did_change(ls: ClipcheckServer, params: types.DidChangeTextDocumentParams) -
 
 
 def did_save(ls: ClipcheckServer, params: types.DidSaveTextDocumentParams) -> None:
+    """A save checks again (a configuration file may have changed unseen)."""
     if params.text_document.uri in ls.documents:
-        ls.schedule(params.text_document.uri)
+        ls.schedule(params.text_document.uri, again=True)
 
 
 def did_close(ls: ClipcheckServer, params: types.DidCloseTextDocumentParams) -> None:
@@ -302,7 +304,7 @@ def notebook_did_change(ls: ClipcheckServer, params: types.DidChangeNotebookDocu
 
 
 def notebook_did_save(ls: ClipcheckServer, params: types.DidSaveNotebookDocumentParams) -> None:
-    ls.schedule(params.notebook_document.uri)
+    ls.schedule(params.notebook_document.uri, again=True)
 
 
 def notebook_did_close(ls: ClipcheckServer, params: types.DidCloseNotebookDocumentParams) -> None:
@@ -312,7 +314,7 @@ def notebook_did_close(ls: ClipcheckServer, params: types.DidCloseNotebookDocume
 def configuration_changed(ls: ClipcheckServer, params: types.DidChangeWatchedFilesParams) -> None:
     """A configuration file changed: every open document is analysed again."""
     for key in ls.documents:
-        ls.schedule(key)
+        ls.schedule(key, again=True)
 
 
 async def code_action(ls: ClipcheckServer, params: types.CodeActionParams) -> list[types.CodeAction] | None:
