@@ -24,6 +24,17 @@ from clipcheck.suppressions import UNUSED_CODE
 from clipcheck.workers import Limits
 
 
+class _CannotRun(click.ClickException):
+    """A configuration file or an installation that cannot be used: exit status 2, as for a
+    usage error, without the usage text (what to change is not the command line)."""
+
+    exit_code = 2
+
+
+def _config_error(error: ConfigError) -> click.ClickException:
+    return _CannotRun(str(error)) if error.path is not None else click.UsageError(str(error))
+
+
 def _rule_by_id(identifier: str) -> RuleInfo:
     try:
         return rule_named(identifier)
@@ -117,7 +128,7 @@ def check(paths: tuple[str, ...], output_format: str, select: tuple[str, ...], e
         report = check_sources(list(paths), resolver, force_exclude, report_unused_suppressions,
                                stdin_filename, fixing, jobs, cache, limits)
     except ConfigError as error:
-        raise click.UsageError(str(error)) from error
+        raise _config_error(error) from error
     if diff:
         click.echo("".join(report.diffs), nl=False)
         if any(f.unanalysable for f in report.findings):

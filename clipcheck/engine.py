@@ -226,7 +226,7 @@ def check(paths: Sequence[str], resolver: Resolver, force_exclude: bool = False,
         where = source.path if source.path is not None else Path(source.shown)
         settings = resolver.for_path(where)
         task = Task(source.shown, source.path, data, tuple(r.code for r in settings.rules_for(where)),
-                    settings.vocabulary, fixing, report_unused)
+                    settings.vocabulary, fixing, report_unused or settings.reports_unused(where))
         name = task.cache_key if cache is not None and fixing is None else None
         hit = cache.get(name) if cache is not None and name is not None else None
         if hit is not None:

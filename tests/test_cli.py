@@ -88,11 +88,17 @@ def test_select_and_ignore_by_code_or_name(tmp_path: Path) -> None:
     assert result.returncode == 1
 
 
-def test_unknown_rule_is_a_usage_error(tmp_path: Path) -> None:
+def test_unknown_rule_is_a_usage_error_naming_its_flag(tmp_path: Path) -> None:
     write(tmp_path, "train.py", CLEAN)
-    result = run_clipcheck("check", "--select", "no-such-rule", "train.py", cwd=tmp_path)
-    assert result.returncode == 2
-    assert "unknown rule 'no-such-rule'" in result.stderr
+    write(tmp_path, "pyproject.toml", '[tool.clipcheck]\nselect = ["CC1"]\n')
+    for flag in ("--select", "--extend-select", "--ignore"):
+        result = run_clipcheck("check", flag, "no-such-rule", "--config", "pyproject.toml", "train.py",
+                               cwd=tmp_path)
+        assert result.returncode == 2
+        assert f"unknown rule 'no-such-rule' ({flag})" in result.stderr, flag
+        assert "pyproject.toml" not in result.stderr  # the flag's mistake, not the file's
+    typo = run_clipcheck("check", "--select", "clip-befor-backward", "train.py", cwd=tmp_path)
+    assert "did you mean 'clip-before-backward'?" in typo.stderr
 
 
 def test_a_missing_path_is_cc000_and_the_others_are_still_checked(tmp_path: Path) -> None:
