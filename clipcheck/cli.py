@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -19,9 +21,13 @@ from clipcheck.docs import rule_doc
 from clipcheck.engine import Fixing
 from clipcheck.engine import check as check_sources
 from clipcheck.output import FORMATS
+from clipcheck.output import progress as progress_bar
+from clipcheck.output.text import found
 from clipcheck.sources import STDIN
 from clipcheck.suppressions import UNUSED_CODE
 from clipcheck.workers import Limits
+
+INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command Ctrl-C stopped
 
 
 class _CannotRun(click.ClickException):
@@ -33,6 +39,18 @@ class _CannotRun(click.ClickException):
 
 def _config_error(error: ConfigError) -> click.ClickException:
     return _CannotRun(str(error)) if error.path is not None else click.UsageError(str(error))
+
+
+class _Commands(click.Group):
+    """clipcheck's commands. Ctrl-C exits 130, not with click's ``Aborted!`` and status 1,
+    which is also the status of findings."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("clipcheck: interrupted.", err=True)
+            sys.exit(INTERRUPTED)
 
 
 def _rule_by_id(identifier: str) -> RuleInfo:
@@ -59,7 +77,7 @@ def _use_color(choice: str) -> bool:
     return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="clipcheck")
 def main() -> None:
     """Find misplaced gradient clipping, zero-grad and optimizer steps in PyTorch training code."""
@@ -110,7 +128,8 @@ def check(paths: tuple[str, ...], output_format: str, select: tuple[str, ...], e
     """Check Python files and notebooks (default: the current directory, recursively; ``-`` reads
     standard input).
 
-    Exit status: 0 no findings, 1 findings, 2 usage error or a file that could not be analysed.
+    Exit status: 0 no findings, 1 findings, 2 usage error or a file that could not be analysed,
+    130 stopped by Ctrl-C.
     """
     overrides = Overrides(_selectors(select), _selectors(extend_select), _selectors(ignore),
                           _selectors(exclude))
@@ -125,8 +144,9 @@ def check(paths: tuple[str, ...], output_format: str, select: tuple[str, ...], e
         fixing = Fixing(unsafe=unsafe_fixes, diff=diff) if fix or diff else None
         cache = None if no_cache else Cache(Path.cwd())
         limits = Limits(seconds=timeout, seconds_per_mib=timeout)
-        report = check_sources(list(paths), resolver, force_exclude, report_unused_suppressions,
-                               stdin_filename, fixing, jobs, cache, limits)
+        with _progress(progress_bar.wanted(sys.stderr, output_format, quiet)) as progress:
+            report = check_sources(list(paths), resolver, force_exclude, report_unused_suppressions,
+                                   stdin_filename, fixing, jobs, cache, limits, progress)
     except ConfigError as error:
         raise _config_error(error) from error
     if diff:
@@ -140,6 +160,8 @@ def check(paths: tuple[str, ...], output_format: str, select: tuple[str, ...], e
         counts = Counter((f.code, f.rule) for f in report.findings)
         for (code, rule), count in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
             click.echo(f"{count:>5}  {code}  {rule}")
+        if not counts:
+            click.echo(found(report))
     else:
         colored = _use_color(color) and output_format in ("text", "concise")
         output = FORMATS[output_format](report, colored)
@@ -155,6 +177,20 @@ def check(paths: tuple[str, ...], output_format: str, select: tuple[str, ...], e
     if any(f.unanalysable for f in report.findings):
         sys.exit(2)
     sys.exit(1 if report.findings and not exit_zero else 0)
+
+
+@contextlib.contextmanager
+def _progress(shown: bool) -> Iterator[progress_bar.ProgressBar | None]:
+    """A progress bar on standard error while the files are checked (when ``shown``), erased
+    however the check ends."""
+    if not shown:
+        yield None
+        return
+    bar = progress_bar.ProgressBar(sys.stderr)
+    try:
+        yield bar
+    finally:
+        bar.close()
 
 
 @main.command("rules")
@@ -235,7 +271,8 @@ def run(max_norm: float | None, check_every: int, script: str, args: tuple[str, 
     except BaseException as error:
         runtime.uninstall(check=False)
         _print_script_traceback(error, script)
-        sys.exit(130 if isinstance(error, KeyboardInterrupt) else 1)
+        sys.exit(INTERRUPTED if isinstance(error, KeyboardInterrupt) else 1)
     if steps == 0:
         click.echo("clipcheck: no optimizer stepped during this run, so nothing was checked.", err=True)
     sys.exit(exit_code)
+

@@ -18,7 +18,7 @@ from clipcheck.screen import screen
 from clipcheck.sources import Unreadable, decode, discover, read_bytes, source_lines
 from clipcheck.static.frameworks.custom import NONE as NO_CUSTOM_VOCABULARY
 from clipcheck.static.frameworks.custom import Vocabulary
-from clipcheck.workers import Failure, Limits, Pool, usable_cores
+from clipcheck.workers import Failure, Limits, Pool, Progress, usable_cores
 
 
 @dataclass
@@ -204,15 +204,23 @@ def _add(report: Report, shown: str, findings: list[Finding], lines: dict[int | 
         report.lines[(shown, cell)] = text
 
 
+def _after(progress: Progress, already: int) -> Progress:
+    """``progress`` told of ``already`` more sources done (those found in the cache)."""
+    return lambda done, total: progress(already + done, already + total)
+
+
 def check(paths: Sequence[str], resolver: Resolver, force_exclude: bool = False,
           report_unused: bool = False, stdin_name: str | None = None, fixing: Fixing | None = None,
-          jobs: int | None = None, cache: Cache | None = None, limits: Limits = DEFAULT_LIMITS) -> Report:
+          jobs: int | None = None, cache: Cache | None = None, limits: Limits = DEFAULT_LIMITS,
+          progress: Progress | None = None) -> Report:
     """Every source ``paths`` name, each with the settings in effect for it (standard input's
     by the name it is given), analysed in ``jobs`` worker processes (default: the usable
-    cores) and, without fixing, looked up in and stored to ``cache``."""
+    cores) and, without fixing, looked up in and stored to ``cache``. ``progress`` is told
+    how many sources are done, of how many, as each analysis ends (cached ones count as done)."""
     report = Report()
     tasks: list[Task] = []
     keys: list[str | None] = []  # each task's cache key, hashed once
+    hits = 0  # sources found in the cache
     for source in discover(paths, resolver.excluded, force_exclude, stdin_name):
         if source.skipped is not None:
             report.notes.append(f"{source.shown}: skipped, {source.skipped}")
@@ -231,11 +239,13 @@ def check(paths: Sequence[str], resolver: Resolver, force_exclude: bool = False,
         hit = cache.get(name) if cache is not None and name is not None else None
         if hit is not None:
             _add(report, task.shown, *hit)
+            hits += 1
         else:
             tasks.append(task)
             keys.append(name)
     pool = Pool(run_task, jobs or usable_cores(), limits, size=lambda task: len(task.data))
-    for task, name, result in zip(tasks, keys, pool.map(tasks), strict=True):
+    results = pool.map(tasks, None if progress is None else _after(progress, hits))
+    for task, name, result in zip(tasks, keys, results, strict=True):
         if isinstance(result, Failure):
             _add(report, task.shown, [unanalysable(task.shown, result.reason)], {})
             continue

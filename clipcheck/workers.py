@@ -18,7 +18,7 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -26,6 +26,9 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 MIB = 1 << 20
+
+# Told how many inputs are done, of how many, after each one (a progress bar).
+Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,8 @@ def _limit_memory(allowance: int) -> None:
 def _serve(connection: multiprocessing.connection.Connection, work: Callable[[Any], Any]) -> None:
     """A worker's loop: one input at a time, until told to stop or memory runs out."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C stops
+    if hasattr(signal, "pthread_sigmask"):  # held back while it was forked (see _sigint_held)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     gc.set_threshold(50_000, 20, 100)  # syntax trees are many small objects, rarely cycles
     while True:
         try:
@@ -113,6 +118,21 @@ def _serve(connection: multiprocessing.connection.Connection, work: Callable[[An
 def _context() -> Any:
     methods = multiprocessing.get_all_start_methods()
     return multiprocessing.get_context("fork" if "fork" in methods and sys.platform != "darwin" else "spawn")
+
+
+@contextlib.contextmanager
+def _sigint_held() -> Iterator[None]:
+    """Ctrl-C held back while a worker is started and recorded: it then reaches this process
+    only once the worker is among those stopped on the way out, and the worker starts with it
+    held, until it ignores it (before, it would die printing a traceback)."""
+    if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - Windows
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class _Worker:
@@ -155,9 +175,16 @@ class Pool(Generic[T, R]):
                  size: Callable[[T], int] = lambda item: 0) -> None:
         self.work, self.jobs, self.limits, self.size = work, max(1, jobs), limits, size
 
-    def map(self, items: Sequence[T]) -> list[R | Failure]:
-        """Each input's result (or why it has none), in the inputs' order."""
+    def map(self, items: Sequence[T], progress: Progress | None = None) -> list[R | Failure]:
+        """Each input's result (or why it has none), in the inputs' order; ``progress`` is told
+        after each one. Whatever ends it (Ctrl-C included), no worker outlives it."""
         results: dict[int, R | Failure] = {}
+
+        def done(index: int, outcome: R | Failure) -> None:
+            results[index] = outcome
+            if progress is not None:
+                progress(len(results), len(items))
+
         # The largest first, so that no worker is left with a large input at the end.
         pending = sorted(range(len(items)), key=lambda index: self.size(items[index]))
         workers: list[_Worker] = []
@@ -167,7 +194,8 @@ class Pool(Generic[T, R]):
                 workers = [w for w in workers if w.index is not None or w.process.is_alive()]
                 while pending and len(workers) < min(self.jobs, len(items)) and lost <= 3 * self.jobs:
                     try:
-                        workers.append(_Worker(self.work))
+                        with _sigint_held():
+                            workers.append(_Worker(self.work))
                     except OSError:  # the system refuses another process now
                         lost += 1
                 for worker in workers:
@@ -184,7 +212,8 @@ class Pool(Generic[T, R]):
                             lost += 1
                 busy = [w for w in workers if w.index is not None]
                 if lost > 3 * self.jobs:
-                    results.update((i, Failure("no worker process could be started")) for i in pending)
+                    for index in pending:
+                        done(index, Failure("no worker process could be started"))
                     pending.clear()
                 if not busy:
                     if pending:
@@ -198,7 +227,7 @@ class Pool(Generic[T, R]):
                     outcome = _outcome(worker, ready)
                     if outcome is None or finished is None:
                         continue
-                    results[finished] = outcome
+                    done(finished, outcome)
                     if not worker.process.is_alive():
                         worker.stop()
                         workers.remove(worker)

@@ -6,7 +6,11 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+from click.testing import CliRunner
 from conftest import BAD, FIXTURES, run_clipcheck, run_json
+
+from clipcheck import cli
 
 CLEAN = """import torch
 
@@ -43,9 +47,10 @@ def test_json_shape_and_exit_code(tmp_path: Path) -> None:
 
 def test_clean_exit_zero_and_text_summary(tmp_path: Path) -> None:
     write(tmp_path, "train.py", CLEAN)
+    write(tmp_path, "eval.py", CLEAN)
     result = run_clipcheck("check", "train.py", cwd=tmp_path)
-    assert result.returncode == 0
-    assert "All checks passed." in result.stdout
+    assert (result.returncode, result.stdout) == (0, "All checks passed: 1 file.\n")
+    assert run_clipcheck("check", cwd=tmp_path).stdout == "All checks passed: 2 files.\n"
 
 
 def test_text_output_points_at_the_call(tmp_path: Path) -> None:
@@ -55,7 +60,7 @@ def test_text_output_points_at_the_call(tmp_path: Path) -> None:
     assert lines[0] == "train.py:8:9: CC104 zero-grad-before-step"
     assert lines[2].endswith("|         optimizer.zero_grad()")
     assert lines[3] == "       |         " + "^" * len("optimizer.zero_grad()")
-    assert lines[-1] == "Found 1 problem."
+    assert lines[-1] == "Found 1 problem (1 file checked)."
 
 
 def test_recursion_sorting_and_relative_paths(tmp_path: Path) -> None:
@@ -127,7 +132,7 @@ def test_bad_files_are_reported_and_the_rest_still_checked(tmp_path: Path) -> No
     assert "not UTF-8" in findings[2]["message"]
     text = run_clipcheck("check", cwd=tmp_path)
     assert text.returncode == 2
-    assert "Found 1 problem and 3 files that could not be analysed." in text.stdout
+    assert text.stdout.endswith("Found 1 problem and 3 files that could not be analysed (4 files checked).\n")
 
 
 def test_the_checked_code_is_never_imported_or_run(tmp_path: Path) -> None:
@@ -248,3 +253,20 @@ def test_odd_but_valid_code_never_ends_in_a_traceback(tmp_path: Path) -> None:
     result = run_clipcheck("check", "--output-format", "json", "train.py", cwd=tmp_path)
     assert "Traceback" not in result.stderr
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_statistics_on_a_clean_tree_say_zero(tmp_path: Path) -> None:
+    write(tmp_path, "train.py", CLEAN)
+    result = run_clipcheck("check", "--statistics", "train.py", cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (0, "Found 0 problems (1 file checked).\n")
+
+
+def test_ctrl_c_exits_130_without_aborted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """click would print ``Aborted!`` and exit 1, the status of findings."""
+    def interrupted(*_args: object, **_kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "check_sources", interrupted)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli.main, ["check", "."])
+    assert (result.exit_code, result.output) == (130, "clipcheck: interrupted.\n")

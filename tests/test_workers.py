@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import faulthandler
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -14,12 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import clipcheck_command
 
 from clipcheck import engine
 from clipcheck.cache import FOLDER, Cache
 from clipcheck.config import Overrides, Resolver
 from clipcheck.findings import Finding
-from clipcheck.workers import Limits
+from clipcheck.workers import Limits, Pool
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
@@ -215,3 +217,79 @@ def test_an_impossible_timeout_is_a_usage_error(tmp_path: Path, limit: str) -> N
     _tree(tmp_path, ["a.py"])
     result = _cli("--timeout", limit, ".", cwd=tmp_path)
     assert result.returncode == 2 and "--timeout" in result.stderr and "Traceback" not in result.stderr
+
+
+# -- progress and Ctrl-C ---------------------------------------------------------------------------
+
+def slow_tree(folder: Path, files: int) -> None:
+    """Files of fifty training functions each: about half a second apiece to analyse here."""
+    for number in range(files):
+        (folder / f"train_{number}.py").write_text(
+            "import torch\n" + "".join(GENERATED.format(index=index) for index in range(50)))
+
+
+def _double(number: int) -> int:
+    return 2 * number
+
+
+def _nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def test_the_pool_tells_its_progress_after_each_input() -> None:
+    told: list[tuple[int, int]] = []
+    results = Pool(_double, 2, Limits()).map([1, 2, 3], lambda done, total: told.append((done, total)))
+    assert results == [2, 4, 6]
+    assert told == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_progress_counts_the_cached_files_as_done(tmp_path: Path) -> None:
+    _tree(tmp_path, ["a.py", "b.py", "c.py"])
+    os.chdir(tmp_path)
+    cache = Cache(tmp_path)
+    engine.check(["."], Resolver(Overrides()), jobs=1, cache=cache)
+    (tmp_path / "b.py").write_text(CLIP_AFTER_STEP + "\n")
+    told: list[tuple[int, int]] = []
+    engine.check(["."], Resolver(Overrides()), jobs=1, cache=cache,
+                 progress=lambda done, total: told.append((done, total)))
+    assert told == [(3, 3)]  # two from the cache, then the one analysed
+
+
+def test_an_interrupted_pool_leaves_no_worker_behind() -> None:
+    def interrupt(_done: int, _total: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Pool(_nap, 2, Limits()).map([60.0, 60.0, 60.0, 0.0], interrupt)  # the last goes first
+    assert multiprocessing.active_children() == []
+
+
+def _children(parent: int) -> list[int]:
+    """The processes whose parent is ``parent``, from Linux's /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split() if entry.name.isdigit() else []
+        except OSError:  # gone meanwhile
+            continue
+        if fields and int(fields[1]) == parent:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds the workers in /proc")
+def test_ctrl_c_exits_130_and_stops_every_worker(tmp_path: Path) -> None:
+    """As a terminal sends it: SIGINT to the whole process group, workers included, in the
+    middle of a run."""
+    slow_tree(tmp_path, 10)
+    run = subprocess.Popen([*clipcheck_command(), "check", "--no-cache", "--jobs", "2", "."], cwd=tmp_path,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while len(workers := _children(run.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(workers) == 2
+    os.killpg(run.pid, signal.SIGINT)
+    out, err = run.communicate(timeout=60)
+    assert (run.returncode, out, err) == (130, "", "clipcheck: interrupted.\n")
+    assert [pid for pid in workers if Path(f"/proc/{pid}").exists()] == []

@@ -8,13 +8,23 @@ import click
 from clipcheck.engine import Report
 
 
-def _summary(report: Report) -> str:
+def _files(count: int) -> str:
+    return f"{count} file{'s' if count != 1 else ''}"
+
+
+def found(report: Report) -> str:
+    """``Found 3 problems (647 files checked).``, zero included."""
     errors = sum(1 for f in report.findings if f.unanalysable)
     problems = len(report.findings) - errors
-    summary = f"Found {problems} problem{'s' if problems != 1 else ''}"
+    text = f"Found {problems} problem{'s' if problems != 1 else ''}"
     if errors:
-        summary += f" and {errors} file{'s' if errors != 1 else ''} that could not be analysed"
-    return summary + "." if report.findings else "All checks passed."
+        text += f" and {_files(errors)} that could not be analysed"
+    return f"{text} ({_files(report.checked)} checked)."
+
+
+def summary(report: Report) -> str:
+    """The last line of text output: what was found, and in how many files."""
+    return found(report) if report.findings else f"All checks passed: {_files(report.checked)}."
 
 
 def to_text(report: Report, color: bool) -> str:
@@ -34,7 +44,7 @@ def to_text(report: Report, color: bool) -> str:
             caret = " " * (f.column - 1) + "^" * max(width, 1)
             lines.append("       | " + (click.style(caret, fg="red") if color else caret))
         lines.append("")
-    lines.append(_summary(report))
+    lines.append(summary(report))
     return "\n".join(lines)
 
 
@@ -43,5 +53,5 @@ def to_concise(report: Report, color: bool) -> str:
     for f in report.findings:
         code = click.style(f.code, fg="red", bold=True) if color else f.code
         lines.append(f"{f.place}: {code} {f.message}")
-    lines.append(_summary(report))
+    lines.append(summary(report))
     return "\n".join(lines)
