@@ -3,6 +3,7 @@ every input that cannot be analysed becomes a CC000 finding with its reason, and
 
 from __future__ import annotations
 
+import codecs
 import functools
 import re
 from collections.abc import Callable, Sequence
@@ -13,7 +14,7 @@ from clipcheck import notebooks, suppressions
 from clipcheck.cache import Cache, key
 from clipcheck.config import Resolver
 from clipcheck.findings import Finding, in_cell, unanalysable
-from clipcheck.fixes import fix_text, unified_diff, write_whole
+from clipcheck.fixes import Fixes, apply_edits, apply_edits_by_cell, fix_text, unified_diff, write_whole
 from clipcheck.screen import screen
 from clipcheck.sources import Unreadable, decode, discover, read_bytes, source_lines
 from clipcheck.static.frameworks.custom import NONE as NO_CUSTOM_VOCABULARY
@@ -82,12 +83,27 @@ def _cell_lines(match: re.Match[str], *, nb: notebooks.Program, cell: int) -> st
 Analyse = Callable[[str], list[Finding]]
 
 
+def _in_cells(text: str, nb: notebooks.Program, cell: int) -> str:
+    """A message's program lines as the lines of ``cell`` (and of other cells, named)."""
+    return _LINES.sub(functools.partial(_cell_lines, nb=nb, cell=cell), text)
+
+
+def _cell_fix(fix: dict[str, object], nb: notebooks.Program, cell: int) -> dict[str, object] | None:
+    """A fix on the notebook's program as edits of its cells, described in the cell's lines;
+    ``None`` where an edit has no certain place in a cell."""
+    edits = [nb.cell_edit(edit) for edit in fix["edits"]]  # type: ignore[attr-defined]
+    if any(edit is None for edit in edits):
+        return None
+    return {**fix, "message": _in_cells(str(fix["message"]), nb, cell), "edits": edits}
+
+
 def _in_notebook(finding: Finding, nb: notebooks.Program) -> Finding:
-    """A finding on the notebook's program, placed in its cell (messages too)."""
+    """A finding on the notebook's program, placed in its cell (messages and fixes too)."""
     cell, line = nb.place(finding.line)
     end_cell, end_line = nb.place(finding.end_line)
-    message = _LINES.sub(functools.partial(_cell_lines, nb=nb, cell=cell), finding.message)
-    return replace(in_cell(finding, cell, line, end_line if end_cell == cell else line), message=message)
+    fix = _cell_fix(finding.fix, nb, cell) if finding.fix is not None else None
+    return replace(in_cell(finding, cell, line, end_line if end_cell == cell else line),
+                   message=_in_cells(finding.message, nb, cell), fix=fix)
 
 
 def _check_notebook(text: str, shown: str, analyse: Analyse, report_unused: bool) -> Checked:
@@ -103,6 +119,14 @@ def _check_notebook(text: str, shown: str, analyse: Analyse, report_unused: bool
     broken = [replace(unanalysable(shown, f"cell {e.cell} is not Python: {e.message}", e.line, e.column),
                       cell=e.cell) for e in nb.errors]
     return Checked(broken + [relocate(f) for f in kept], lines, comments, relocate)
+
+
+def _check_python(text: str, analyse: Analyse, report_unused: bool) -> Checked:
+    found = analyse(text)
+    # Comments are read (a tokenizer's pass) only where a finding or an unused suppression
+    # can come of them.
+    comments = suppressions.parse(text) if found or report_unused else {}
+    return Checked(suppressions.apply(found, comments), {None: source_lines(text)}, comments)
 
 
 @dataclass(frozen=True)
@@ -149,52 +173,69 @@ class Outcome:
     diff: str | None = None
 
 
+def _fix_cells(text: str, fixes: Fixes) -> tuple[str, int]:
+    """A notebook's text with the fixes made in its cells, and how many were made."""
+    sources = notebooks.sources(text)
+    edited, applied = apply_edits_by_cell(sources, fixes)
+    changed = {cell: edited[cell] for cell in sources if edited[cell] != sources[cell]}
+    return notebooks.rewrite(text, changed), applied
+
+
+def _cells_diff(before: str, after: str, shown: str) -> str:
+    """A notebook's fixes as one unified diff per changed cell (``a/nb.ipynb:cell 3``)."""
+    old, new = notebooks.sources(before), notebooks.sources(after)
+    return "".join(unified_diff(old[cell], new[cell], f"{shown}:cell {cell}") for cell in old
+                   if old[cell] != new[cell])
+
+
 def _fix(task: Task, text: str, encoding: str,
-         analyse: Analyse) -> tuple[str, list[Finding], int, str | None]:
-    """Make the fixes in ``text``; write the file (or, with ``diff``, keep the diff). The text
-    the findings are then reported on, its findings, the fixes written and the diff."""
+         check: Callable[[str], Checked]) -> tuple[str, int, str | None]:
+    """Make the fixes of the findings no comment suppresses in ``text`` (a notebook's in its
+    cells); write the file (or, with ``diff``, keep the diff). The text then to report on, the
+    fixes written and the diff."""
     assert task.fixing is not None
-    fixed, count, findings = fix_text(text, analyse, task.fixing.unsafe)
+    fixed, count, _ = fix_text(text, lambda current: check(current).findings, task.fixing.unsafe,
+                               _fix_cells if task.notebook else apply_edits)
     if not count:
-        return text, findings, 0, None
-    if task.path is None or task.fixing.diff:
-        diff = unified_diff(text, fixed, task.shown) if task.path is not None else None
-        return text, analyse(text), 0, diff  # nothing written: the findings of the text as it is
+        return text, 0, None
+    if task.path is None or task.fixing.diff:  # nothing written: report on the text as it is
+        diff = (_cells_diff if task.notebook else unified_diff)(text, fixed, task.shown)
+        return text, 0, diff if task.path is not None else None
     try:
         write_whole(task.path, fixed.encode(encoding))
     except (OSError, UnicodeEncodeError) as error:
         raise Unreadable(f"cannot write the fixed file (left unchanged): {error}") from None
-    return fixed, findings, count, None
+    return fixed, count, None
+
+
+def _notebook_text(data: bytes) -> tuple[str, str]:
+    """A notebook's text, and the encoding that writes it back (a byte-order mark kept)."""
+    try:
+        return data.decode("utf-8-sig"), "utf-8-sig" if data.startswith(codecs.BOM_UTF8) else "utf-8"
+    except UnicodeDecodeError:
+        raise Unreadable("not a notebook: not UTF-8") from None
 
 
 def run_task(task: Task) -> Outcome:
     """A worker's job: one source's findings (or its CC000), suppressions applied; with
-    fixing, after its fixes (notebooks and standard input are never rewritten)."""
+    fixing, after its fixes (standard input is never rewritten)."""
     analyse = functools.partial(analyse_source, shown=task.shown, rules=task.rules, custom=task.custom)
     fixed, diff = 0, None
+    unused = task.report_unused
+    checker = (functools.partial(_check_notebook, shown=task.shown, analyse=analyse, report_unused=unused)
+               if task.notebook else functools.partial(_check_python, analyse=analyse, report_unused=unused))
+    check = functools.lru_cache(maxsize=1)(checker)  # fixing ends by checking the text it leaves
     try:
-        if task.notebook:
-            try:
-                text = task.data.decode("utf-8-sig")
-                checked = _check_notebook(text, task.shown, analyse, task.report_unused)
-            except UnicodeDecodeError:
-                raise Unreadable("not a notebook: not UTF-8") from None
-        else:
-            text, encoding = decode(task.data)
-            if task.fixing is not None:
-                text, found, fixed, diff = _fix(task, text, encoding, analyse)
-            else:
-                found = analyse(text)
-            # Comments are read (a tokenizer's pass) only where a finding or an unused
-            # suppression can come of them.
-            comments = suppressions.parse(text) if found or task.report_unused else {}
-            checked = Checked(suppressions.apply(found, comments), {None: source_lines(text)}, comments)
+        text, encoding = _notebook_text(task.data) if task.notebook else decode(task.data)
+        if task.fixing is not None:
+            text, fixed, diff = _fix(task, text, encoding, check)
+        checked = check(text)
     except Unreadable as reason:
         checked = Checked([unanalysable(task.shown, str(reason))], {}, {})
     findings = checked.findings
-    if task.report_unused:
-        unused = suppressions.unused(task.shown, checked.suppressions)
-        findings = findings + [checked.relocate(f) for f in unused]
+    if unused:
+        idle = suppressions.unused(task.shown, checked.suppressions)
+        findings = findings + [checked.relocate(f) for f in idle]
     return Outcome(findings, checked.lines if findings else {}, fixed, diff)
 
 

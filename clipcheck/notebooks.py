@@ -10,10 +10,12 @@ compiles each cell alone, so the other cells still run, and are still analysed."
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import re
 import textwrap
 from dataclasses import dataclass, field
+from typing import Any
 
 from clipcheck.screen import parse
 from clipcheck.sources import source_lines
@@ -57,6 +59,37 @@ class Program:
 
     def place(self, line: int) -> tuple[int, int]:
         return self.places[line - 1] if 0 < line <= len(self.places) else (1, line)
+
+    @functools.cached_property
+    def _lines(self) -> list[str]:
+        return self.text.split("\n")
+
+    def _as_written(self, row: int) -> bool:
+        """Whether the program's line ``row`` is its cell's line as written (not masked)."""
+        cell, line = self.places[row - 1]
+        return self._lines[row - 1] == self.cells[cell][line - 1]
+
+    def cell_edit(self, edit: dict[str, Any]) -> dict[str, object] | None:
+        """An edit of the program (a fix's) as the edit of one cell: its rows the cell's lines,
+        ``cell`` added. ``None`` where its place in a cell is not certain: it spans cells,
+        touches a line the masking changed (the content would be the mask's), or inserts at
+        the start of a cell after the first (the end of the cell before is the same place in
+        the program)."""
+        row, column = edit["location"]["row"], edit["location"]["column"]
+        end_row, end_column = edit["end_location"]["row"], edit["end_location"]["column"]
+        if not 0 < row <= len(self.places):
+            return None
+        cell, line = self.places[row - 1]
+        touched = range(row, end_row + 1 if end_column > 1 else end_row)  # rows it changes
+        if any(r > len(self.places) or self.places[r - 1][0] != cell or not self._as_written(r)
+               for r in touched):
+            return None
+        if not touched and column == 1 and line == 1 and row > 1:
+            return None
+        end = (self.places[end_row - 1][1], end_column) if end_row in touched else \
+            (self.places[end_row - 2][1] + 1, 1) if end_row > row else (line, column)
+        return {"content": edit["content"], "location": {"row": line, "column": column},
+                "end_location": {"row": end[0], "column": end[1]}, "cell": cell}
 
 
 def _compile_error(text: str) -> tuple[str, int, int] | None:
@@ -234,18 +267,17 @@ def _column(original: str, masked: str, offset: int) -> int:
     return max(offset, 1)
 
 
-def _cell_lines(cell: dict[str, object], number: int) -> list[str]:
+def _cell_source(cell: dict[str, object], number: int) -> str:
     source = cell.get("source", "")
     if isinstance(source, list) and all(isinstance(part, str) for part in source):
         source = "".join(source)
     if not isinstance(source, str):
         raise BrokenNotebook(f"cell {number} has a source that is neither text nor a list of lines")
-    return source_lines(source)
+    return source
 
 
-def program(text: str) -> Program:
-    """The notebook's code cells as one Python program, without the cells that are not
-    Python (each one a ``CellError``)."""
+def _cells(text: str) -> list[dict[str, Any]]:
+    """The notebook's cells (all kinds, in order)."""
     try:
         notebook = json.loads(text)
     except (json.JSONDecodeError, RecursionError) as error:
@@ -253,14 +285,24 @@ def program(text: str) -> Program:
     cells = notebook.get("cells") if isinstance(notebook, dict) else None
     if not isinstance(cells, list) or not all(isinstance(c, dict) for c in cells):
         raise BrokenNotebook("not a notebook: no list of cells")
+    return cells
+
+
+def sources(text: str) -> dict[int, str]:
+    """The source of each code cell as written, by cell number."""
+    return {number: _cell_source(cell, number) for number, cell in enumerate(_cells(text), start=1)
+            if cell.get("cell_type") == "code"}
+
+
+def program(text: str) -> Program:
+    """The notebook's code cells as one Python program, without the cells that are not
+    Python (each one a ``CellError``)."""
     lines: list[str] = []
     places: list[tuple[int, int]] = []
     originals: dict[int, list[str]] = {}
     errors: list[CellError] = []
-    for number, cell in enumerate(cells, start=1):
-        if cell.get("cell_type") != "code":
-            continue
-        original = _cell_lines(cell, number)
+    for number, source in sources(text).items():
+        original = source_lines(source)
         originals[number] = original
         masked = _masked(original)
         failure = _compile_error("\n".join(masked) + "\n")
@@ -274,3 +316,83 @@ def program(text: str) -> Program:
             lines.append(masked_line)
             places.append((number, index))
     return Program("\n".join(lines) + "\n", places, originals, errors)
+
+
+# -- writing fixed cells back ---------------------------------------------------------------------
+
+_DECODER = json.JSONDecoder()
+
+
+def _skip(text: str, at: int) -> int:
+    """Where the JSON whitespace at ``at`` ends."""
+    while at < len(text) and text[at] in " \t\n\r":
+        at += 1
+    return at
+
+
+def _items(text: str, start: int) -> list[tuple[str | None, int, int]]:
+    """The members of the JSON object or array at ``start``: each one's key (``None`` in an
+    array) and where its value starts and ends."""
+    close = "}" if text[start] == "{" else "]"
+    found: list[tuple[str | None, int, int]] = []
+    at = _skip(text, start + 1)
+    while text[at] != close:
+        key = None
+        if close == "}":
+            key, at = _DECODER.raw_decode(text, at)
+            at = _skip(text, _skip(text, at) + 1)  # past the colon
+        end = _DECODER.raw_decode(text, at)[1]
+        found.append((key, at, end))
+        at = _skip(text, end)
+        if text[at] == ",":
+            at = _skip(text, at + 1)
+    return found
+
+
+def _member(text: str, start: int, key: str) -> tuple[int, int] | None:
+    """Where the value of ``key`` is in the object at ``start`` (the last, as json.loads keeps)."""
+    spans = [(begin, end) for name, begin, end in _items(text, start) if name == key]
+    return spans[-1] if spans else None
+
+
+def _source_spans(text: str) -> dict[int, tuple[int, int]]:
+    """Where each cell's ``source`` value is in the notebook's text, by cell number."""
+    cells = _member(text, _skip(text, 0), "cells")
+    assert cells is not None  # the text was read as a notebook
+    spans = {}
+    for number, (_, start, _) in enumerate(_items(text, cells[0]), start=1):
+        source = _member(text, start, "source")
+        if source is not None:
+            spans[number] = source
+    return spans
+
+
+def _written(old: str, source: str, ascii_only: bool) -> str:
+    """``source`` as JSON laid out as the cell's source ``old`` was: a string, or a list of
+    lines in the same layout, each unchanged line written as it was."""
+    if old[0] == '"':
+        return json.dumps(source, ensure_ascii=ascii_only)
+    lines = re.findall(r"[^\n]*\n|[^\n]+", source)
+    spans = [(start, end) for _, start, end in _items(old, 0)]
+    if not lines or not spans:
+        return json.dumps(lines, ensure_ascii=ascii_only)
+    as_written = {json.loads(old[start:end]): old[start:end] for start, end in spans}
+    lead, trail = old[1:spans[0][0]], old[spans[-1][1]:-1]
+    separator = old[spans[0][1]:spans[1][0]] if len(spans) > 1 else "," + (lead or " ")
+    written = (as_written.get(line) or json.dumps(line, ensure_ascii=ascii_only) for line in lines)
+    return "[" + lead + separator.join(written) + trail + "]"
+
+
+def rewrite(text: str, changed: dict[int, str]) -> str:
+    """The notebook's text with the sources of the ``changed`` cells replaced and every other
+    byte as it was. A cell whose last line had no newline (as Jupyter saves them) keeps none."""
+    spans = _source_spans(text)
+    for number in sorted(changed, key=lambda n: spans[n][0], reverse=True):
+        start, end = spans[number]
+        old = text[start:end]
+        before = _cell_source({"source": json.loads(old)}, number)
+        source = changed[number]
+        if source.endswith("\n") and before and not before.endswith("\n"):
+            source = source[:-1]
+        text = text[:start] + _written(old, source, text.isascii()) + text[end:]
+    return text

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -143,3 +144,23 @@ def test_sarif_carries_the_fix(tmp_path: Path) -> None:
     jsonschema.validate(log, json.loads((ROOT / "tests" / "data" / "sarif-schema-2.1.0.json").read_text()))
     change = log["runs"][0]["results"][0]["fixes"][0]["artifactChanges"][0]
     assert [r["insertedContent"]["text"] for r in change["replacements"]] == [")", "list("]
+
+
+def test_a_suppressed_finding_is_not_fixed(tmp_path: Path) -> None:
+    """A ``# noqa`` says the code is meant as it is: --fix leaves it, as Ruff does."""
+    suppressed = GENERATOR.replace("lr=1e-3)", "lr=1e-3)  # noqa: CC302")  # the finding's line
+    path = write(tmp_path, "train.py", suppressed)
+    result = run_clipcheck("check", "--fix", "train.py", cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert path.read_text() == suppressed
+
+
+def test_a_file_without_a_final_newline_diffs_as_patch_reads_it(tmp_path: Path) -> None:
+    path = write(tmp_path, "train.py", GENERATOR.rstrip("\n"))
+    result = run_clipcheck("check", "--diff", "train.py", cwd=tmp_path)
+    last = "     return torch.optim.AdamW(params, lr=1e-3)\n"
+    assert result.stdout.endswith(last + "\\ No newline at end of file\n")
+    patched = subprocess.run(["git", "apply", "-"], input=result.stdout, cwd=tmp_path, text=True,
+                             capture_output=True, check=False)
+    assert patched.returncode == 0, patched.stderr
+    assert path.read_text() == GENERATOR_FIXED.rstrip("\n")

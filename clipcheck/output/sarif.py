@@ -10,6 +10,7 @@ import os
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from clipcheck import __version__
 from clipcheck.catalogue import CATALOGUE
@@ -79,13 +80,21 @@ def _result(finding: Finding, index: int, uri: str, fingerprint: str) -> dict[st
     return result
 
 
+def _region(edit: dict[str, Any]) -> dict[str, object]:
+    """The region an edit replaces; in a notebook, lines of the cell its message names, as a
+    finding's location is."""
+    region: dict[str, object] = {
+        "startLine": edit["location"]["row"], "startColumn": edit["location"]["column"],
+        "endLine": edit["end_location"]["row"], "endColumn": edit["end_location"]["column"]}
+    if "cell" in edit:
+        region["message"] = {"text": f"cell {edit['cell']}"}
+    return region
+
+
 def _fix(fix: dict[str, object], artifact: dict[str, str]) -> dict[str, object]:
     """The JSON ``fix`` as a SARIF fix: each edit replaces a region (empty: an insertion)."""
-    replacements = [{
-        "deletedRegion": {"startLine": e["location"]["row"], "startColumn": e["location"]["column"],
-                          "endLine": e["end_location"]["row"], "endColumn": e["end_location"]["column"]},
-        "insertedContent": {"text": e["content"]},
-    } for e in fix["edits"]]  # type: ignore[attr-defined]
+    replacements = [{"deletedRegion": _region(e), "insertedContent": {"text": e["content"]}}
+                    for e in fix["edits"]]  # type: ignore[attr-defined]
     return {"description": {"text": f"{fix['message']} ({fix['applicability']})"},
             "artifactChanges": [{"artifactLocation": artifact, "replacements": replacements}]}
 
