@@ -241,6 +241,11 @@ def run(max_norm: float | None, check_every: int, script: str, args: tuple[str, 
     Each optimizer is guarded from its first step on; that first step is not checked.
     Exit status: the script's own, or 1 when the guard found a mistake.
     """
+    if script.lower().endswith(".ipynb"):
+        raise click.UsageError(
+            f"{script} is a notebook, and `clipcheck run` runs a Python script. In a notebook, wrap "
+            "the training loop in `with clipcheck.runtime.guard(optimizer): ...` (or export it "
+            "with `jupyter nbconvert --to script` and run that).")
     try:
         from clipcheck import runtime
     except ImportError as error:
@@ -276,3 +281,16 @@ def run(max_norm: float | None, check_every: int, script: str, args: tuple[str, 
         click.echo("clipcheck: no optimizer stepped during this run, so nothing was checked.", err=True)
     sys.exit(exit_code)
 
+
+@main.command()
+def server() -> None:
+    """Run the language server over stdio (needs `pip install clipcheck[lsp]`)."""
+    try:
+        from clipcheck.server import serve
+    except ModuleNotFoundError as error:
+        missing = (error.name or "").partition(".")[0]
+        if missing not in ("pygls", "lsprotocol") and error.name != "clipcheck.server":
+            raise
+        raise _CannotRun(f"the language server cannot start: {error.name} is not installed here; "
+                         "install the `lsp` extra with `pip install 'clipcheck[lsp]'`") from error
+    serve()

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
+import importlib.util
 import json
 import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -270,3 +275,66 @@ def test_ctrl_c_exits_130_without_aborted(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(cli.main, ["check", "."])
     assert (result.exit_code, result.output) == (130, "clipcheck: interrupted.\n")
+
+
+def test_run_says_a_notebook_is_not_a_script(tmp_path: Path) -> None:
+    write(tmp_path, "nb.ipynb", '{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}\n')
+    result = run_clipcheck("run", "nb.ipynb", cwd=tmp_path)
+    assert result.returncode == 2 and "NameError" not in result.stderr
+    assert "nb.ipynb is a notebook, and `clipcheck run` runs a Python script" in result.stderr
+    assert "clipcheck.runtime.guard(optimizer)" in result.stderr
+
+
+class _Server(importlib.abc.MetaPathFinder):
+    """Finds ``clipcheck.server`` in a file of the test's making."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def find_spec(self, name: str, *_: object) -> importlib.machinery.ModuleSpec | None:
+        return importlib.util.spec_from_file_location(name, self.path) if name == "clipcheck.server" else None
+
+
+@pytest.fixture
+def server_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
+    """Makes ``clipcheck.server`` the given source for the test (and forgets it after)."""
+    import clipcheck
+
+    def install(source: str) -> None:
+        write(tmp_path, "server.py", source)
+        monkeypatch.setattr(sys, "meta_path", [_Server(tmp_path / "server.py"), *sys.meta_path])
+
+    monkeypatch.delitem(sys.modules, "clipcheck.server", raising=False)
+    monkeypatch.delattr(clipcheck, "server", raising=False)
+    yield install
+    sys.modules.pop("clipcheck.server", None)
+    vars(clipcheck).pop("server", None)
+
+
+def test_server_runs_serve(server_module: Callable[[str], None]) -> None:
+    server_module("def serve():\n    print('serving')\n")
+    result = CliRunner().invoke(cli.main, ["server"])
+    assert (result.exit_code, result.output) == (0, "serving\n")
+
+
+def test_server_without_the_lsp_extra_says_how_to_install_it(server_module: Callable[[str], None],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pygls", None)  # import pygls: ModuleNotFoundError
+    server_module("import pygls\n\ndef serve():\n    pass\n")
+    result = CliRunner().invoke(cli.main, ["server"])
+    assert result.exit_code == 2
+    assert "pygls is not installed here" in result.output
+    assert "pip install 'clipcheck[lsp]'" in result.output and "Usage:" not in result.output
+
+
+def test_server_lets_another_missing_module_show(server_module: Callable[[str], None]) -> None:
+    server_module("import clipcheck_no_such_module\n")
+    result = CliRunner().invoke(cli.main, ["server"])
+    assert isinstance(result.exception, ModuleNotFoundError)
+    assert result.exception.name == "clipcheck_no_such_module"
+
+
+def test_the_linter_does_not_import_the_server() -> None:
+    script = ("import sys, clipcheck.cli\n"
+              "assert not any(m.startswith(('clipcheck.server', 'pygls')) for m in sys.modules)\n")
+    subprocess.run([sys.executable, "-c", script], check=True)
