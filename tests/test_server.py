@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-SERVER = [sys.executable, "-m", "clipcheck.server"]
+SERVER = [sys.executable, "-m", "clipcheck", "server"]
 WAIT = 60.0  # seconds for any one answer: the first analysis imports LibCST
 Message = dict[str, Any]
 
@@ -329,10 +329,8 @@ def notebook_cell(notebook: Path, number: int) -> str:
     return f"vscode-notebook-cell:{notebook}#cell{number}"
 
 
-def test_a_notebooks_cells_are_one_program(client: Client, project: Path) -> None:
-    notebook = project / "train.ipynb"
-    cells = [("markdown", "# Training"), ("python", "import torch\n%matplotlib inline"),
-             ("python", BAD.removeprefix("import torch\n"))]
+def open_notebook(client: Client, notebook: Path, cells: list[tuple[str, str]]) -> None:
+    """``notebookDocument/didOpen`` with cells of (language, text); markdown is a markup cell."""
     client.notify("notebookDocument/didOpen", {
         "notebookDocument": {"uri": notebook.as_uri(), "notebookType": "jupyter-notebook", "version": 1,
                              "cells": [{"kind": 1 if language == "markdown" else 2,
@@ -340,19 +338,62 @@ def test_a_notebooks_cells_are_one_program(client: Client, project: Path) -> Non
                                        for i, (language, _) in enumerate(cells)]},
         "cellTextDocuments": [{"uri": notebook_cell(notebook, i), "languageId": language, "version": 1,
                                "text": text} for i, (language, text) in enumerate(cells)]})
-    [diagnostic] = client.diagnostics(notebook_cell(notebook, 2))
+
+
+def test_a_notebooks_cells_are_one_program(client: Client, project: Path) -> None:
+    notebook = project / "train.ipynb"
+    body = BAD.removeprefix("import torch\n")
+    cells = [("markdown", "# Training"), ("python", "import torch\n%matplotlib inline"), ("python", body)]
+    open_notebook(client, notebook, cells)
+    cell = notebook_cell(notebook, 2)
+    [diagnostic] = client.diagnostics(cell)
     assert diagnostic["code"] == "CC101"
     assert diagnostic["range"]["start"]["line"] == CLIP_LINE - 2  # the line in its cell
-    assert {r["location"]["uri"] for r in diagnostic["relatedInformation"]} == {notebook_cell(notebook, 2)}
-    actions = client.actions(notebook_cell(notebook, 2), diagnostic)
-    assert [a["title"] for a in actions] == ["Suppress CC101 on this line (`# noqa: CC101`)"]
-    silenced = apply(cells[2][1], edits_of(actions[0], notebook_cell(notebook, 2)))
+    assert {r["location"]["uri"] for r in diagnostic["relatedInformation"]} == {cell}
+    fix, noqa = client.actions(cell, diagnostic)
+    assert noqa["title"] == "Suppress CC101 on this line (`# noqa: CC101`)"
+    assert list(fix["edit"]["changes"]) == [cell]
+    fixed = apply(body, edits_of(fix, cell))
+    assert fixed == FIXED.removeprefix("import torch\n")
     client.notify("notebookDocument/didChange", {
         "notebookDocument": {"uri": notebook.as_uri(), "version": 2},
-        "change": {"cells": {"textContent": [{
-            "document": {"uri": notebook_cell(notebook, 2), "version": 2},
-            "changes": [{"text": silenced}]}]}}})
-    assert client.diagnostics(notebook_cell(notebook, 2), version=2) == []
+        "change": {"cells": {"textContent": [{"document": {"uri": cell, "version": 2},
+                                              "changes": [{"text": fixed}]}]}}})
+    assert client.diagnostics(cell, version=2) == []
+
+
+def test_a_fix_across_cells_edits_each_cell(client: Client, project: Path) -> None:
+    notebook = project / "explore.ipynb"
+    setup = ("import torch\nmodel = torch.nn.Linear(2, 1)\n"
+             "optimizer = torch.optim.SGD(model.parameters(), lr=0.1)\nx = torch.randn(4, 2)\n")
+    clip = "optimizer.zero_grad()\ntorch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)\n"
+    update = "loss = model(x).sum()\nloss.backward()\noptimizer.step()\n"
+    open_notebook(client, notebook, [("python", setup), ("python", clip), ("python", update)])
+    clip_cell, update_cell = notebook_cell(notebook, 1), notebook_cell(notebook, 2)
+    [diagnostic] = client.diagnostics(clip_cell)
+    assert {(r["location"]["uri"], r["location"]["range"]["start"]["line"])
+            for r in diagnostic["relatedInformation"]} == {(update_cell, 1), (update_cell, 2)}
+    fix = client.actions(clip_cell, diagnostic)[0]
+    assert set(fix["edit"]["changes"]) == {clip_cell, update_cell}
+    clipped = apply(clip, edits_of(fix, clip_cell))
+    updated = apply(update, edits_of(fix, update_cell))
+    assert clipped == "optimizer.zero_grad()\n"
+    assert updated == update.replace("optimizer.step()", clip.splitlines()[1] + "\noptimizer.step()")
+    client.notify("notebookDocument/didChange", {
+        "notebookDocument": {"uri": notebook.as_uri(), "version": 2},
+        "change": {"cells": {"textContent": [
+            {"document": {"uri": clip_cell, "version": 2}, "changes": [{"text": clipped}]},
+            {"document": {"uri": update_cell, "version": 2}, "changes": [{"text": updated}]}]}}})
+    assert client.diagnostics(clip_cell, version=2) == []
+
+
+def test_unused_suppressions_are_reported_where_the_configuration_selects_cc900(
+        client: Client, project: Path) -> None:
+    (project / "pyproject.toml").write_text('[tool.clipcheck]\nextend-select = ["CC900"]\n')
+    path = project / "train.py"
+    [diagnostic] = client.open(path, FIXED.replace("optimizer.step()", "optimizer.step()  # noqa: CC105"))
+    assert diagnostic["code"] == "CC900"
+    assert client.actions(path.as_uri(), diagnostic) == []
 
 
 def test_the_linter_never_imports_pygls(tmp_path: Path) -> None:
@@ -366,8 +407,8 @@ def test_the_linter_never_imports_pygls(tmp_path: Path) -> None:
 
 
 def test_without_the_extra_the_server_says_how_to_install_it() -> None:
-    script = "import sys; sys.modules['pygls'] = None; from clipcheck.server import serve; serve()"
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
-                            check=False, stdin=subprocess.DEVNULL)
+    script = "import sys; sys.modules['pygls'] = None; from clipcheck.cli import main; main()"
+    result = subprocess.run([sys.executable, "-c", script, "server"], capture_output=True, text=True,
+                            timeout=60, check=False, stdin=subprocess.DEVNULL)
     assert result.returncode == 2
     assert result.stderr == 'clipcheck server needs the lsp extra: pip install "clipcheck[lsp]"\n'

@@ -71,23 +71,30 @@ def analyse(snapshot: Snapshot) -> Analysis:
     except ConfigError as error:
         return _placed(snapshot, [unanalysable(snapshot.shown, f"cannot use the configuration: {error}")])
     rules = tuple(r.code for r in settings.rules_for(snapshot.path))
+    unused = settings.reports_unused(snapshot.path)  # CC900, where the configuration selects it
     try:
         if snapshot.notebook:
             data = _notebook_json(snapshot.parts).encode()
-            found = run_task(Task(snapshot.shown, None, data, rules, settings.vocabulary)).findings
+            found = run_task(Task(snapshot.shown, None, data, rules, settings.vocabulary,
+                                  report_unused=unused)).findings
         else:
-            found = _python_findings(snapshot.parts[0].text, snapshot.shown, rules, settings.vocabulary)
+            text = snapshot.parts[0].text
+            found = _python_findings(text, snapshot.shown, rules, settings.vocabulary, unused)
     except Exception as error:  # a bug must not silence the buffer: the CLI's workers say so too
         found = [unanalysable(snapshot.shown, f"clipcheck failed on this buffer (a bug): {error!r}")]
     return _placed(snapshot, found)
 
 
-def _python_findings(text: str, shown: str, rules: tuple[str, ...], vocabulary: Vocabulary) -> list[Finding]:
-    """A Python buffer's findings with its suppression comments applied. The text goes to the
-    engine as it is: encoding it and decoding it again would let a PEP 263 coding line
-    reinterpret what the editor already decoded."""
+def _python_findings(text: str, shown: str, rules: tuple[str, ...], vocabulary: Vocabulary,
+                     report_unused: bool) -> list[Finding]:
+    """A Python buffer's findings with its suppression comments applied (and, with
+    ``report_unused``, those that suppress nothing). The text goes to the engine as it is:
+    encoding it and decoding it again would let a PEP 263 coding line reinterpret what the
+    editor already decoded."""
     found = analyse_source(text, shown, rules, vocabulary)
-    return suppressions.apply(found, suppressions.parse(text)) if found else found
+    comments = suppressions.parse(text) if found or report_unused else {}
+    kept = suppressions.apply(found, comments)
+    return kept + suppressions.unused(shown, comments) if report_unused else kept
 
 
 def _notebook_json(parts: tuple[Part, ...]) -> str:

@@ -9,7 +9,7 @@ import gc
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from lsprotocol import types
 from pygls.lsp.server import LanguageServer
@@ -17,7 +17,7 @@ from pygls.uris import to_fs_path
 
 from clipcheck import __version__
 from clipcheck.engine import analyse_source
-from clipcheck.findings import Finding
+from clipcheck.findings import UNANALYSABLE_CODE, Finding
 from clipcheck.server.documents import (
     Analysis,
     Part,
@@ -29,6 +29,7 @@ from clipcheck.server.documents import (
     rule_page_uri,
 )
 from clipcheck.sources import source_lines
+from clipcheck.suppressions import UNUSED_CODE
 
 # How long a buffer must stay unchanged before it is analysed: typing a word is one analysis.
 DEBOUNCE_SECONDS = 0.15
@@ -44,6 +45,7 @@ def train(model, loader, optimizer):
         model(x).sum().backward()
         optimizer.step()
 """
+UNSUPPRESSIBLE = frozenset({UNANALYSABLE_CODE, UNUSED_CODE})  # no action: no comment silences them
 UNSAFE_SUFFIX = " (unsafe fix: it changes what the training does; review it)"
 
 
@@ -197,23 +199,25 @@ class ClipcheckServer(LanguageServer):
             found.append(types.DiagnosticRelatedInformation(types.Location(target.uri, where), mention.label))
         return found
 
-    def fix_action(self, finding: Finding, part: Part,
+    def fix_action(self, finding: Finding, part: Part, snapshot: Snapshot,
                    diagnostic: types.Diagnostic) -> types.CodeAction | None:
-        """The finding's fix as a quick fix (preferred when safe; labelled when unsafe)."""
+        """The finding's fix as a quick fix (preferred when safe; labelled when unsafe); in a
+        notebook, each edit in the cell it names."""
         if finding.fix is None:
             return None
-        lines = source_lines(part.text)
-        edits = []
-        for edit in cast(list[dict[str, dict[str, int] | str]], finding.fix["edits"]):
-            start, end = cast(dict[str, int], edit["location"]), cast(dict[str, int], edit["end_location"])
-            edits.append(types.TextEdit(
+        changes: dict[str, list[types.TextEdit]] = {}
+        for edit in cast(list[dict[str, Any]], finding.fix["edits"]):
+            target = snapshot.parts[edit["cell"] - 1] if "cell" in edit else part
+            lines = source_lines(target.text)
+            start, end = edit["location"], edit["end_location"]
+            changes.setdefault(target.uri, []).append(types.TextEdit(
                 range=types.Range(start=self.position(lines, start["row"], start["column"]),
                                   end=self.position(lines, end["row"], end["column"])),
-                new_text=cast(str, edit["content"])))
+                new_text=edit["content"]))
         safe = finding.fix.get("applicability") == "safe"
         title = str(finding.fix["message"]) + ("" if safe else UNSAFE_SUFFIX)
         return types.CodeAction(title=title, kind=types.CodeActionKind.QuickFix, diagnostics=[diagnostic],
-                                is_preferred=safe, edit=types.WorkspaceEdit(changes={part.uri: edits}))
+                                is_preferred=safe, edit=types.WorkspaceEdit(changes=changes))
 
     def noqa_action(self, finding: Finding, part: Part,
                     diagnostic: types.Diagnostic) -> types.CodeAction | None:
@@ -318,8 +322,8 @@ def configuration_changed(ls: ClipcheckServer, params: types.DidChangeWatchedFil
 
 
 async def code_action(ls: ClipcheckServer, params: types.CodeActionParams) -> list[types.CodeAction] | None:
-    """For each finding in the range: its fix (not in notebooks, which clipcheck never rewrites)
-    and a ``# noqa`` for it (CC000 is never silenced)."""
+    """For each finding in the range: its fix, where it has one, and a ``# noqa`` for it (not
+    for CC000, which is never silenced, nor for CC900, which a comment cannot silence)."""
     found = await ls.at(params.text_document.uri)
     if found is None or not _wants_quick_fixes(params.context):
         return None
@@ -327,9 +331,9 @@ async def code_action(ls: ClipcheckServer, params: types.CodeActionParams) -> li
     actions = []
     for finding in analysis.findings.get(part.uri, []):
         diagnostic = ls.diagnostic(finding, part, analysis.snapshot)
-        if finding.unanalysable or not _overlaps(diagnostic.range, params.range):
+        if finding.code in UNSUPPRESSIBLE or not _overlaps(diagnostic.range, params.range):
             continue
-        fix = None if analysis.snapshot.notebook else ls.fix_action(finding, part, diagnostic)
+        fix = ls.fix_action(finding, part, analysis.snapshot, diagnostic)
         actions += [a for a in (fix, ls.noqa_action(finding, part, diagnostic)) if a is not None]
     return actions
 
