@@ -16,7 +16,7 @@
    that leave the finding in the script are reported apart from those that leave it clean:
    a finding costs its positions and its fix.
 
-The server runs as ``python -m clipcheck.server`` with this interpreter. Results go to
+The server runs as ``python -m clipcheck server`` with this interpreter. Results go to
 standard output; nothing here is timed by the tests.
 """
 
@@ -38,7 +38,7 @@ from clipcheck.server.documents import Part, Snapshot, analyse
 from clipcheck.server.lsp import DEBOUNCE_SECONDS, warm_up
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVER = [sys.executable, "-m", "clipcheck.server"]
+SERVER = [sys.executable, "-m", "clipcheck", "server"]
 SMALL = ROOT / "examples" / "train.py"
 SCRIPT_LINES = 2000
 WAIT = 120.0  # seconds for any one answer before the bench gives up
