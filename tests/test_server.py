@@ -139,10 +139,10 @@ class Client:
                                                "contentChanges": [{"text": text}]})
         return self.diagnostics(path.as_uri(), version)
 
-    def actions(self, uri: str, diagnostic: Message) -> list[Message]:
+    def actions(self, uri: str, diagnostic: Message, only: list[str] | None = None) -> list[Message]:
+        context: Message = {"diagnostics": [diagnostic], **({"only": only} if only is not None else {})}
         return self.request("textDocument/codeAction", {
-            "textDocument": {"uri": uri}, "range": diagnostic["range"],
-            "context": {"diagnostics": [diagnostic]}}) or []
+            "textDocument": {"uri": uri}, "range": diagnostic["range"], "context": context}) or []
 
     def close(self) -> None:
         """Shut down as an editor does; a server that does not leave is killed, and fails."""
@@ -260,11 +260,13 @@ def test_a_noqa_action_silences_the_finding(client: Client, project: Path) -> No
     assert client.change(path, silenced, version=2) == []
 
 
-def test_no_action_away_from_a_finding(client: Client, project: Path) -> None:
+def test_no_action_away_from_a_finding_nor_of_another_kind(client: Client, project: Path) -> None:
     path = project / "train.py"
     [diagnostic] = client.open(path, BAD)
     elsewhere = {"start": {"line": 0, "character": 0}, "end": {"line": 0, "character": 5}}
     assert client.actions(path.as_uri(), {**diagnostic, "range": elsewhere}) == []
+    assert client.actions(path.as_uri(), diagnostic, only=["source.organizeImports"]) == []
+    assert len(client.actions(path.as_uri(), diagnostic, only=["quickfix"])) == 2
 
 
 def test_hover_tells_the_rule_and_why_it_matters(client: Client, project: Path) -> None:
