@@ -19,7 +19,7 @@ import operator
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -82,6 +82,28 @@ class _Snapshot:
         ref = self.refs[index] if index < len(self.refs) else None
         return (ref is not None and grad is not None and ref() is grad
                 and version(grad) == self.versions[index] + 1)
+
+
+class _Accumulation(NamedTuple):
+    """A backward's accumulation that a step's check may blame: its line, and the parameter's
+    gradient it added onto (weakly)."""
+
+    site: str | None
+    position: int  # the parameter's, in the guard's list
+    grad: weakref.ref[torch.Tensor]
+
+    def stands(self, params: list[torch.Tensor]) -> bool:
+        """The parameter still holds that gradient: no zero by hand (``p.grad = None``) since."""
+        grad = self.grad()
+        return grad is not None and self.position < len(params) and params[self.position].grad is grad
+
+
+class _Stranded(NamedTuple):
+    """Gradients another optimizer's step left on a guard's parameters."""
+
+    by: weakref.ref[Guard]  # the guard of the optimizer that stepped
+    at: int  # its step's stamp
+    left: _Snapshot  # the gradients it left in place
 
 
 def _stepped_since_update(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer | None) -> bool:
@@ -158,21 +180,21 @@ class Guard:
         self._unscaled = False
         self._stepped = False
         self._skip_check = attached_mid_step
-        self._stale_backward: tuple[str | None] | None = None
+        self._stale_backward: _Accumulation | None = None
         self._unclipped_step: tuple[int, str | None] | None = None
         self._used: _Snapshot | None = None
         self._clipped: _Snapshot | None = None
         self._vouched = False
         # Foreign gradients: a backward left gradients on this optimizer's parameters, another
-        # optimizer stepped (``_stranded``: that guard, weakly, and its step's stamp), and a
-        # backward added onto them before this optimizer was zeroed (``_foreign``: the lines of
-        # both backwards). ``_opening``: the next accumulation notes its backward's line, the
-        # first of a new update's (from the first zero-grad or step on, only while another
-        # optimizer is guarded: foreign gradients need one, and finding a line walks the stack).
+        # optimizer stepped (``_stranded``), and a backward added onto them before this
+        # optimizer was zeroed (``_foreign``: the first backward's line, and the joining one).
+        # ``_opening``: the next accumulation notes its backward's line, the first of a new
+        # update's (from the first zero-grad or step on, only while another optimizer is
+        # guarded: foreign gradients need one, and finding a line walks the stack).
         self._opening = True
         self._first_backward: str | None = None
-        self._stranded: tuple[weakref.ref[Guard], int] | None = None
-        self._foreign: tuple[str | None, str | None] | None = None
+        self._stranded: _Stranded | None = None
+        self._foreign: tuple[str | None, _Accumulation] | None = None
         # The accumulation hook has more to do than stamp the clock (see ``_rewatch``).
         self._watching = True
         self._in_closure = False  # a step's closure is running (Lightning, LBFGS)
@@ -271,19 +293,30 @@ class Guard:
         onto the gradient the last step used (missing-zero-grad), it is the first of this
         update (its line, for foreign-gradients), or it adds onto gradients another
         optimizer's step left behind (foreign-gradients)."""
+        grad = param.grad
+        assert grad is not None  # the hook runs once the gradient is accumulated
         site = None
         used = self._used
         if (used is not None and self._stale_backward is None
-                and used.accumulated_once(index, param.grad, self._version)):
+                and used.accumulated_once(index, grad, self._version)):
             # Only this accumulation touched the gradient the last step used.
             site = user_location(thread=self._thread)
-            self._stale_backward = (site,)
+            self._stale_backward = _Accumulation(site, index, weakref.ref(grad))
         if self._opening:
             self._opening = False
             self._first_backward = site or user_location(thread=self._thread)
-        elif self._stranded is not None and self._foreign is None:
-            self._foreign = (self._first_backward, site or user_location(thread=self._thread))
+        elif self._adds_to_stranded(index, grad):
+            joined = _Accumulation(site or user_location(thread=self._thread), index, weakref.ref(grad))
+            self._foreign = (self._first_backward, joined)
         self._rewatch()
+
+    def _adds_to_stranded(self, index: int, grad: torch.Tensor) -> bool:
+        """This accumulation adds onto the very gradient another optimizer's step left on the
+        parameter (one accumulation more: a zero by hand, ``p.grad = None`` or ``zero_()``,
+        makes it another tensor or another version)."""
+        stranded = self._stranded
+        return (stranded is not None and self._foreign is None
+                and stranded.left.accumulated_once(index, grad, self._version))
 
     def _rewatch(self) -> None:
         """Whether the accumulation hook must call ``_watch`` (kept as one flag, so that the
@@ -307,7 +340,8 @@ class Guard:
             # ``guard`` holds gradients of a backward since its last zero-grad or step.
             if (guard is not self and guard._stranded is None
                     and guard._t_acc > guard._t_zero and guard._t_acc > guard._t_step):
-                guard._stranded = (weakref.ref(self), self._t_step)
+                left = _Snapshot(list(map(_grad_of, guard.params)), guard._version)
+                guard._stranded = _Stranded(weakref.ref(self), self._t_step, left)
                 guard._rewatch()
 
     def zeroing(self) -> None:
@@ -522,12 +556,14 @@ class Guard:
                 + (f" (zero_grad() at {self._zero_site})" if zeroed_after_backward else "")
                 + ": the update sees nothing. Zero before backward() or after step().",
                 step=step, location=self._zero_site if zeroed_after_backward else locate())
-        if self._stale_backward is not None:
+        # A stale or foreign accumulation counts while its gradient is still the parameter's.
+        stale = self._stale_backward
+        if stale is not None and stale.stands(self.params):
             raise errors.MissingZeroGradError(
                 f"this backward() accumulated into the gradients step {self.steps} already applied: "
                 "no zero_grad() ran in between, so this step re-applies them. Call "
-                "optimizer.zero_grad() once per update.", step=step, location=self._stale_backward[0])
-        if self._foreign is not None:
+                "optimizer.zero_grad() once per update.", step=step, location=stale.site)
+        if self._foreign is not None and self._foreign[1].stands(self.params):
             self._check_foreign(step)
         # Before backward-after-unscale: accelerate's clip unscales inside the user's clip call.
         if t_step < self._t_clip < t_acc:
@@ -547,10 +583,9 @@ class Guard:
         both losses train both (a joint objective in two backwards, as the static CC107 treats
         it)."""
         assert self._foreign is not None and self._stranded is not None
-        first, second = self._foreign
-        other_ref, stepped_at = self._stranded
-        other = other_ref()
-        if other is not None and other._t_acc > stepped_at:
+        first, joined = self._foreign
+        other = self._stranded.by()
+        if other is not None and other._t_acc > self._stranded.at:
             return
         raise errors.ForeignGradientsError(
             "this backward() added onto the gradients that an earlier backward()"
@@ -558,7 +593,7 @@ class Guard:
             "another optimizer stepped in between: this step applies the other loss's gradients "
             "too. Zero this optimizer's gradients right before its own backward(), or keep the "
             "other loss out of its parameters (requires_grad_(False) on them during the other "
-            "backward, or detach).", step=step, location=second)
+            "backward, or detach).", step=step, location=joined.site)
 
     def _raise_unclipped(self) -> None:
         if self._unclipped_step is not None:
