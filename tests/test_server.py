@@ -287,11 +287,19 @@ def test_the_configuration_of_the_documents_folder_applies(tmp_path: Path) -> No
         '[tool.clipcheck]\nignore = ["clip-before-backward"]\n\n'
         '[tool.clipcheck.per-file-ignores]\n"scripts/*.py" = ["CC105"]\n')
     (tmp_path / "scripts").mkdir()
+    for folder, config in (("plain", "[tool.clipcheck]\n"),
+                           ("in_house", '[tool.clipcheck.vocabulary]\nclip = ["mylib.utils.clip_all"]\n')):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "pyproject.toml").write_text(config)
+    in_house = BAD.replace("torch.nn.utils.clip_grad_norm_", "clip_all").replace(
+        "import torch\n", "import torch\nfrom mylib.utils import clip_all\n")
     client = Client(tmp_path)
     try:
         assert client.open(tmp_path / "train.py", BAD) == []
         assert [d["code"] for d in client.open(tmp_path / "loop.py", NEVER_ZEROED)] == ["CC105"]
         assert client.open(tmp_path / "scripts" / "loop.py", NEVER_ZEROED) == []
+        assert client.open(tmp_path / "plain" / "train.py", in_house) == []  # an unknown call: no guess
+        assert [d["code"] for d in client.open(tmp_path / "in_house" / "train.py", in_house)] == ["CC101"]
     finally:
         client.close()
 
