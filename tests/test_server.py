@@ -284,9 +284,10 @@ def test_hover_tells_the_rule_and_why_it_matters(client: Client, project: Path) 
 
 def test_the_configuration_of_the_documents_folder_applies(tmp_path: Path) -> None:
     (tmp_path / "pyproject.toml").write_text(
-        '[tool.clipcheck]\nignore = ["clip-before-backward"]\n\n'
+        '[tool.clipcheck]\nignore = ["clip-before-backward"]\nexclude = ["third_party/"]\n\n'
         '[tool.clipcheck.per-file-ignores]\n"scripts/*.py" = ["CC105"]\n')
     (tmp_path / "scripts").mkdir()
+    (tmp_path / "third_party").mkdir()
     for folder, config in (("plain", "[tool.clipcheck]\n"),
                            ("in_house", '[tool.clipcheck.vocabulary]\nclip = ["mylib.utils.clip_all"]\n')):
         (tmp_path / folder).mkdir()
@@ -298,6 +299,7 @@ def test_the_configuration_of_the_documents_folder_applies(tmp_path: Path) -> No
         assert client.open(tmp_path / "train.py", BAD) == []
         assert [d["code"] for d in client.open(tmp_path / "loop.py", NEVER_ZEROED)] == ["CC105"]
         assert client.open(tmp_path / "scripts" / "loop.py", NEVER_ZEROED) == []
+        assert client.open(tmp_path / "third_party" / "loop.py", NEVER_ZEROED) == []
         assert client.open(tmp_path / "plain" / "train.py", in_house) == []  # an unknown call: no guess
         assert [d["code"] for d in client.open(tmp_path / "in_house" / "train.py", in_house)] == ["CC101"]
     finally:
