@@ -326,11 +326,11 @@ class Guard:
 
     def _new_update(self) -> None:
         """A zero-grad or a step: the next backward starts what this optimizer's next step
-        applies."""
-        self._stranded = self._foreign = None
-        self._first_backward = None
-        self._opening = interception.several_guarded()
-        self._rewatch()
+        applies. It runs twice a step, so it sets the hook's flag itself: ``_rewatch`` with
+        nothing stranded."""
+        self._stranded = self._foreign = self._first_backward = None
+        self._opening = opening = interception.several_guarded()
+        self._watching = opening or (self._used is not None and self._stale_backward is None)
 
     def _strand_others(self) -> None:
         """This step leaves alone the gradients a backward put on other guarded optimizers'
