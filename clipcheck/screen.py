@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from types import CodeType
 
 from clipcheck.sources import source_lines
-from clipcheck.static.frameworks.naming import OPTIMIZER_WORDS, class_words, name_says_scaler
+from clipcheck.static.frameworks.naming import OPTIMIZER_WORDS, any_says_scaler, class_words
 
 # Calls that can make a finding on their own: a clip (CC301, CC401, CC402 and a clip inside
 # Lightning's training_step), an unscale (CC203), a no_sync block (CC403), Lightning's
@@ -280,7 +280,7 @@ def _might_find(names: set[str], custom: frozenset[str]) -> bool:
     """:func:`can_find` on the compiled names: a quick no for most files. Each test holds
     wherever the tree's does (a step's name is among the names, and so on)."""
     return can_find(names, step=bool(names & STEP_WORDS), hooks=_hooks(names), grads=GRAD in names,
-                    scaler=any(name_says_scaler(n) for n in names), optimizer=_optimizer_class(names),
+                    scaler=any_says_scaler(names), optimizer=_optimizer_class(names),
                     custom=custom)
 
 
@@ -289,7 +289,7 @@ def _can_find(item: _Item, custom: frozenset[str], kinds: int = 2) -> bool:
     event that can join another one's)."""
     names = item.names
     return can_find(names, step=bool(item.methods & STEP_WORDS), hooks=_hooks(item.defs), grads=item.grads,
-                    scaler=any(name_says_scaler(n) for n in names), optimizer=_optimizer_class(names),
+                    scaler=any_says_scaler(names), optimizer=_optimizer_class(names),
                     custom=custom, kinds=kinds)
 
 

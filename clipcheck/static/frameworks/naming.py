@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterable
 
 _OPTIMIZER_TOKENS = frozenset(
     {"opt", "optim", "optimizer", "optimiser", "optimizers", "optimisers", "opts", "optims"}
@@ -31,6 +32,12 @@ def name_says_optimizer(name: str) -> bool:
 
 def name_says_scaler(name: str) -> bool:
     return bool(name_tokens(name) & _SCALER_TOKENS)
+
+
+def any_says_scaler(names: Iterable[str]) -> bool:
+    """Whether one of ``names`` says scaler. Every scaler word contains "scaler", so one
+    substring test rules out nearly every name of a file before it is split into words."""
+    return any(name_says_scaler(n) for n in names if "scaler" in n.lower())
 
 
 _SETTING_TOKENS = frozenset(
