@@ -185,6 +185,8 @@ class Settings:
 
     def _ignored(self, path: Path | None) -> frozenset[str]:
         """The codes ``per-file-ignores`` turns off for ``path``."""
+        if not self._ignores:
+            return frozenset()  # the common case, asked for every file
         relative = self._relative(path) if path is not None else None
         if relative is None:
             return frozenset()
@@ -374,11 +376,13 @@ class Resolver:
         self._forced = None if config_file is None else self._settings(config_file.resolve().parent,
                                                                             config_file, True)
         self._by_folder: dict[Path, Settings] = {}
+        self._by_folder_name: dict[str, Settings] = {}
         self._cli_excluded = _spec(cli.exclude)  # relative to the current folder, like the paths
 
     def excluded(self, path: Path) -> bool:
         """Excluded by the command line or by the settings in effect for it."""
-        return _matches(self._cli_excluded, path, Path.cwd()) or self.for_path(path).excluded(path)
+        cli = self._cli_excluded is not None and _matches(self._cli_excluded, path, Path.cwd())
+        return cli or self.for_path(path).excluded(path)
 
     def _settings(self, folder: Path, path: Path, forced: bool = False) -> Settings | None:
         """The settings the file at ``path`` makes for ``folder`` (``None``: a pyproject.toml
@@ -400,8 +404,17 @@ class Resolver:
             return self._forced
         if path is None:
             path = Path.cwd() / "-"
-        folder = Path(os.path.abspath(path))
-        folder = folder if _holds(folder.is_dir) else folder.parent
+        absolute = os.path.abspath(path)
+        # Asked twice for every file of a tree: its folder's answer is looked up by its name
+        # first (``Path`` objects cost more to build and hash than the rest of the run's walk).
+        name = absolute if os.path.isdir(absolute) else os.path.dirname(absolute)
+        known = self._by_folder_name.get(name)
+        if known is not None:
+            return known
+        known = self._by_folder_name[name] = self._for_folder(Path(name))
+        return known
+
+    def _for_folder(self, folder: Path) -> Settings:
         chain: list[Path] = []
         settings = None
         for candidate in (folder, *folder.parents):
