@@ -148,14 +148,12 @@ def test_reference_agrees_with_amp(program: Program) -> None:
 
 
 # Found by the property below (minimal programs). Past 64 states at one node, clipcheck's
-# dataflow widens what arrives into one "guessed" state: the states it drops are lost, and the
-# guessed one becomes an ordinary path once a backward makes its unknown gradients fresh and a
-# zero-grad or step clears the guess. A rule that needs "every path" then concludes on an
-# incomplete set of paths and reports what the exact analysis (the same engine with no limit on
-# states) and the reference rule out: whether a finding appears depends on unrelated code around
-# it. In these examples the dropped paths are ones where the same event makes a different
-# mistake (a stale backward, an extra step), so the finding names a mistake that not every path
-# makes. Each example reports exactly the reference's findings once the limit is lifted.
+# dataflow widens what arrives into one "guessed" state. It used to become an ordinary path once
+# a backward made its unknown gradients fresh and a zero-grad or step cleared the guess, so a
+# rule that needs "every path" concluded on an incomplete set of paths and reported what the
+# reference rules out (here, a mistake that the dropped paths do not make). A widened state now
+# stays marked, and a unit where one arises makes no finding that rests on the paths: silence,
+# not a guess. These are the programs that showed it.
 WIDENING = {
     "CC101": Program((
         Event("zero"),
@@ -190,14 +188,12 @@ WIDENING = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="a finding rests on states the dataflow widened away (see WIDENING)")
 @pytest.mark.parametrize("program", WIDENING.values(), ids=list(WIDENING))
 def test_widening_adds_no_finding(program: Program) -> None:
     got, expected = reported(program), findings(program)
     assert got <= expected, f"\n{source(program)}\nclipcheck only: {sorted(got - expected)}"
 
 
-@pytest.mark.xfail(strict=True, reason="a finding rests on states the dataflow widened away (see WIDENING)")
 @deterministic(60)
 @given(programs(amp=True, compounds=5, depth=3))
 @example(WIDENING["CC103"])

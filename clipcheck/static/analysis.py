@@ -92,7 +92,8 @@ class ModuleAnalysis:
         facts = self.facts(unit)
         if facts is None:
             return []
-        return [f for rule in self.rules for f in rule.check(facts)]
+        rules = self.rules if not facts.widened else [r for r in self.rules if not r.reads_paths]
+        return [f for rule in rules for f in rule.check(facts)]
 
     def facts(self, unit: Unit) -> UnitFacts | None:
         cfg = self.program.graph(unit)

@@ -107,6 +107,10 @@ class OptState:
     cleared: bool = False
     foreign_at: int = NO_NODE
     joined_at: int = NO_NODE
+    # The path was merged with others past ``MAX_STATES``: its fields are defaults, not facts,
+    # whatever happens after (a reset settles the gradients, not the rest), so no finding of
+    # the unit may rest on its states.
+    widened: bool = False
 
 
 ENTRY = OptState()
@@ -338,8 +342,8 @@ MAX_STATES = 64
 
 def widened(state: OptState) -> OptState:
     """What survives a widening: nothing about the gradients or the path, and no finding rests
-    on it."""
-    return OptState(looped=state.looped, guessed=True)
+    on it or on what follows from it."""
+    return OptState(looped=state.looped, guessed=True, widened=True)
 
 
 def solve(

@@ -38,6 +38,12 @@ class UnitFacts:
             if event.kind in kinds:
                 yield node, event
 
+    @property
+    def widened(self) -> bool:
+        """Some path was merged away past the dataflow's limit: what the states say along the
+        paths is incomplete, so no rule that decides on them may report in this unit."""
+        return any(s.widened for per_node in self.states.values() for states in per_node for s in states)
+
     def before(self, node: int, key: str) -> frozenset[OptState]:
         """Every state of ``key``'s gradients that reaches ``node`` along some path."""
         return self.states[key][node]

@@ -32,6 +32,9 @@ class Rule:
     """One rule: its code, and a check over facts; its name and summary are the catalogue's."""
 
     code: ClassVar[str]
+    # Whether the rule decides on the gradients' states along the paths (most do); a rule
+    # that reads one call's own arguments or the parameter generators does not.
+    reads_paths: ClassVar[bool] = True
 
     @property
     def name(self) -> str:

@@ -59,6 +59,7 @@ class ClipBypassesDeepspeed(Rule):
 
 class NoSyncMissesForward(Rule):
     code = "CC403"
+    reads_paths = False
 
     def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
         for _, event in facts.events(EventKind.LATE_NO_SYNC):

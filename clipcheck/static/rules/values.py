@@ -13,6 +13,7 @@ from clipcheck.static.rules.base import RawFinding, Rule, label, subject
 
 class NonPositiveMaxNorm(Rule):
     code = "CC301"
+    reads_paths = False
 
     def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
         for node, event in facts.events(EventKind.CLIP, EventKind.CLIP_CONFIG):
@@ -53,6 +54,7 @@ class NonPositiveMaxNorm(Rule):
 
 class ExhaustedParameters(Rule):
     code = "CC302"
+    reads_paths = False
 
     def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
         for node, event in facts.events(EventKind.PARAMS_USE):
