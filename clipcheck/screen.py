@@ -95,7 +95,7 @@ class _Item:
     binds: set[str] = field(default_factory=set)  # ... and the attributes it assigns
     grads: bool = False  # a ``p.grad`` written, or clipped, zeroed, overwritten by hand
     own_unit: bool = False  # a ``def`` or a class: not part of the module's top-level unit
-    aliases: dict[str, list[str]] = field(default_factory=dict)  # ``import x.y as z``: z -> x, y
+    aliases: dict[str, set[str]] = field(default_factory=dict)  # ``import x.y as z``: z -> x, y
 
 
 def _grad_receiver(node: ast.expr) -> bool:
@@ -128,7 +128,7 @@ def _names_bound(node: ast.AST, into: set[str]) -> None:
 
 
 # Fields that never hold a node: skipped on the walk (``ctx``: the shared ``Load`` and ``Store``).
-_LEAF_FIELDS = frozenset({"ctx", "id", "attr", "name", "arg", "module", "asname", "type_comment", "level",
+_LEAF_FIELDS = frozenset({"ctx", "id", "attr", "arg", "module", "asname", "type_comment", "level",
                           "is_async", "simple", "conversion", "kind", "tag"})
 
 
@@ -185,8 +185,8 @@ def _item(node: ast.AST, first: int, last: int, parent: int | None = None) -> _I
             parts = child.name.split(".")
             item.names.update(parts)
             item.binds.add(child.asname or parts[0])  # imports count at any depth, too
-            if child.asname:
-                item.aliases[child.asname] = parts
+            if child.asname:  # every import under that name, whichever runs (``try``/``except``)
+                item.aliases.setdefault(child.asname, set()).update(parts)
         elif isinstance(child, ast.ImportFrom) and child.module:
             item.names.update(child.module.split("."))
         elif isinstance(child, _ASSIGNMENTS):
@@ -324,22 +324,12 @@ def _spread(items: list[_Item], carriers: list[bool]) -> set[str]:
     return {n for i, c in zip(items, carriers, strict=True) if c for n in i.binds if not _dunder(n)}
 
 
-def _carriers(items: list[_Item], custom: frozenset[str]) -> tuple[set[str], set[str]]:
-    """What can bring events into a unit that calls or uses it (the definitions of the items that
-    hold an event, and of those that read one of these: a helper, a class with such a method,
-    an object built from it); and, apart, what can bring a parameter generator (``map``,
-    ``filter``, ``model.parameters()``), which matters only where an optimizer is built."""
-    events = _spread(items, [_can_find(i, custom, kinds=1) for i in items])
-    generators = _spread(items, [bool(i.names & GENERATOR_WORDS) for i in items])
-    return events, generators
-
-
-def _root(item: _Item, events: set[str], generators: set[str], custom: frozenset[str]) -> bool:
-    """An item that can hold a finding: by itself, with the events of what it reads, or by
-    handing a generator that something it reads returns to an optimizer it builds (a
-    consumed generator is found only at an optimizer or a clip the unit calls itself)."""
-    return _can_find(item, custom) or bool(item.reads & events) or (
-        bool(item.reads & generators) and _optimizer_class(item.names))
+def _carriers(items: list[_Item], custom: frozenset[str]) -> set[str]:
+    """What can bring events into a unit that calls or uses it: the definitions of the items that
+    hold an event or a parameter generator (``map``, ``filter``, ``model.parameters()``), and of
+    those that read one of these (a helper, a class with such a special method, an object built
+    from it), whatever the depth."""
+    return _spread(items, [_can_find(i, custom, kinds=1) or bool(i.names & GENERATOR_WORDS) for i in items])
 
 
 def _needed(items: list[_Item], custom: frozenset[str]) -> list[bool]:
@@ -349,8 +339,8 @@ def _needed(items: list[_Item], custom: frozenset[str]) -> list[bool]:
     every import; at the top level, every statement that may hold an event (the module's
     own unit); and the header and special methods (``__init__``, ``__call__``) of every kept
     class."""
-    events, generators = _carriers(items, custom)
-    kept = [_root(i, events, generators, custom) or i.is_import
+    carried = _carriers(items, custom)
+    kept = [_can_find(i, custom) or bool(i.reads & carried) or i.is_import
             or (i.parent is None and not i.own_unit and _seed(i, custom)) for i in items]
     changed = True
     while changed:
@@ -401,7 +391,10 @@ def screen(source: str, shown: str, custom: frozenset[str] = frozenset()) -> Scr
     if isinstance(parsed, tuple):
         return Screened(error=parsed)
     items = _items(parsed.body)
-    aliases = {name: parts for i in items for name, parts in i.aliases.items()}
+    aliases: dict[str, set[str]] = {}
+    for item in items:
+        for name, parts in item.aliases.items():
+            aliases.setdefault(name, set()).update(parts)
     for item in items:  # ``from torch.optim import SGD as O``: ``O(...)`` builds an SGD
         for name in item.reads & aliases.keys():
             item.names.update(aliases[name])

@@ -193,6 +193,55 @@ class Model(nn.Module):
     def configure_optimizers(self):
         return torch.optim.AdamW(self.trainable, lr=1e-4)
 """,
+    "a_top_level_statement_that_consumes_a_generator": """\
+import torch
+
+net = torch.nn.Linear(8, 2)
+trainable = filter(lambda p: p.requires_grad, net.parameters())
+total = sum(p.numel() for p in trainable)
+print(f"training {total} weights")
+optimizer = torch.optim.Adam(trainable, lr=3e-4)
+""",
+    "a_top_level_call_handed_the_parameters": """\
+import torch
+from monitoring import record_weights
+
+net = torch.nn.Linear(8, 2)
+optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
+weights = list(net.parameters())
+batch = torch.randn(8)
+optimizer.zero_grad()
+torch.nn.utils.clip_grad_norm_(weights, 0.5)
+net(batch).sum().backward()
+record_weights(weights)
+optimizer.step()
+""",
+    "a_generator_stored_for_an_optimizer_whose_name_is_not_a_known_word": """\
+from torch.optim import RMSprop
+
+
+class Trainer:
+    def __init__(self, net):
+        self.net = net
+        self.tuned = filter(lambda p: p.requires_grad, net.parameters())
+        self.size = sum(p.numel() for p in self.tuned)
+
+    def build(self):
+        return RMSprop(self.tuned, lr=1e-3)
+""",
+    "an_optimizer_imported_under_one_name_in_two_branches": """\
+try:
+    from turbo_kernels import Turbo as Fast
+except ImportError:
+    from torch.optim import SGD as Fast
+
+
+def make(net):
+    group = net.parameters()
+    main = Fast(group, lr=1e-3)
+    warmup = Fast(group, lr=1e-5)
+    return main, warmup
+""",
 }
 
 

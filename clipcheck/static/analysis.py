@@ -3,6 +3,7 @@ place each finding once, at the offending call."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from functools import cached_property
 
@@ -67,12 +68,16 @@ def parse_trusted(text: str) -> cst.Module:
     wrong by hand; a tree its parser builds from valid Python needs no such check (LibCST's
     own comment there says so), and the checks cost a sixth of the parse. Nodes built by
     hand meanwhile, in another thread, go unchecked as well."""
-    original = cst.CSTNode.__post_init__
-    cst.CSTNode.__post_init__ = _unchecked  # type: ignore[method-assign, assignment]
-    try:
-        return cst.parse_module(text)
-    finally:
-        cst.CSTNode.__post_init__ = original  # type: ignore[method-assign]
+    with _UNCHECKED:  # one parse at a time, or a thread could restore the unchecked hook
+        original = cst.CSTNode.__post_init__
+        cst.CSTNode.__post_init__ = _unchecked  # type: ignore[method-assign, assignment]
+        try:
+            return cst.parse_module(text)
+        finally:
+            cst.CSTNode.__post_init__ = original  # type: ignore[method-assign]
+
+
+_UNCHECKED = threading.Lock()
 
 
 def _unchecked(node: cst.CSTNode) -> None:

@@ -17,6 +17,7 @@ FSDP_WORDS = ("fsdp", "fullyshard", "fully_shard")
 
 class FsdpNeedsModuleClip(Rule):
     code = "CC401"
+    reads_paths = False
 
     def check(self, facts: UnitFacts) -> Iterator[RawFinding]:
         for clip, event in facts.events(EventKind.CLIP):
