@@ -188,13 +188,30 @@ def _item(node: ast.AST, first: int, last: int, parent: int | None = None) -> _I
             if child.asname:  # every import under that name, whichever runs (``try``/``except``)
                 item.aliases.setdefault(child.asname, set()).update(parts)
         elif isinstance(child, ast.ImportFrom) and child.module:
-            item.names.update(child.module.split("."))
+            module = child.module.split(".")
+            item.names.update(module)
+            for imported in child.names:  # ``from torch.optim import RMSprop``: an optim class
+                bound = imported.asname or imported.name
+                item.aliases.setdefault(bound, set()).update([*module, imported.name])
         elif isinstance(child, _ASSIGNMENTS):
             targets = child.targets if isinstance(child, (ast.Assign, ast.Delete)) else [child.target]
             item.grads |= any(_grad_receiver(t) for t in targets)
+            chain = _chain(child.value) if isinstance(child, ast.Assign) else None
+            if chain and len(targets) == 1 and isinstance(targets[0], ast.Name):  # ``O = optim.SGD``
+                item.aliases.setdefault(targets[0].id, set()).update(chain)
     _names_bound(node, item.defines)
     item.binds |= item.defines
     return item
+
+
+def _chain(node: ast.expr) -> list[str] | None:
+    """The names of ``a.b.c``; ``None`` for any other expression."""
+    if isinstance(node, ast.Name):
+        return [node.id]
+    if isinstance(node, ast.Attribute):
+        base = _chain(node.value)
+        return None if base is None else [*base, node.attr]
+    return None
 
 
 def _start(node: ast.stmt) -> int:
@@ -342,6 +359,13 @@ def _needed(items: list[_Item], custom: frozenset[str]) -> list[bool]:
     carried = _carriers(items, custom)
     kept = [_can_find(i, custom) or bool(i.reads & carried) or i.is_import
             or (i.parent is None and not i.own_unit and _seed(i, custom)) for i in items]
+    # The module's own unit stands whole once any of it is kept: its other statements can
+    # prune paths (``if not debug: raise SystemExit``) or be calls handed an optimizer or the
+    # parameters, which may zero them, though they name no event.
+    top_level = [index for index, i in enumerate(items) if i.parent is None and not i.own_unit]
+    if any(kept[index] and not items[index].is_import for index in top_level):
+        for index in top_level:
+            kept[index] = True
     changed = True
     while changed:
         changed = False

@@ -241,6 +241,54 @@ def make(net):
     main = Fast(group, lr=1e-3)
     warmup = Fast(group, lr=1e-5)
     return main, warmup
+""",    "an_exit_at_the_top_level_that_prunes_a_path": """\
+import os
+import torch
+
+net = torch.nn.Linear(3, 3)
+optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+dry_run = os.environ.get("DRY_RUN") == "1"
+net(torch.zeros(3)).sum().backward()
+if not dry_run:
+    raise SystemExit("nothing to do")
+if dry_run:
+    optimizer.zero_grad()
+optimizer.step()
+""",
+    "a_top_level_call_handed_an_optimizer_a_helper_built": """\
+import torch
+from training_utils import make_optimizer, snapshot
+
+net = torch.nn.Linear(3, 1)
+optimizer = make_optimizer(net)
+batch = torch.zeros(3)
+net(batch).sum().backward()
+optimizer.step()
+snapshot(optimizer)
+net(batch).sum().backward()
+optimizer.step()
+""",
+    "an_optimizer_class_imported_from_its_module_by_name": """\
+from torch.optim import RMSprop
+
+
+def pair(net):
+    weights = net.parameters()
+    fast = RMSprop(weights, lr=1e-2)
+    slow = RMSprop(weights, lr=1e-4)
+    return fast, slow
+""",
+    "an_optimizer_class_bound_to_a_shorter_name": """\
+import torch
+
+Opt = torch.optim.SGD
+
+
+def build(net):
+    weights = net.parameters()
+    first = Opt(weights, lr=0.1)
+    second = Opt(weights, lr=0.01)
+    return first, second
 """,
 }
 
