@@ -323,11 +323,13 @@ def _dunder(name: str) -> bool:
     return name.startswith("__") and name.endswith("__")
 
 
-def _spread(items: list[_Item], carriers: list[bool]) -> set[str]:
-    """The names that carry something into a unit that uses them: those bound by the items in
-    ``carriers``, which grows to take in every item that reads such a name, whatever the depth.
-    A method is reached through its name (``x.run()``), except a special one, called through
-    its class's instances (``wrapper(loss)`` runs ``__call__``): its class carries too."""
+def _carriers(items: list[_Item], custom: frozenset[str]) -> set[str]:
+    """What can bring events into a unit that calls or uses it: the definitions of the items that
+    hold an event or a parameter generator (``map``, ``filter``, ``model.parameters()``), and of
+    those that read one of these, whatever the depth. A helper or an object is reached through
+    its name, a method through its name too (``x.run()``), except a special one, called through
+    its class's instances (``wrapper(loss)`` runs ``__call__``): its class carries then."""
+    carriers = [_can_find(i, custom, kinds=1) or bool(i.names & GENERATOR_WORDS) for i in items]
     changed = True
     while changed:
         changed = False
@@ -339,14 +341,6 @@ def _spread(items: list[_Item], carriers: list[bool]) -> set[str]:
                     and any(map(_dunder, item.defines))):
                 carriers[item.parent] = changed = True
     return {n for i, c in zip(items, carriers, strict=True) if c for n in i.binds if not _dunder(n)}
-
-
-def _carriers(items: list[_Item], custom: frozenset[str]) -> set[str]:
-    """What can bring events into a unit that calls or uses it: the definitions of the items that
-    hold an event or a parameter generator (``map``, ``filter``, ``model.parameters()``), and of
-    those that read one of these (a helper, a class with such a special method, an object built
-    from it), whatever the depth."""
-    return _spread(items, [_can_find(i, custom, kinds=1) or bool(i.names & GENERATOR_WORDS) for i in items])
 
 
 def _needed(items: list[_Item], custom: frozenset[str]) -> list[bool]:
