@@ -129,6 +129,17 @@ def _check_python(text: str, analyse: Analyse, report_unused: bool) -> Checked:
     return Checked(suppressions.apply(found, comments), {None: source_lines(text)}, comments)
 
 
+def check_text(text: str, shown: str, rules: Sequence[str] | None = None,
+               custom: Vocabulary = NO_CUSTOM_VOCABULARY, report_unused: bool = False) -> list[Finding]:
+    """A Python text's findings as a run reports them: suppressions applied and, with
+    ``report_unused``, the comments that suppress nothing. For a text already decoded (an
+    editor's buffer), which a PEP 263 coding line must not reinterpret."""
+    analyse = functools.partial(analyse_source, shown=shown, rules=rules, custom=custom)
+    checked = _check_python(text, analyse, report_unused)
+    idle = suppressions.unused(shown, checked.suppressions) if report_unused else []
+    return checked.findings + idle
+
+
 @dataclass(frozen=True)
 class Fixing:
     """What ``--fix``/``--diff`` asked for: unsafe fixes too, and whether to only show them."""

@@ -14,10 +14,9 @@ from clipcheck import suppressions
 from clipcheck.catalogue import BY_CODE
 from clipcheck.config import ConfigError, Overrides, Resolver
 from clipcheck.docs import rule_doc, rule_doc_path
-from clipcheck.engine import Task, analyse_source, run_task
+from clipcheck.engine import Task, check_text, run_task
 from clipcheck.findings import Finding, unanalysable
 from clipcheck.sources import source_lines
-from clipcheck.static.frameworks.custom import Vocabulary
 
 
 @dataclass(frozen=True)
@@ -79,22 +78,10 @@ def analyse(snapshot: Snapshot) -> Analysis:
                                   report_unused=unused)).findings
         else:
             text = snapshot.parts[0].text
-            found = _python_findings(text, snapshot.shown, rules, settings.vocabulary, unused)
+            found = check_text(text, snapshot.shown, rules, settings.vocabulary, unused)
     except Exception as error:  # a bug must not silence the buffer: the CLI's workers say so too
         found = [unanalysable(snapshot.shown, f"clipcheck failed on this buffer (a bug): {error!r}")]
     return _placed(snapshot, found)
-
-
-def _python_findings(text: str, shown: str, rules: tuple[str, ...], vocabulary: Vocabulary,
-                     report_unused: bool) -> list[Finding]:
-    """A Python buffer's findings with its suppression comments applied (and, with
-    ``report_unused``, those that suppress nothing). The text goes to the engine as it is:
-    encoding it and decoding it again would let a PEP 263 coding line reinterpret what the
-    editor already decoded."""
-    found = analyse_source(text, shown, rules, vocabulary)
-    comments = suppressions.parse(text) if found or report_unused else {}
-    kept = suppressions.apply(found, comments)
-    return kept + suppressions.unused(shown, comments) if report_unused else kept
 
 
 def _notebook_json(parts: tuple[Part, ...]) -> str:
