@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import libcst as cst
+from libcst.metadata import MetadataWrapper, PositionProvider
 import pytest
 
 from clipcheck import notebooks
@@ -25,7 +26,7 @@ from clipcheck.screen import (
     ZERO_WORDS,
     screen,
 )
-from clipcheck.static.analysis import analyse_text, parse_trusted
+from clipcheck.static.analysis import analyse_text, parse_trusted, positions
 from clipcheck.static.frameworks import accelerate, amp, ddp, lightning
 from clipcheck.static.frameworks import torch as vocab
 from clipcheck.static.recognizer import FREEZE_METHODS, REQUIRES_GRAD
@@ -396,3 +397,11 @@ def test_the_trusted_parse_builds_libcsts_own_tree(path: Path | None) -> None:
     assert trusted.deep_equals(cst.parse_module(text)) and trusted.code == text
     with pytest.raises(cst.CSTValidationError):
         cst.Name("not a name")
+
+
+@pytest.mark.parametrize("path", [*FIXTURES[::5], None], ids=lambda p: p.name if p else "syntax")
+def test_positions_are_libcsts_own(path: Path | None) -> None:
+    """The positions computed without LibCST's metadata wrapper are the ones it resolves."""
+    module = cst.parse_module(_program(path) if path else SYNTAX)
+    resolved = MetadataWrapper(module, unsafe_skip_copy=True).resolve(PositionProvider)
+    assert dict(positions(module)) == dict(resolved)

@@ -12,11 +12,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import libcst as cst
+from libcst.metadata import CodeRange
 
 from clipcheck.static.events import Event, Origin
 from clipcheck.static.syntax import children
 
-Positions = Mapping[cst.CSTNode, object]
+Positions = Mapping[cst.CSTNode, CodeRange]
 # Words of loss scaling: where they appear, where a clip belongs depends on ``unscale_``.
 SCALING = ("GradScaler", "unscale_", ".scale(")
 
@@ -62,7 +63,7 @@ class FixPlanner:
 
     def _rows(self, node: cst.CSTNode) -> tuple[int, int]:
         where = self.positions[node]
-        return where.start.line, where.end.line  # type: ignore[attr-defined]
+        return where.start.line, where.end.line
 
     def _plain(self, anchor: Event) -> bool:
         """``loss.backward()`` or ``optimizer.step()`` in a module without loss scaling: next to
@@ -108,8 +109,8 @@ class FixPlanner:
         if not isinstance(node, (cst.Assign, cst.AnnAssign)) or not isinstance(value, cst.Call):
             return None
         where = self.positions[value]
-        start = (where.start.line, where.start.column + 1)  # type: ignore[attr-defined]
-        end = (where.end.line, where.end.column + 1)  # type: ignore[attr-defined]
+        start = (where.start.line, where.start.column + 1)
+        end = (where.end.line, where.end.column + 1)
         return {"applicability": "safe",
                 "message": f"Store `list({self.module.code_for_node(value)})`",
                 "edits": [_edit(end, end, ")"), _edit(start, start, "list(")]}
