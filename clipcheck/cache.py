@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import os
 import sys
@@ -30,6 +29,7 @@ _PACKAGE = Path(__file__).resolve().parent
 def fingerprint() -> str:
     """The version and a hash of the package's sources (a changed clipcheck is a new cache), and
     the Python and LibCST that parse (what a syntax error is depends on them)."""
+    import hashlib
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -45,6 +45,8 @@ def fingerprint() -> str:
 
 def key(data: bytes, *parts: object) -> str:
     """The cache key of an input's bytes and everything else its result depends on."""
+    import hashlib  # here, since a run without the cache needs no hashing
+
     digest = hashlib.blake2b(data, digest_size=20)
     digest.update(repr(parts).encode())
     return digest.hexdigest()

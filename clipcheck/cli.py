@@ -1,74 +1,90 @@
-"""The ``clipcheck`` command line."""
+"""The ``clipcheck`` command line.
+
+Built on argparse, which is part of every Python's start-up already: a linter that pre-commit
+runs on a few files at every commit spends most of its time starting, and the command line's
+own imports come before the first file is analysed. Each command imports what it needs when it
+runs (output formats, rule pages, the runtime guard, the language server).
+"""
 
 from __future__ import annotations
 
-import contextlib
-import json
+import argparse
+import math
 import os
 import sys
-from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-import click
+from typing import TYPE_CHECKING, NoReturn
 
 from clipcheck import __version__
 from clipcheck.cache import FOLDER, Cache
-from clipcheck.catalogue import CATALOGUE, RuleInfo
+from clipcheck.catalogue import RuleInfo
 from clipcheck.config import ConfigError, Overrides, Resolver, rule_named
-from clipcheck.docs import rule_doc
-from clipcheck.engine import Fixing
-from clipcheck.engine import check as check_sources
 from clipcheck.output import FORMATS
-from clipcheck.output import progress as progress_bar
-from clipcheck.output.text import found
 from clipcheck.sources import STDIN
 from clipcheck.suppressions import UNUSED_CODE
 from clipcheck.workers import Limits
 
+if TYPE_CHECKING:
+    from clipcheck.engine import Report
+
 INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command Ctrl-C stopped
+USAGE = 2  # a usage error, a configuration that cannot be used, or a file that could not be analysed
 
 
-class _CannotRun(click.ClickException):
+class CannotRun(Exception):
     """A configuration file or an installation that cannot be used: exit status 2, as for a
     usage error, without the usage text (what to change is not the command line)."""
 
-    exit_code = 2
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors exit 2 with the usage and the message (argparse's own), and so do the
+    errors a command finds in its arguments once it runs (:meth:`fail`)."""
+
+    def fail(self, message: str) -> NoReturn:
+        self.error(message)
 
 
-def _config_error(error: ConfigError) -> click.ClickException:
-    return _CannotRun(str(error)) if error.path is not None else click.UsageError(str(error))
-
-
-class _Commands(click.Group):
-    """clipcheck's commands. Ctrl-C exits 130, not with click's ``Aborted!`` and status 1,
-    which is also the status of findings."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except KeyboardInterrupt:
-            click.echo("clipcheck: interrupted.", err=True)
-            sys.exit(INTERRUPTED)
-
-
-def _rule_by_id(identifier: str) -> RuleInfo:
-    try:
-        return rule_named(identifier)
-    except ConfigError as error:
-        raise click.UsageError(str(error)) from error
-
-
-def _selectors(values: Sequence[str]) -> tuple[str, ...]:
+def _selectors(values: Sequence[str] | None) -> tuple[str, ...]:
     """Comma-separated option values, split (``--select CC101,CC102 --select CC2``)."""
-    return tuple(part.strip() for value in values for part in value.split(",") if part.strip())
+    return tuple(part.strip() for value in values or () for part in value.split(",") if part.strip())
 
 
-def _a_number(value: float) -> float:
-    if value != value:  # NaN passes any range
-        raise click.BadParameter("not a number")
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
     return value
+
+
+def _seconds(text: str) -> float:
+    """A time limit: more than 0 and at most a day (NaN, which passes any range, is refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if math.isnan(value) or not 0 < value <= 86_400:
+        raise argparse.ArgumentTypeError(f"{text} is not more than 0 and at most 86400 seconds")
+    return value
+
+
+def _config_file(text: str) -> Path:
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder, not a file")
+    return path
+
+
+def _script(text: str) -> str:
+    if not os.path.exists(text):
+        raise argparse.ArgumentTypeError(f"{text!r} does not exist")
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder, not a script")
+    return text
 
 
 def _use_color(choice: str) -> bool:
@@ -77,113 +93,137 @@ def _use_color(choice: str) -> bool:
     return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
 
 
-@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="clipcheck")
-def main() -> None:
-    """Find misplaced gradient clipping, zero-grad and optimizer steps in PyTorch training code."""
-
-
-@main.command()
-@click.argument("paths", nargs=-1)
-@click.option("--output-format", type=click.Choice(list(FORMATS)), default="text", show_default=True,
-              help="text and concise for people; json, json-lines, github and sarif for tools and CI.")
-@click.option("--select", multiple=True, metavar="RULES",
-              help="Only these rules (codes, names or code prefixes, comma-separated); "
-                   "replaces the config's.")
-@click.option("--extend-select", multiple=True, metavar="RULES", help="Rules to add to the selection.")
-@click.option("--ignore", multiple=True, metavar="RULES", help="Rules to skip (added to the config's).")
-@click.option("--exclude", multiple=True, metavar="PATTERN",
-              help="Gitignore-style patterns of files and folders to skip (added to the config's).")
-@click.option("--force-exclude", is_flag=True,
-              help="Apply exclusions to files named on the command line too (for pre-commit).")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="Use this configuration file instead of the nearest one above each file.")
-@click.option("--stdin-filename", metavar="PATH",
-              help="The name to report (and to pick settings by) for code read from standard input.")
-@click.option("--report-unused-suppressions", is_flag=True,
-              help=f"Report suppression comments that suppress nothing ({UNUSED_CODE}).")
-@click.option("--statistics", is_flag=True, help="Print how many findings each rule made, instead of them.")
-@click.option("--exit-zero", is_flag=True,
-              help="Exit 0 even when there are findings (not for unreadable files).")
-@click.option("-q", "--quiet", is_flag=True, help="Print findings only: no summary, no notices.")
-@click.option("--color", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True,
-              help="Colour text output (auto: on a terminal, unless NO_COLOR is set).")
-@click.option("--fix", is_flag=True, help="Apply the safe fixes (with --unsafe-fixes, the unsafe ones too).")
-@click.option("--unsafe-fixes", is_flag=True, help="Let --fix and --diff make the fixes labelled unsafe.")
-@click.option("--diff", is_flag=True, help="Print the fixes as a unified diff instead of writing them.")
-@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
-              help="Worker processes (default: the usable cores).")
-@click.option("--no-cache", is_flag=True, help=f"Neither read nor write the results cache ({FOLDER}).")
-@click.option("--timeout", type=click.FloatRange(min=0, max=86_400, min_open=True), default=Limits.seconds,
-              callback=lambda _ctx, _param, value: _a_number(value),
-              show_default=True, metavar="SECONDS",
-              help="Time one file may take (plus as much again per MiB) before it is reported unanalysable.")
-@click.option("--show-settings", is_flag=True,
-              help="Print the settings in effect for the first path, and exit.")
-def check(paths: tuple[str, ...], output_format: str, select: tuple[str, ...], extend_select: tuple[str, ...],
-          ignore: tuple[str, ...], exclude: tuple[str, ...], force_exclude: bool, config_file: Path | None,
-          stdin_filename: str | None, report_unused_suppressions: bool, statistics: bool, exit_zero: bool,
-          quiet: bool, color: str, fix: bool, unsafe_fixes: bool, diff: bool,
-          jobs: int | None, no_cache: bool, timeout: float, show_settings: bool) -> None:
-    """Check Python files and notebooks (default: the current directory, recursively; ``-`` reads
-    standard input).
-
-    Exit status: 0 no findings, 1 findings, 2 usage error or a file that could not be analysed,
-    130 stopped by Ctrl-C.
-    """
-    overrides = Overrides(_selectors(select), _selectors(extend_select), _selectors(ignore),
-                          _selectors(exclude))
-    if stdin_filename is not None and not paths:
-        paths = (STDIN,)
+def _rule(parser: _Parser, identifier: str) -> RuleInfo:
     try:
-        resolver = Resolver(overrides, config_file)
-        if show_settings:
-            first = Path(paths[0]) if paths and paths[0] != STDIN else Path(stdin_filename or ".")
-            click.echo(resolver.for_path(first).describe())
-            return
-        fixing = Fixing(unsafe=unsafe_fixes, diff=diff) if fix or diff else None
-        cache = None if no_cache else Cache(Path.cwd())
-        limits = Limits(seconds=timeout, seconds_per_mib=timeout)
-        with _progress(progress_bar.wanted(sys.stderr, output_format, quiet)) as progress:
-            report = check_sources(list(paths), resolver, force_exclude, report_unused_suppressions,
-                                   stdin_filename, fixing, jobs, cache, limits, progress)
+        return rule_named(identifier)
     except ConfigError as error:
-        raise _config_error(error) from error
-    if diff:
-        click.echo("".join(report.diffs), nl=False)
-        if any(f.unanalysable for f in report.findings):
-            sys.exit(2)
-        sys.exit(1 if report.diffs else 0)
-    if report.fixed and not quiet:
-        click.echo(f"clipcheck: fixed {report.fixed} problem{'s' if report.fixed != 1 else ''}.", err=True)
-    if statistics:
-        counts = Counter((f.code, f.rule) for f in report.findings)
-        for (code, rule), count in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
-            click.echo(f"{count:>5}  {code}  {rule}")
-        if not counts:
-            click.echo(found(report))
-    else:
-        colored = _use_color(color) and output_format in ("text", "concise")
-        output = FORMATS[output_format](report, colored)
-        if quiet and output_format in ("text", "concise"):
-            output = "\n".join(output.splitlines()[:-1])
-        if output:
-            click.echo(output, color=colored)
-    if not quiet:
+        parser.fail(str(error))
+
+
+# -- check ---------------------------------------------------------------------------------------
+
+def _check_arguments(parser: _Parser) -> None:
+    parser.add_argument("paths", nargs="*", metavar="PATH",
+                        help="Files and folders to check (default: the current folder; - reads standard "
+                             "input).")
+    parser.add_argument("--output-format", choices=FORMATS, default="text",
+                        help="text and concise for people; json, json-lines, github and sarif for tools "
+                             "and CI (default: text).")
+    parser.add_argument("--select", action="append", metavar="RULES",
+                        help="Only these rules (codes, names or code prefixes, comma-separated); "
+                             "replaces the config's.")
+    parser.add_argument("--extend-select", action="append", metavar="RULES",
+                        help="Rules to add to the selection.")
+    parser.add_argument("--ignore", action="append", metavar="RULES",
+                        help="Rules to skip (added to the config's).")
+    parser.add_argument("--exclude", action="append", metavar="PATTERN",
+                        help="Gitignore-style patterns of files and folders to skip (added to the config's).")
+    parser.add_argument("--force-exclude", action="store_true",
+                        help="Apply exclusions to files named on the command line too (for pre-commit).")
+    parser.add_argument("--config", dest="config_file", type=_config_file, metavar="FILE",
+                        help="Use this configuration file instead of the nearest one above each file.")
+    parser.add_argument("--stdin-filename", metavar="PATH",
+                        help="The name to report (and to pick settings by) for code read from standard "
+                             "input.")
+    parser.add_argument("--report-unused-suppressions", action="store_true",
+                        help=f"Report suppression comments that suppress nothing ({UNUSED_CODE}).")
+    parser.add_argument("--statistics", action="store_true",
+                        help="Print how many findings each rule made, instead of them.")
+    parser.add_argument("--exit-zero", action="store_true",
+                        help="Exit 0 even when there are findings (not for unreadable files).")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="Print findings only: no summary, no notices.")
+    parser.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                        help="Colour text output (auto, the default: on a terminal, unless NO_COLOR is set).")
+    parser.add_argument("--fix", action="store_true",
+                        help="Apply the safe fixes (with --unsafe-fixes, the unsafe ones too).")
+    parser.add_argument("--unsafe-fixes", action="store_true",
+                        help="Let --fix and --diff make the fixes labelled unsafe.")
+    parser.add_argument("--diff", action="store_true",
+                        help="Print the fixes as a unified diff instead of writing them.")
+    parser.add_argument("-j", "--jobs", type=_at_least_one, metavar="N",
+                        help="Worker processes (default: the usable cores).")
+    parser.add_argument("--no-cache", action="store_true",
+                        help=f"Neither read nor write the results cache ({FOLDER}).")
+    parser.add_argument("--timeout", type=_seconds, default=Limits.seconds, metavar="SECONDS",
+                        help="Time one file may take (plus as much again per MiB) before it is reported "
+                             f"unanalysable (default: {Limits.seconds:g}).")
+    parser.add_argument("--show-settings", action="store_true",
+                        help="Print the settings in effect for the first path, and exit.")
+
+
+def _check(args: argparse.Namespace, parser: _Parser) -> int:
+    """Check Python files and notebooks."""
+    from clipcheck.engine import Fixing
+    from clipcheck.engine import check as check_sources
+
+    overrides = Overrides(_selectors(args.select), _selectors(args.extend_select), _selectors(args.ignore),
+                          _selectors(args.exclude))
+    paths: list[str] = args.paths
+    if args.stdin_filename is not None and not paths:
+        paths = [STDIN]
+    try:
+        resolver = Resolver(overrides, args.config_file)
+        if args.show_settings:
+            first = Path(paths[0]) if paths and paths[0] != STDIN else Path(args.stdin_filename or ".")
+            print(resolver.for_path(first).describe())
+            return 0
+        fixing = Fixing(unsafe=args.unsafe_fixes, diff=args.diff) if args.fix or args.diff else None
+        cache = None if args.no_cache else Cache(Path.cwd())
+        limits = Limits(seconds=args.timeout, seconds_per_mib=args.timeout)
+        with _progress(args.output_format, args.quiet) as progress:
+            report = check_sources(paths, resolver, args.force_exclude, args.report_unused_suppressions,
+                                   args.stdin_filename, fixing, args.jobs, cache, limits, progress)
+    except ConfigError as error:
+        if error.path is None:
+            parser.fail(str(error))
+        raise CannotRun(str(error)) from error
+    unanalysable = any(f.unanalysable for f in report.findings)
+    if args.diff:
+        sys.stdout.write("".join(report.diffs))
+        return USAGE if unanalysable else 1 if report.diffs else 0
+    if report.fixed and not args.quiet:
+        print(f"clipcheck: fixed {report.fixed} problem{'s' if report.fixed != 1 else ''}.", file=sys.stderr)
+    _print_report(report, args)
+    if not args.quiet:
         for note in report.notes:
-            click.echo(f"clipcheck: {note}", err=True)
-    if report.checked == 0 and not quiet:
-        click.echo("clipcheck: no Python file or notebook was found to check.", err=True)
-    if any(f.unanalysable for f in report.findings):
-        sys.exit(2)
-    sys.exit(1 if report.findings and not exit_zero else 0)
+            print(f"clipcheck: {note}", file=sys.stderr)
+        if report.checked == 0:
+            print("clipcheck: no Python file or notebook was found to check.", file=sys.stderr)
+    if unanalysable:
+        return USAGE
+    return 1 if report.findings and not args.exit_zero else 0
 
 
-@contextlib.contextmanager
-def _progress(shown: bool) -> Iterator[progress_bar.ProgressBar | None]:
-    """A progress bar on standard error while the files are checked (when ``shown``), erased
-    however the check ends."""
-    if not shown:
+def _print_report(report: Report, args: argparse.Namespace) -> None:
+    """The findings in the chosen format (or, with ``--statistics``, a count per rule)."""
+    from clipcheck.output import emit
+    from clipcheck.output.text import found
+
+    if args.statistics:
+        counts: dict[tuple[str, str], int] = {}
+        for f in report.findings:
+            counts[f.code, f.rule] = counts.get((f.code, f.rule), 0) + 1
+        for (code, rule), count in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
+            print(f"{count:>5}  {code}  {rule}")
+        if not counts:
+            print(found(report))
+        return
+    for_people = args.output_format in ("text", "concise")
+    output = emit(args.output_format, report, _use_color(args.color) and for_people)
+    if args.quiet and for_people:
+        output = "\n".join(output.splitlines()[:-1])
+    if output:
+        print(output)
+
+
+@contextmanager
+def _progress(output_format: str, quiet: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar on standard error while the files are checked (where it is wanted),
+    erased however the check ends."""
+    from clipcheck.output import progress as progress_bar
+
+    if not progress_bar.wanted(sys.stderr, output_format, quiet):
         yield None
         return
     bar = progress_bar.ProgressBar(sys.stderr)
@@ -193,33 +233,61 @@ def _progress(shown: bool) -> Iterator[progress_bar.ProgressBar | None]:
         bar.close()
 
 
-@main.command("rules")
-@click.argument("rule", required=False)
-@click.option("--output-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def rules_command(rule: str | None, output_format: str) -> None:
+# -- rules and explain ---------------------------------------------------------------------------
+
+def _rules_arguments(parser: _Parser) -> None:
+    parser.add_argument("rule", nargs="?", help="A rule's code or name: show its page.")
+    parser.add_argument("--output-format", choices=("text", "json"), default="text",
+                        help="text, or json for tools (default: text).")
+
+
+def _rules(args: argparse.Namespace, parser: _Parser) -> int:
     """List the rules (json: for tools), or show one rule's page."""
-    if rule is not None:
-        click.echo(rule_doc(_rule_by_id(rule)))
-        return
-    if output_format == "json":
-        click.echo(json.dumps([{"code": r.code, "name": r.name, "summary": r.summary,
-                                "explanation": rule_doc(r)} for r in CATALOGUE], indent=2))
-        return
-    for r in CATALOGUE:
-        click.echo(f"{r.code}  {r.name:<26} {r.summary}")
+    import json
+
+    from clipcheck.catalogue import CATALOGUE
+    from clipcheck.docs import rule_doc
+
+    if args.rule is not None:
+        print(rule_doc(_rule(parser, args.rule)))
+    elif args.output_format == "json":
+        print(json.dumps([{"code": r.code, "name": r.name, "summary": r.summary, "explanation": rule_doc(r)}
+                          for r in CATALOGUE], indent=2))
+    else:
+        for r in CATALOGUE:
+            print(f"{r.code}  {r.name:<26} {r.summary}")
+    return 0
 
 
-@main.command()
-@click.argument("rule")
-def explain(rule: str) -> None:
+def _explain_arguments(parser: _Parser) -> None:
+    parser.add_argument("rule", help="A rule's code or name.")
+
+
+def _explain(args: argparse.Namespace, parser: _Parser) -> int:
     """Print a rule's page (by code or name): what is wrong, why it matters, how to fix it."""
-    click.echo(rule_doc(_rule_by_id(rule)))
+    from clipcheck.docs import rule_doc
+
+    print(rule_doc(_rule(parser, args.rule)))
+    return 0
+
+
+# -- run -----------------------------------------------------------------------------------------
+
+def _run_arguments(parser: _Parser) -> None:
+    parser.add_argument("--max-norm", type=float, default=None,
+                        help="Also require every step's gradient norm to be at most this (default: order "
+                             "only).")
+    parser.add_argument("--check-every", type=int, default=100,
+                        help="Steps between reads of the on-device norm check (each read is one sync; "
+                             "default: 100).")
+    parser.add_argument("script", type=_script, help="The training script.")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="The script's own arguments.")
 
 
 def _print_script_traceback(error: BaseException, script: str) -> None:
     """Print ``error`` as ``python script`` would: its traceback from the script's first frame
-    on, without the frames of this runner, runpy and click, which would read as clipcheck
-    failing (none at all for a syntax error, which points at the script itself)."""
+    on, without the frames of this runner and runpy, which would read as clipcheck failing
+    (none at all for a syntax error, which points at the script itself)."""
     import traceback
 
     trace = error.__traceback__
@@ -228,35 +296,28 @@ def _print_script_traceback(error: BaseException, script: str) -> None:
     traceback.print_exception(type(error), error, trace)
 
 
-@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@click.option("--max-norm", type=float, default=None,
-              help="Also require every step's gradient norm to be at most this (default: order only).")
-@click.option("--check-every", type=int, default=100, show_default=True,
-              help="Steps between reads of the on-device norm check (each read is one sync).")
-@click.argument("script", type=click.Path(exists=True, dir_okay=False))
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def run(max_norm: float | None, check_every: int, script: str, args: tuple[str, ...]) -> None:
+def _run(args: argparse.Namespace, parser: _Parser) -> int | str | None:
     """Run a training script with every optimizer guarded (needs torch: the `runtime` extra).
 
     Each optimizer is guarded from its first step on; that first step is not checked.
     Exit status: the script's own, or 1 when the guard found a mistake.
     """
+    script: str = args.script
     if script.lower().endswith(".ipynb"):
-        raise click.UsageError(
+        parser.fail(
             f"{script} is a notebook, and `clipcheck run` runs a Python script. In a notebook, wrap "
             "the training loop in `with clipcheck.runtime.guard(optimizer): ...` (or export it "
             "with `jupyter nbconvert --to script` and run that).")
     try:
         from clipcheck import runtime
     except ImportError as error:
-        raise click.UsageError(
-            f"clipcheck run needs PyTorch, which cannot be imported here ({error}): install it "
-            "with `pip install torch` (or `pip install 'clipcheck[runtime]'`)") from error
+        parser.fail(f"clipcheck run needs PyTorch, which cannot be imported here ({error}): install it "
+                    "with `pip install torch` (or `pip install 'clipcheck[runtime]'`)")
     import runpy
 
-    sys.argv = [script, *args]
+    sys.argv = [script, *args.args]
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
-    runtime.install(max_norm=max_norm, check_every=check_every)
+    runtime.install(max_norm=args.max_norm, check_every=args.check_every)
     exit_code: str | int | None = None
     try:
         try:
@@ -268,22 +329,23 @@ def run(max_norm: float | None, check_every: int, script: str, args: tuple[str, 
         steps = runtime.uninstall(check=True)
     except runtime.GradientOrderError as error:
         runtime.uninstall(check=False)
-        click.echo(f"clipcheck: {error}", err=True)
-        sys.exit(1)
+        print(f"clipcheck: {error}", file=sys.stderr)
+        return 1
     except SystemExit:  # the script's own non-zero exit
         runtime.uninstall(check=False)
         raise
     except BaseException as error:
         runtime.uninstall(check=False)
         _print_script_traceback(error, script)
-        sys.exit(INTERRUPTED if isinstance(error, KeyboardInterrupt) else 1)
+        return INTERRUPTED if isinstance(error, KeyboardInterrupt) else 1
     if steps == 0:
-        click.echo("clipcheck: no optimizer stepped during this run, so nothing was checked.", err=True)
-    sys.exit(exit_code)
+        print("clipcheck: no optimizer stepped during this run, so nothing was checked.", file=sys.stderr)
+    return exit_code
 
 
-@main.command()
-def server() -> None:
+# -- server --------------------------------------------------------------------------------------
+
+def _server(args: argparse.Namespace, parser: _Parser) -> int:
     """Run the language server over stdio (needs `pip install clipcheck[lsp]`)."""
     try:
         from clipcheck.server import serve
@@ -291,6 +353,50 @@ def server() -> None:
         missing = (error.name or "").partition(".")[0]
         if missing not in ("pygls", "lsprotocol") and error.name != "clipcheck.server":
             raise
-        raise _CannotRun(f"the language server cannot start: {error.name} is not installed here; "
-                         "install the `lsp` extra with `pip install 'clipcheck[lsp]'`") from error
+        raise CannotRun(f"the language server cannot start: {error.name} is not installed here; "
+                        "install the `lsp` extra with `pip install 'clipcheck[lsp]'`") from error
     serve()
+    return 0
+
+
+# -- the command ---------------------------------------------------------------------------------
+
+Command = Callable[[argparse.Namespace, _Parser], "int | str | None"]
+COMMANDS: tuple[tuple[str, Command, Callable[[_Parser], None] | None, str], ...] = (
+    ("check", _check, _check_arguments,
+     "Exit status: 0 no findings, 1 findings, 2 usage error or a file that could not be analysed, "
+     "130 stopped by Ctrl-C."),
+    ("rules", _rules, _rules_arguments, ""),
+    ("explain", _explain, _explain_arguments, ""),
+    ("run", _run, _run_arguments, ""),
+    ("server", _server, None, ""),
+)
+
+
+def _parser() -> _Parser:
+    parser = _Parser(prog="clipcheck", description="Find misplaced gradient clipping, zero-grad and "
+                     "optimizer steps in PyTorch training code.")
+    parser.add_argument("--version", action="version", version=f"clipcheck, version {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    for name, command, arguments, epilog in COMMANDS:
+        summary = (command.__doc__ or "").strip().splitlines()[0]
+        sub = commands.add_parser(name, help=summary, description=(command.__doc__ or "").strip(),
+                                  epilog=epilog or None, formatter_class=argparse.RawDescriptionHelpFormatter)
+        if arguments is not None:
+            arguments(sub)
+        sub.set_defaults(command=command, parser=sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """``clipcheck``: parse the command line, run the command and exit with its status."""
+    args = _parser().parse_args(argv)
+    try:
+        code = args.command(args, args.parser)
+    except KeyboardInterrupt:
+        print("clipcheck: interrupted.", file=sys.stderr)
+        code = INTERRUPTED
+    except CannotRun as error:
+        print(f"Error: {error}", file=sys.stderr)
+        code = USAGE
+    sys.exit(code)

@@ -10,7 +10,6 @@ spelling.
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import re
@@ -61,6 +60,8 @@ def _dotted(key: tuple[str, ...]) -> str:
 
 def _suggestion(wrong: str, known: Sequence[str], quote: str = "`") -> str:
     """``; did you mean `select`?`` for a near miss (as Ruff and Python itself suggest)."""
+    import difflib
+
     close = difflib.get_close_matches(wrong, known, n=1, cutoff=0.7)
     return f"; did you mean {quote}{close[0]}{quote}?" if close else ""
 

@@ -5,10 +5,7 @@ renamed over the original, its permissions kept)."""
 from __future__ import annotations
 
 import contextlib
-import difflib
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -102,12 +99,17 @@ def _diff_lines(text: str) -> list[str]:
 
 
 def unified_diff(before: str, after: str, shown: str) -> str:
+    import difflib
+
     return "".join(difflib.unified_diff(_diff_lines(before), _diff_lines(after), f"a/{shown}", f"b/{shown}"))
 
 
 def write_whole(path: Path, data: bytes) -> None:
     """Replace ``path``'s content with ``data`` atomically, keeping its permissions. Raises
     ``OSError`` (the file is then untouched)."""
+    import shutil
+    import tempfile
+
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".clipcheck")
     try:
         with os.fdopen(handle, "wb") as out:

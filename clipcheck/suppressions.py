@@ -52,8 +52,8 @@ def _entries(text: str) -> list[str]:
 def parse(source: str) -> dict[int, Suppression]:
     """The suppression comment of each line, by line number (comments only, never strings)."""
     found: dict[int, Suppression] = {}
-    if "noqa" not in source.lower() and "clipcheck" not in source:
-        return found  # the common case: no tokenizing
+    if _IGNORE.search(source) is None and _NOQA.search(source) is None:
+        return found  # no comment can hold one (a comment is part of the text): no tokenizing
     try:
         tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
     except (tokenize.TokenError, SyntaxError, IndentationError):

@@ -41,7 +41,7 @@ def test_a_configuration_error_names_the_file_the_line_and_the_nearest_spelling(
     result = run_clipcheck("check", "train.py", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.startswith(f"Error: {message}"), result.stderr
-    assert "Usage:" not in result.stderr  # the file is at fault, not the command line
+    assert "usage:" not in result.stderr  # the file is at fault, not the command line
 
 
 def test_a_file_in_a_subfolder_is_named_from_the_current_folder(tmp_path: Path) -> None:

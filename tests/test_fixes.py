@@ -66,11 +66,14 @@ def build(model):
     return torch.optim.AdamW(params, lr=1e-3)
 """
 GENERATOR_FIXED = GENERATOR.replace("params = model.parameters()", "params = list(model.parameters())")
+# A form feed inside a line is no line break to Python, though ``str.splitlines`` breaks there.
+FORM_FEED = ("# keep the norm in check", "# keep the norm\x0c in check")
 
 
 @pytest.mark.parametrize(("before", "after", "rule"), [
     (CLIP_FIRST, CLIP_FIRST_FIXED, "CC101"), (CLIP_LAST, CLIP_LAST_FIXED, "CC102"),
     (GENERATOR, GENERATOR_FIXED, "CC302"),
+    (CLIP_FIRST.replace(*FORM_FEED), CLIP_FIRST_FIXED.replace(*FORM_FEED), "CC101"),
 ])
 def test_a_fix_makes_its_edit_once_and_the_file_rechecks_clean(tmp_path: Path, before: str, after: str,
                                                                  rule: str) -> None:

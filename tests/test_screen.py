@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import libcst as cst
-from libcst.metadata import MetadataWrapper, PositionProvider
 import pytest
+from libcst.metadata import MetadataWrapper, PositionProvider
 
 from clipcheck import notebooks
 from clipcheck.engine import analyse_source

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import faulthandler
 import json
-import multiprocessing
 import os
 import signal
 import subprocess
@@ -262,7 +261,7 @@ def test_an_interrupted_pool_leaves_no_worker_behind() -> None:
 
     with pytest.raises(KeyboardInterrupt):
         Pool(_nap, 2, Limits()).map([60.0, 60.0, 60.0, 0.0], interrupt)  # the last goes first
-    assert multiprocessing.active_children() == []
+    assert _children(os.getpid()) == []
 
 
 def _children(parent: int) -> list[int]:

@@ -3,9 +3,17 @@
 
 from __future__ import annotations
 
-import click
+from typing import TYPE_CHECKING
 
-from clipcheck.engine import Report
+if TYPE_CHECKING:
+    from clipcheck.engine import Report
+
+BOLD, RED = "1", "31"
+
+
+def _style(text: str, *codes: str) -> str:
+    """``text`` in a terminal's colours (ANSI SGR codes), reset after it."""
+    return f"\x1b[{';'.join(codes)}m{text}\x1b[0m"
 
 
 def _files(count: int) -> str:
@@ -31,7 +39,7 @@ def to_text(report: Report, color: bool) -> str:
     lines: list[str] = []
     for f in report.findings:
         head = f"{f.place}: {f.code} {f.rule}"
-        lines.append(click.style(head, bold=True) if color else head)
+        lines.append(_style(head, BOLD) if color else head)
         lines.append(f"  {f.message}")
         if f.fix is not None:
             how = "--fix" if f.fix.get("applicability") == "safe" else "--fix --unsafe-fixes"
@@ -42,7 +50,7 @@ def to_text(report: Report, color: bool) -> str:
             width = (f.end_column if f.end_line == f.line else len(text) + 1) - f.column
             lines.append(f"  {f.line:>4} | {text}")
             caret = " " * (f.column - 1) + "^" * max(width, 1)
-            lines.append("       | " + (click.style(caret, fg="red") if color else caret))
+            lines.append("       | " + (_style(caret, RED) if color else caret))
         lines.append("")
     lines.append(summary(report))
     return "\n".join(lines)
@@ -51,7 +59,7 @@ def to_text(report: Report, color: bool) -> str:
 def to_concise(report: Report, color: bool) -> str:
     lines = []
     for f in report.findings:
-        code = click.style(f.code, fg="red", bold=True) if color else f.code
+        code = _style(f.code, RED, BOLD) if color else f.code
         lines.append(f"{f.place}: {code} {f.message}")
     lines.append(summary(report))
     return "\n".join(lines)

@@ -58,7 +58,7 @@ def analyse_text(text: str, shown: str, rules: Sequence[str] | None = None,
                              failure.raw_column + 1)]
     chosen = RULES if rules is None else tuple(r for r in RULES if r.code in rules)
     try:
-        return ModuleAnalysis(module, chosen, custom, whole).findings(shown)
+        return ModuleAnalysis(module, chosen, custom, whole, text).findings(shown)
     except RecursionError:
         return [unanalysable(shown, "the file nests too deeply to analyse")]
 
@@ -96,9 +96,11 @@ def _unchecked(node: cst.CSTNode) -> None:
 
 class ModuleAnalysis:
     def __init__(self, module: cst.Module, rules: Sequence[Rule] = RULES,
-                 custom: Vocabulary = NO_CUSTOM_VOCABULARY, code: str | None = None) -> None:
+                 custom: Vocabulary = NO_CUSTOM_VOCABULARY, code: str | None = None,
+                 text: str | None = None) -> None:
         self.module = module
-        self.code = module.code if code is None else code  # the whole file's, for the fixes
+        self.text = module.code if text is None else text  # the module's own (LibCST's round trip)
+        self.code = self.text if code is None else code  # the whole file's, for the fixes
         self.rules = rules
         self.program = Program(module, custom)
         self._init_params: dict[cst.FunctionDef, ParamsState] = {}
@@ -184,7 +186,7 @@ class ModuleAnalysis:
 
     @cached_property
     def _planner(self) -> FixPlanner:
-        return FixPlanner(self.module, self._positions, self.code)
+        return FixPlanner(self.module, self._positions, self.code, self.text)
 
     def _fix(self, finding: RawFinding) -> dict[str, object] | None:
         """The edit ``--fix`` would make for this finding, where it is certain."""

@@ -10,10 +10,12 @@ way Ruff describes its own: ``applicability`` (``safe`` or ``unsafe``), ``messag
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import cached_property
 
 import libcst as cst
 from libcst.metadata import CodeRange
 
+from clipcheck.sources import source_lines
 from clipcheck.static.events import Event, Origin
 from clipcheck.static.syntax import children
 
@@ -30,12 +32,16 @@ def _edit(start: tuple[int, int], end: tuple[int, int], content: str) -> dict[st
 class FixPlanner:
     """Builds fixes for one module; parents are computed once, on the first request."""
 
-    def __init__(self, module: cst.Module, positions: Positions, code: str) -> None:
+    def __init__(self, module: cst.Module, positions: Positions, code: str, text: str) -> None:
         self.module = module
         self.code = code  # the whole file's text (the module may be the screen's reduction)
         self.positions = positions
-        self.lines = module.code.splitlines(keepends=True)
+        self.text = text  # the module's own
         self._parents: dict[cst.CSTNode, cst.CSTNode] | None = None
+
+    @cached_property
+    def lines(self) -> list[str]:
+        return source_lines(self.text, keepends=True)
 
     def _parent(self, node: cst.CSTNode) -> cst.CSTNode | None:
         if self._parents is None:
