@@ -85,7 +85,7 @@ class Cache:
 
     def put(self, name: str, findings: list[Finding], lines: dict[int | None, list[str]]) -> None:
         """Stores a result; a cache that cannot be written is no cache (never an error)."""
-        data = {"findings": [vars(f) for f in findings],
+        data = {"findings": [f._asdict() for f in findings],
                 "lines": {("" if cell is None else str(cell)): text for cell, text in lines.items()}}
         import tempfile
 

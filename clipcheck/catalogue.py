@@ -3,11 +3,10 @@ need without the static engine (whose rule classes take their name and summary f
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class RuleInfo:
+class RuleInfo(NamedTuple):
     code: str
     name: str
     summary: str

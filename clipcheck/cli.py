@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from clipcheck.engine import Report
 
 INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command Ctrl-C stopped
+DEFAULT_LIMITS = Limits()
 USAGE = 2  # a usage error, a configuration that cannot be used, or a file that could not be analysed
 
 
@@ -145,9 +146,9 @@ def _check_arguments(parser: _Parser) -> None:
                         help="Worker processes (default: the usable cores).")
     parser.add_argument("--no-cache", action="store_true",
                         help=f"Neither read nor write the results cache ({FOLDER}).")
-    parser.add_argument("--timeout", type=_seconds, default=Limits.seconds, metavar="SECONDS",
+    parser.add_argument("--timeout", type=_seconds, default=DEFAULT_LIMITS.seconds, metavar="SECONDS",
                         help="Time one file may take (plus as much again per MiB) before it is reported "
-                             f"unanalysable (default: {Limits.seconds:g}).")
+                             f"unanalysable (default: {DEFAULT_LIMITS.seconds:g}).")
     parser.add_argument("--show-settings", action="store_true",
                         help="Print the settings in effect for the first path, and exit.")
 

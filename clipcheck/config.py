@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     import pathspec
@@ -26,11 +26,6 @@ from clipcheck.catalogue import CATALOGUE, RuleInfo
 from clipcheck.static.frameworks.custom import KEYS as VOCABULARY_KEYS
 from clipcheck.static.frameworks.custom import NONE as NO_CUSTOM_VOCABULARY
 from clipcheck.static.frameworks.custom import Vocabulary
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -154,8 +149,7 @@ def _matches(spec: pathspec.PathSpec | None, path: Path, root: Path) -> bool:
     return spec.match_file(relative) or (path.is_dir() and spec.match_file(relative + "/"))
 
 
-@dataclass(frozen=True)
-class Overrides:
+class Overrides(NamedTuple):
     """What the command line says; it wins over every configuration file."""
 
     select: tuple[str, ...] = ()
@@ -235,14 +229,28 @@ def _shown(path: Path) -> str:
     return relative if relative is not None else str(path)
 
 
-def _read(path: Path) -> tuple[dict[str, Any], str]:
-    """A configuration file's TOML and its text."""
+def _text(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"{_shown(path)}: cannot read it: {error}", path=path) from None
+
+
+def _names_us(text: str) -> bool:
+    """Whether a pyproject.toml's text can hold ``[tool.clipcheck]``: a TOML key spells the
+    word out, unless a quoted key writes a letter as a ``\\u`` escape. Most projects' files
+    are then never parsed (nor the TOML parser imported)."""
+    return "clipcheck" in text or "\\u" in text or "\\U" in text
+
+
+def _toml(path: Path, text: str) -> dict[str, Any]:
+    """A configuration file's TOML."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on Python 3.10 only
+        import tomli as tomllib
     try:
-        return tomllib.loads(text), text
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         reason = str(error)
         place = _TOML_PLACE.search(reason)
@@ -389,7 +397,10 @@ class Resolver:
         """The settings the file at ``path`` makes for ``folder`` (``None``: a pyproject.toml
         without ``[tool.clipcheck]``, unless ``forced`` by ``--config``); its errors name the
         file and line."""
-        data, text = _read(path)
+        text = _text(path)
+        if path.name == "pyproject.toml" and not forced and not _names_us(text):
+            return None
+        data = _toml(path, text)
         try:
             table = _table(data, path)
             if table is None and not forced:

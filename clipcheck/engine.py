@@ -7,8 +7,9 @@ import codecs
 import functools
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from clipcheck import notebooks, suppressions
 from clipcheck.cache import Cache, key
@@ -102,8 +103,8 @@ def _in_notebook(finding: Finding, nb: notebooks.Program) -> Finding:
     cell, line = nb.place(finding.line)
     end_cell, end_line = nb.place(finding.end_line)
     fix = _cell_fix(finding.fix, nb, cell) if finding.fix is not None else None
-    return replace(in_cell(finding, cell, line, end_line if end_cell == cell else line),
-                   message=_in_cells(finding.message, nb, cell), fix=fix)
+    return in_cell(finding, cell, line, end_line if end_cell == cell else line)._replace(
+        message=_in_cells(finding.message, nb, cell), fix=fix)
 
 
 def _check_notebook(text: str, shown: str, analyse: Analyse, report_unused: bool) -> Checked:
@@ -116,8 +117,8 @@ def _check_notebook(text: str, shown: str, analyse: Analyse, report_unused: bool
     kept = suppressions.apply(found, comments)
     lines: dict[int | None, list[str]] = {cell: text for cell, text in nb.cells.items()}
     relocate = functools.partial(_in_notebook, nb=nb)
-    broken = [replace(unanalysable(shown, f"cell {e.cell} is not Python: {e.message}", e.line, e.column),
-                      cell=e.cell) for e in nb.errors]
+    broken = [unanalysable(shown, f"cell {e.cell} is not Python: {e.message}", e.line, e.column)._replace(
+        cell=e.cell) for e in nb.errors]
     return Checked(broken + [relocate(f) for f in kept], lines, comments, relocate)
 
 
@@ -140,8 +141,7 @@ def check_text(text: str, shown: str, rules: Sequence[str] | None = None,
     return checked.findings + idle
 
 
-@dataclass(frozen=True)
-class Fixing:
+class Fixing(NamedTuple):
     """What ``--fix``/``--diff`` asked for: unsafe fixes too, and whether to only show them."""
 
     unsafe: bool = False
@@ -151,8 +151,7 @@ class Fixing:
 DEFAULT_LIMITS = Limits()
 
 
-@dataclass(frozen=True)
-class Task:
+class Task(NamedTuple):
     """One source as a worker receives it: its bytes, and the settings in effect for it."""
 
     shown: str
@@ -173,8 +172,7 @@ class Task:
         return key(self.data, self.shown, self.rules, self.custom, self.report_unused)
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     """A task's findings, the lines to show them with (none without findings), the fixes
     written and the diff of those not written."""
 

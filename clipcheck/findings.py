@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 UNANALYSABLE_CODE = "CC000"
 UNANALYSABLE_NAME = "unanalysable-file"
 
 
-@dataclass(frozen=True)
-class Finding:
+class Finding(NamedTuple):
     path: str
     line: int
     column: int
@@ -23,7 +22,7 @@ class Finding:
 
     def as_dict(self) -> dict[str, object]:
         """The contract's JSON object (``cell`` only for notebooks)."""
-        data = {k: v for k, v in vars(self).items() if k != "cell"}
+        data = {k: v for k, v in self._asdict().items() if k != "cell"}
         if self.cell is not None:
             data["cell"] = self.cell
         return data
@@ -45,4 +44,4 @@ def unanalysable(path: str, reason: str, line: int = 1, column: int = 1) -> Find
 
 
 def in_cell(finding: Finding, cell: int, line: int, end_line: int) -> Finding:
-    return replace(finding, cell=cell, line=line, end_line=end_line)
+    return finding._replace(cell=cell, line=line, end_line=end_line)

@@ -15,7 +15,7 @@ import json
 import re
 import textwrap
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from clipcheck.screen import parse
 from clipcheck.sources import source_lines
@@ -39,8 +39,7 @@ class BrokenNotebook(Exception):
     """The file is not a notebook clipcheck can read; the message says why."""
 
 
-@dataclass(frozen=True)
-class CellError:
+class CellError(NamedTuple):
     """A code cell that is not Python even as IPython reads it: where (in the cell, from 1)
     and why. The cell is left out of the program; the engine reports it as CC000."""
 

@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import CodeType
+from typing import NamedTuple
 
 from clipcheck.sources import source_lines
 from clipcheck.static.frameworks.naming import OPTIMIZER_WORDS, any_says_scaler, class_words
@@ -51,8 +52,7 @@ EVENT_WORDS = frozenset({"scale", "update", "requires_grad", "requires_grad_", "
 FRAMEWORK_MEMBERS = frozenset({"automatic_optimization"})
 
 
-@dataclass(frozen=True)
-class Screened:
+class Screened(NamedTuple):
     """What the screen decided: a syntax error; or nothing that can be found (``text`` is
     ``None``); or the text to analyse, with the statements that cannot matter blanked out
     (every line and column of the rest in place)."""

@@ -18,8 +18,8 @@ import stat
 import sys
 import tokenize
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 # Folders skipped wherever they are: caches, version control, installed packages.
 SKIPPED_ANYWHERE = frozenset({"__pycache__", "node_modules", "site-packages"})
@@ -44,8 +44,7 @@ def _guarded(excluded: Excluded) -> Excluded:
     return guarded
 
 
-@dataclass(frozen=True)
-class Source:
+class Source(NamedTuple):
     """One input to check: ``shown`` is its path as the report names it; ``path`` is ``None``
     for standard input."""
 
@@ -112,8 +111,7 @@ def _git_ignored(root: Path, candidates: list[Path]) -> set[Path]:
     return {Path(p) for p in result.stdout.decode(errors="replace").split("\0") if p}
 
 
-@dataclass(frozen=True)
-class _Found:
+class _Found(NamedTuple):
     """A path met while walking: a file to check, a special file to skip, or a folder that
     could not be read (``missing``)."""
 

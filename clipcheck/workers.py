@@ -23,8 +23,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -35,8 +34,7 @@ MIB = 1 << 20
 Progress = Callable[[int, int], None]
 
 
-@dataclass(frozen=True)
-class Limits:
+class Limits(NamedTuple):
     """How long and how much memory one input may take: a base plus an allowance per megabyte
     of input, since the cost of an analysis grows with the size of its input."""
 
@@ -52,8 +50,7 @@ class Limits:
         return (self.memory_mib + self.memory_per_mib * size // MIB) * MIB
 
 
-@dataclass(frozen=True)
-class Failure:
+class Failure(NamedTuple):
     """An input whose analysis did not finish: why, in words for the report."""
 
     reason: str

@@ -44,6 +44,17 @@ def test_a_configuration_error_names_the_file_the_line_and_the_nearest_spelling(
     assert "usage:" not in result.stderr  # the file is at fault, not the command line
 
 
+def test_a_pyproject_that_cannot_name_clipcheck_is_not_read(tmp_path: Path) -> None:
+    """Not even parsed: broken TOML there is another tool's concern, and a table spelled with
+    an escape is still found."""
+    write(tmp_path, "pyproject.toml", '[tool.black\nline-length = 100\n')
+    write(tmp_path, "train.py", BAD)
+    assert run_clipcheck("check", "train.py", cwd=tmp_path).returncode == 1
+    write(tmp_path, "pyproject.toml", '[tool."clip\\u0063heck"]\nignore = ["CC1", "CC2", "CC3", "CC4"]\n')
+    result = run_clipcheck("check", "train.py", cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (0, "")
+
+
 def test_a_file_in_a_subfolder_is_named_from_the_current_folder(tmp_path: Path) -> None:
     write(tmp_path, "pkg/pyproject.toml", '[tool.clipcheck]\nignore = ["CC104"]\nexlude = []\n')
     write(tmp_path, "pkg/train.py", BAD)

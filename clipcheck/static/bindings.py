@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import libcst as cst
 
@@ -35,8 +36,7 @@ class Kind(enum.Enum):
     OTHER = "other"
 
 
-@dataclass(frozen=True)
-class Binding:
+class Binding(NamedTuple):
     kind: Kind
     models: frozenset[str] = frozenset()
     values: tuple[cst.BaseExpression, ...] = ()
@@ -184,7 +184,7 @@ class Bindings:
             if method in lightning.OPTIMIZER_GETTERS:
                 return Binding(Kind.OPTIMIZER)
             if method in accelerate.PREPARE_METHODS and len(value.args) == 1:
-                return replace(self._visible(value.args[0].value, {}, scope), gated=True)
+                return self._visible(value.args[0].value, {}, scope)._replace(gated=True)
         return Binding(Kind.OTHER, values=(value,))
 
     def _argument_keys(self, call: cst.Call) -> frozenset[str]:
@@ -243,7 +243,7 @@ class Bindings:
         if isinstance(func, cst.Attribute) and func.attr.value in accelerate.PREPARE_METHODS:
             if len(positional) != len(targets):
                 return None
-            return [replace(self._visible(arg, known, scope), gated=True) for arg in positional]
+            return [self._visible(arg, known, scope)._replace(gated=True) for arg in positional]
         qualified = self.names.qualify(func) if self.names.is_imported(func) else None
         for framework in registered() if qualified is not None else ():
             found = framework.unpacked(qualified, value, len(targets), self, scope)  # type: ignore[arg-type]
@@ -266,7 +266,7 @@ class Bindings:
             merged = [m.merge(b) for m, b in zip(merged, shape, strict=True)]
         # The function's own expressions mean nothing in the caller's scope: only kinds and
         # (renamed) modules cross the call.
-        return [replace(b, models=frozenset(_renamed(m, renames) for m in b.models), values=())
+        return [b._replace(models=frozenset(_renamed(m, renames) for m in b.models), values=())
                 for b in merged]
 
     def _visible(self, expr: cst.BaseExpression, known: dict[str, Binding], scope: Scope | None) -> Binding:

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from clipcheck.static.cfg import Cfg, Edge, Node
 from clipcheck.static.events import Amp, Event, EventKind, Origin
@@ -61,8 +60,7 @@ class Stage(enum.Enum):
 NO_NODE = -1
 
 
-@dataclass(frozen=True)
-class OptState:
+class OptState(NamedTuple):
     """The gradients of one optimizer along one path.
 
     ``grads_at`` is the node that caused ``grads`` (the backward, the zero-grad or the step);
@@ -164,16 +162,16 @@ def transfer(node: int, event: Event, state: OptState, strength: Strength = Stre
             after = _scaler_stage(node, event, after)
         if (discards and event.kind is EventKind.ZERO_GRAD and event.origin is not Origin.CALLER
                 and state.pending and not state.guessed and state.grads in FRESH):
-            after = replace(after, discarded_at=node)
+            after = after._replace(discarded_at=node)
         return {after}
     if event.kind is EventKind.BACKWARD:
         return {state, _unknown(node, state)}
     if event.kind is EventKind.CLIP:
-        return {state, replace(_strong(node, event, state), guessed=True)}
+        return {state, _strong(node, event, state)._replace(guessed=True)}
     strong = _foreign(node, event, _strong(node, event, state), reaches)
     if exact:
         strong = _scaler_stage(node, event, strong)
-    return {replace(state, guessed=True), strong}
+    return {state._replace(guessed=True), strong}
 
 
 def _scaler_stage(node: int, event: Event, state: OptState) -> OptState:
@@ -181,11 +179,11 @@ def _scaler_stage(node: int, event: Event, state: OptState) -> OptState:
     ``update()`` (and a new optimizer) clears it."""
     kind = event.kind
     if kind is EventKind.UNSCALE and event.amp is Amp.SCALER:
-        return replace(state, stage=Stage.UNSCALED, stage_at=node)
+        return state._replace(stage=Stage.UNSCALED, stage_at=node)
     if kind is EventKind.STEP and event.amp is Amp.SCALER:
-        return replace(state, stage=Stage.STEPPED, stage_at=node)
+        return state._replace(stage=Stage.STEPPED, stage_at=node)
     if kind in (EventKind.SCALER_UPDATE, EventKind.CREATE_OPTIMIZER):
-        return replace(state, stage=Stage.READY, stage_at=node)
+        return state._replace(stage=Stage.READY, stage_at=node)
     return state
 
 
@@ -194,17 +192,17 @@ def _scaled(node: int, event: Event, state: OptState) -> OptState:
     kind = event.kind
     if kind is EventKind.BACKWARD:
         if event.amp is Amp.SCALER:
-            return replace(state, scale=Scale.SCALED, scale_at=node)
+            return state._replace(scale=Scale.SCALED, scale_at=node)
         if event.amp is Amp.FRAMEWORK and state.scale is not Scale.SCALED:
-            return replace(state, scale=Scale.FRAMEWORK, scale_at=node)
+            return state._replace(scale=Scale.FRAMEWORK, scale_at=node)
         return state
     unscales = kind is EventKind.UNSCALE or (kind is EventKind.CLIP and event.amp is Amp.FRAMEWORK)
     if unscales and state.scale is Scale.SCALED:
-        return replace(state, scale=Scale.UNSCALED, scale_at=node)
+        return state._replace(scale=Scale.UNSCALED, scale_at=node)
     if unscales and state.scale is Scale.FRAMEWORK:  # the framework's own step will not unscale again
-        return replace(state, scale=Scale.NONE, scale_at=node)
+        return state._replace(scale=Scale.NONE, scale_at=node)
     if kind in RESETS and state.scale is not Scale.NONE:
-        return replace(state, scale=Scale.NONE, scale_at=node)
+        return state._replace(scale=Scale.NONE, scale_at=node)
     return state
 
 
@@ -218,7 +216,7 @@ RESETS = frozenset({EventKind.ZERO_GRAD, EventKind.GRAD_WRITE, EventKind.STEP, E
 
 
 def _unknown(node: int, state: OptState) -> OptState:
-    return replace(state, grads=Grads.UNKNOWN, grads_at=node, killed_backward=NO_NODE, cleared=False,
+    return state._replace(grads=Grads.UNKNOWN, grads_at=node, killed_backward=NO_NODE, cleared=False,
                    foreign_at=NO_NODE, joined_at=NO_NODE)
 
 
@@ -227,7 +225,7 @@ def another_step(state: OptState, reached: frozenset[int]) -> OptState:
     ``reached``, visibly flowed into these parameters) belonged to that update."""
     if (state.grads is Grads.FRESH and not state.guessed and state.foreign_at == NO_NODE
             and state.grads_at in reached):
-        return replace(state, foreign_at=state.grads_at)
+        return state._replace(foreign_at=state.grads_at)
     return state
 
 
@@ -235,9 +233,9 @@ def _foreign(node: int, event: Event, state: OptState, reaches: bool) -> OptStat
     """This optimizer's own backward (one that visibly ``reaches`` its parameters) adding onto
     another loss's gradients; anything that resets the gradients forgets them."""
     if event.kind in RESETS:
-        return replace(state, foreign_at=NO_NODE, joined_at=NO_NODE) if state.foreign_at != NO_NODE else state
+        return state._replace(foreign_at=NO_NODE, joined_at=NO_NODE) if state.foreign_at != NO_NODE else state
     if event.kind is EventKind.BACKWARD and state.foreign_at != NO_NODE and state.joined_at == NO_NODE:
-        return replace(state, joined_at=node) if reaches else replace(state, guessed=True)
+        return state._replace(joined_at=node) if reaches else state._replace(guessed=True)
     return state
 
 
@@ -247,21 +245,21 @@ def _strong(node: int, event: Event, state: OptState) -> OptState:
     cleared = state.cleared if kind not in _WRITES else (
         (kind is EventKind.ZERO_GRAD and event.clears) or kind is EventKind.NEW_MODULE)
     if cleared != state.cleared:
-        state = replace(state, cleared=cleared)
+        state = state._replace(cleared=cleared)
     if kind in RESETS:
         # What the next step sees starts here: only this zero-grad can have discarded it.
-        state = replace(state, guessed=False, pending=False, discarded_at=NO_NODE)
+        state = state._replace(guessed=False, pending=False, discarded_at=NO_NODE)
     if kind is EventKind.UNKNOWN_GRADS:
         return _unknown(node, state)
     if kind is EventKind.GRAD_WRITE:
         # Gradients written by hand are exactly what the step will see: nothing stale or
         # killed survives, and a clip before the write clipped something else.
-        return replace(state, grads=Grads.FRESH, grads_at=node, killed_backward=NO_NODE,
+        return state._replace(grads=Grads.FRESH, grads_at=node, killed_backward=NO_NODE,
                        clip=_clip_after_zero(state.clip))
     if kind is EventKind.BACKWARD:
         grads = _BACKWARD[state.grads]
         keeps_origin = grads is Grads.STALE and state.grads in STALE
-        return replace(state, grads=grads, grads_at=state.grads_at if keeps_origin else node,
+        return state._replace(grads=grads, grads_at=state.grads_at if keeps_origin else node,
                        clip=Clip.STALE if state.clip is Clip.DONE else state.clip)
     if kind is EventKind.ZERO_GRAD:
         grads = _ZERO[state.grads]
@@ -270,9 +268,9 @@ def _strong(node: int, event: Event, state: OptState) -> OptState:
         if grads is state.grads:
             # Gradients surely none from here on (not merely untouched since the entry).
             at = node if state.grads is Grads.NONE and state.grads_at == NO_NODE else state.grads_at
-            return replace(state, clip=_clip_after_zero(state.clip), grads_at=at)
+            return state._replace(clip=_clip_after_zero(state.clip), grads_at=at)
         killed = state.grads_at if grads is Grads.KILLED else NO_NODE
-        return replace(state, grads=grads, grads_at=node, killed_backward=killed,
+        return state._replace(grads=grads, grads_at=node, killed_backward=killed,
                        clip=_clip_after_zero(state.clip))
     if kind is EventKind.CLIP:
         if state.grads in HAS_FRESH:
@@ -281,20 +279,20 @@ def _strong(node: int, event: Event, state: OptState) -> OptState:
             clip = Clip.LATE
         else:
             clip = Clip.EARLY
-        return replace(state, clip=clip, clip_at=node)
+        return state._replace(clip=clip, clip_at=node)
     if kind is EventKind.STEP and state.cleared:  # every gradient is ``None``: nothing is applied
-        return replace(state, clip=Clip.NONE, clip_at=NO_NODE)
+        return state._replace(clip=Clip.NONE, clip_at=NO_NODE)
     if kind is EventKind.STEP:
-        return replace(state, grads=Grads.USED, grads_at=node, killed_backward=NO_NODE,
+        return state._replace(grads=Grads.USED, grads_at=node, killed_backward=NO_NODE,
                        clip=Clip.NONE, clip_at=NO_NODE, step_at=node, discarded_at=NO_NODE)
     if kind is EventKind.CREATE_OPTIMIZER:
         # A new optimizer leaves the gradients its parameters hold where they are; only a
         # function's first one, over parameters nothing has touched yet, finds none.
         if state.grads is Grads.UNKNOWN:
-            return replace(state, grads=Grads.NONE, grads_at=node)
+            return state._replace(grads=Grads.NONE, grads_at=node)
         return state
     if kind is EventKind.NEW_MODULE:
-        return replace(state, grads=Grads.NONE, grads_at=node, killed_backward=NO_NODE, clip=Clip.NONE,
+        return state._replace(grads=Grads.NONE, grads_at=node, killed_backward=NO_NODE, clip=Clip.NONE,
                        clip_at=NO_NODE)
     return state
 
@@ -310,10 +308,10 @@ def around_loop(state: OptState, edge: Edge) -> OptState:
     "before this step"; round a loop that runs backward without stepping, fresh gradients are
     pending for the step after it."""
     if edge is Edge.LOOP:
-        return replace(state, path=frozenset()) if state.path else state
+        return state._replace(path=frozenset()) if state.path else state
     grads = _AROUND_LOOP.get(state.grads, state.grads)
     pending = state.pending or (edge is Edge.ACCUMULATE and state.grads in FRESH)
-    return replace(state, grads=grads, looped=True, pending=pending, path=frozenset())
+    return state._replace(grads=grads, looped=True, pending=pending, path=frozenset())
 
 
 def assume(node: Node, state: OptState) -> OptState | None:
@@ -333,7 +331,7 @@ def assume(node: Node, state: OptState) -> OptState | None:
     pending = (state.pending and not node.closes_window) or (node.skips_update and state.grads in FRESH)
     if path is state.path and pending is state.pending:
         return state
-    return replace(state, path=path, pending=pending)
+    return state._replace(path=path, pending=pending)
 
 
 S = TypeVar("S")
@@ -385,8 +383,7 @@ def solve(
     return [frozenset(s) for s in states]
 
 
-@dataclass(frozen=True)
-class ParamsState:
+class ParamsState(NamedTuple):
     """Stored parameter generators: which names may hold one, and which may be exhausted."""
 
     generators: frozenset[str] = frozenset()

@@ -12,6 +12,7 @@ import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import libcst as cst
 
@@ -48,8 +49,7 @@ class Argument:
 _NO_ARGUMENT = Argument(None, None)
 
 
-@dataclass(frozen=True)
-class Inline:
+class Inline(NamedTuple):
     """A call into code of the same module whose events happen at this point."""
 
     callee: cst.FunctionDef | cst.Lambda
@@ -60,8 +60,7 @@ class Inline:
     dynamic: bool = False
 
 
-@dataclass(frozen=True)
-class Branch:
+class Branch(NamedTuple):
     """Items that run on only one of two paths: ``a if c else b``, the right side of
     ``and``/``or``."""
 

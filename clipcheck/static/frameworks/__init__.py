@@ -13,8 +13,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     import libcst as cst
@@ -24,12 +23,11 @@ if TYPE_CHECKING:
     from clipcheck.static.recognizer import Item, Recognizer
 
 
-@dataclass(frozen=True)
-class Context:
+class Context(NamedTuple):
     """What entering a ``with`` item means: events at its entry, and (for a block that runs
     one micro-batch of an accumulation window) the flag that is true on the window's last."""
 
-    events: Sequence[Item] = field(default_factory=tuple)
+    events: Sequence[Item] = ()
     sync_flag: str | None = None
 
 

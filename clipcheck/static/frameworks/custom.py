@@ -5,7 +5,7 @@ count as backward, clip, step or zero-grad. An entry is a dotted name as importe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from clipcheck.static.events import EventKind
 
@@ -13,8 +13,7 @@ KEYS: dict[str, EventKind] = {"backward": EventKind.BACKWARD, "clip": EventKind.
                               "step": EventKind.STEP, "zero-grad": EventKind.ZERO_GRAD}
 
 
-@dataclass(frozen=True)
-class Vocabulary:
+class Vocabulary(NamedTuple):
     entries: tuple[tuple[str, EventKind], ...] = ()
 
     @property

@@ -3,7 +3,6 @@ steps Lightning runs itself under automatic optimization."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import libcst as cst
@@ -97,7 +96,7 @@ class Lightning(Framework):
         by_position = isinstance(receiver, cst.Name) and receiver.value == "self"
         threshold = None
         for candidate in CLIP_GRADIENTS_THRESHOLDS:
-            candidate = candidate if by_position else replace(candidate, position=-1)
+            candidate = candidate if by_position else candidate._replace(position=-1)
             if argument(call, candidate) is not None:
                 threshold = candidate
                 break

@@ -6,15 +6,14 @@ The recognizer reads these rows; teaching clipcheck more of torch means adding r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import libcst as cst
 
 from clipcheck.static.frameworks.naming import is_optimizer_class, is_scaler_class, is_scheduler_class
 
 
-@dataclass(frozen=True)
-class Threshold:
+class Threshold(NamedTuple):
     """Where a clipping call takes its threshold: keyword name and positional index."""
 
     keyword: str

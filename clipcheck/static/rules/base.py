@@ -4,8 +4,7 @@ name events and their lines."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 from clipcheck.catalogue import BY_CODE
 from clipcheck.static.dataflow import OptState
@@ -13,8 +12,7 @@ from clipcheck.static.events import Event, Origin
 from clipcheck.static.facts import UnitFacts
 
 
-@dataclass(frozen=True)
-class RawFinding:
+class RawFinding(NamedTuple):
     """A finding before positions: the event it points at and what to say."""
 
     rule: Rule
