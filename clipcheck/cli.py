@@ -400,4 +400,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except CannotRun as error:
         print(f"Error: {error}", file=sys.stderr)
         code = USAGE
+    except BrokenPipeError:  # the reader went away (``| head``): stop quietly, as ``cat`` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush there
+        code = 1
     sys.exit(code)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import BAD, FIXTURES, run_clipcheck, run_json
+from conftest import BAD, FIXTURES, clipcheck_command, run_clipcheck, run_json
 
 from clipcheck import cli
 
@@ -347,3 +347,12 @@ def test_the_linter_does_not_import_the_server() -> None:
     script = ("import sys, clipcheck.cli\n"
               "assert not any(m.startswith(('clipcheck.server', 'pygls')) for m in sys.modules)\n")
     subprocess.run([sys.executable, "-c", script], check=True)
+
+
+def test_a_reader_that_goes_away_ends_the_run_quietly() -> None:
+    """``clipcheck rules | head -1``: no traceback when the pipe closes."""
+    process = subprocess.Popen([*clipcheck_command(), "rules", "--output-format", "json"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # no reader from the start: the first write fails
+    assert (process.wait(timeout=60), process.stderr.read()) == (1, "")

@@ -4,12 +4,12 @@ place each finding once, at the offending call."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import cached_property
-from typing import cast
 
 import libcst as cst
-from libcst.metadata import CodeRange, PositionProvider
+from libcst.metadata import CodePosition, CodeRange
+from libcst.metadata.position_provider import PositionProvidingCodegenState
 
 from clipcheck.findings import Finding, unanalysable
 from clipcheck.static.bindings import PART
@@ -83,11 +83,86 @@ _UNCHECKED = threading.Lock()
 
 def positions(module: cst.Module) -> Mapping[cst.CSTNode, CodeRange]:
     """Every node's range, as ``MetadataWrapper(module).resolve(PositionProvider)`` gives it, at
-    half the cost: the wrapper also walks the whole tree for providers that need a visit, and
-    the position provider needs none, only the module's code generation."""
-    provider = PositionProvider()
-    provider._gen_impl(module)  # what the wrapper calls, without its walk
-    return cast(Mapping[cst.CSTNode, CodeRange], provider._computed)
+    a third of the cost: the wrapper also walks the whole tree for providers that need a
+    visit (the position provider needs none, only the module's code generation), and the
+    provider's bookkeeping builds two position objects and a generator per node."""
+    state = _PositionState(module)
+    module._codegen(state)  # what PositionProvider runs
+    return _Ranges(state.ranges)
+
+
+Place = tuple[int, int]  # line (from 1), column (from 0)
+
+
+class _PositionState(PositionProvidingCodegenState):
+    """LibCST's ``PositionProvidingCodegenState``, recording ``(start, end)`` pairs of plain
+    tuples in ``ranges`` (a node's syntactic range where its code generation records one, else
+    the range of all its code), which ``_Ranges`` turns into ``CodeRange``s when asked."""
+
+    ranges: dict[cst.CSTNode, tuple[Place, Place]]
+    starts: list[Place]
+
+    def __init__(self, module: cst.Module) -> None:
+        super().__init__(default_indent=module.default_indent, default_newline=module.default_newline,
+                         provider=None)  # type: ignore[arg-type]  # it records into ``ranges``
+        self.ranges, self.starts = {}, []
+
+    def _update_position(self, value: str) -> None:
+        if "\n" in value or "\r" in value:
+            super()._update_position(value)
+        else:
+            self.column += len(value)
+
+    def before_codegen(self, node: cst.CSTNode) -> None:
+        self.starts.append((self.line, self.column))
+
+    def after_codegen(self, node: cst.CSTNode) -> None:
+        start = self.starts.pop()
+        if node not in self.ranges:  # a syntactic range recorded meanwhile stands
+            self.ranges[node] = (start, (self.line, self.column))
+
+    # LibCST's code generation only enters what this returns: any context manager will do.
+    def record_syntactic_position(  # type: ignore[override]
+            self, node: cst.CSTNode, *, start_node: cst.CSTNode | None = None,
+            end_node: cst.CSTNode | None = None) -> _Syntactic:
+        return _Syntactic(self, node, start_node, end_node)
+
+
+class _Syntactic:
+    """Records a node's syntactic range around the generation of its code (LibCST's
+    ``record_syntactic_position``, without a generator)."""
+
+    __slots__ = ("end_node", "node", "start", "start_node", "state")
+
+    def __init__(self, state: _PositionState, node: cst.CSTNode, start_node: cst.CSTNode | None,
+                 end_node: cst.CSTNode | None) -> None:
+        self.state, self.node, self.start_node, self.end_node = state, node, start_node, end_node
+
+    def __enter__(self) -> None:
+        self.start = (self.state.line, self.state.column)
+
+    def __exit__(self, *_: object) -> None:
+        ranges = self.state.ranges
+        start = ranges[self.start_node][0] if self.start_node is not None else self.start
+        end = ranges[self.end_node][1] if self.end_node is not None else (self.state.line, self.state.column)
+        ranges[self.node] = (start, end)
+
+
+class _Ranges(Mapping[cst.CSTNode, CodeRange]):
+    """The recorded ranges, as ``CodeRange``s."""
+
+    def __init__(self, ranges: dict[cst.CSTNode, tuple[Place, Place]]) -> None:
+        self.ranges = ranges
+
+    def __getitem__(self, node: cst.CSTNode) -> CodeRange:
+        (line, column), (end_line, end_column) = self.ranges[node]
+        return CodeRange(CodePosition(line, column), CodePosition(end_line, end_column))
+
+    def __iter__(self) -> Iterator[cst.CSTNode]:
+        return iter(self.ranges)
+
+    def __len__(self) -> int:
+        return len(self.ranges)
 
 
 def _unchecked(node: cst.CSTNode) -> None:
