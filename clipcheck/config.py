@@ -158,7 +158,7 @@ class Overrides(NamedTuple):
     exclude: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class Settings:
     """The settings in effect for the files under ``root``."""
 

@@ -23,7 +23,7 @@ from clipcheck.static.frameworks.custom import Vocabulary
 from clipcheck.workers import Failure, Limits, Pool, Progress, usable_cores
 
 
-@dataclass
+@dataclass(eq=False)
 class Report:
     """The findings of a run, sorted; the lines of each file (or notebook cell) that has some,
     for text output; how many sources were checked."""
@@ -55,8 +55,7 @@ def analyse_source(source: str, shown: str, rules: Sequence[str] | None = None,
     return analyse_text(screened.text, shown, rules, custom, whole=source)
 
 
-@dataclass
-class Checked:
+class Checked(NamedTuple):
     """One source's findings, the lines to show them with, and its suppression comments."""
 
     findings: list[Finding]

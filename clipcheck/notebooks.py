@@ -49,7 +49,7 @@ class CellError(NamedTuple):
     message: str
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class Program:
     text: str
     places: list[tuple[int, int]]  # program line (index + 1) -> (cell number, line in cell)
@@ -167,7 +167,7 @@ def _string_end(line: str, start: int, quotes: str) -> int:
     return index if index > len(line) else -1
 
 
-@dataclass
+@dataclass(eq=False)
 class _Logical:
     """How far a Python logical line has been read, as Python's tokenizer would."""
 

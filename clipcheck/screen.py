@@ -78,7 +78,7 @@ def parse(source: str, shown: str, flags: int = 0) -> ast.Module | tuple[str, in
     return tree
 
 
-@dataclass
+@dataclass(eq=False)
 class _Item:
     """A top-level statement, or (for a class) its header and each member of its body: what
     it mentions, what it defines, what it reads."""

@@ -8,7 +8,7 @@ import io
 import re
 import tokenize
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from clipcheck.config import ConfigError, rules_matching
 from clipcheck.findings import Finding
@@ -22,13 +22,12 @@ UNUSED_CODE = "CC900"
 UNUSED_NAME = "unused-suppression"
 
 
-@dataclass
-class Suppression:
+class Suppression(NamedTuple):
     line: int
     column: int
     codes: frozenset[str] | None  # None: every rule (a bare noqa comment)
     text: str
-    used: set[str] = field(default_factory=set)
+    used: set[str]  # the codes it suppressed: filled as findings are matched
 
     def covers(self, finding: Finding) -> bool:
         return self.codes is None or finding.code in self.codes
@@ -65,12 +64,13 @@ def parse(source: str) -> dict[int, Suppression]:
         ignore = _IGNORE.search(token.string)
         noqa = _NOQA.search(token.string)
         if ignore is not None:
-            found[line] = Suppression(line, column + 1, _codes(_entries(ignore.group("rules"))), token.string)
+            named = _codes(_entries(ignore.group("rules")))
+            found[line] = Suppression(line, column + 1, named, token.string, set())
         elif noqa is not None:
             listed = noqa.group("codes")
             codes = None if listed is None else _codes([c for c in _entries(listed) if _OUR_CODE.match(c)])
             if codes is None or codes or listed is None:
-                found[line] = Suppression(line, column + 1, codes, token.string)
+                found[line] = Suppression(line, column + 1, codes, token.string, set())
     return found
 
 

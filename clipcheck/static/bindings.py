@@ -59,7 +59,7 @@ class Binding(NamedTuple):
         )
 
 
-@dataclass
+@dataclass(eq=False)
 class ClassInfo:
     node: cst.ClassDef
     methods: dict[str, cst.FunctionDef]
@@ -82,7 +82,7 @@ class ClassInfo:
         return next((c.attrs[key] for c in self.lineage() if key in c.attrs), None)
 
 
-@dataclass
+@dataclass(eq=False)
 class Scope:
     """The bindings visible in one function (or the module), innermost first."""
 

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
+from typing import NamedTuple
 
 import libcst as cst
 
@@ -39,7 +40,7 @@ class Edge(enum.Enum):
     LOOP = "loop"              # closes any other loop
 
 
-@dataclass
+@dataclass(eq=False)
 class Node:
     """One event, or a join; the start of a branch also records the value its test takes
     (``assume``: an atom and its truth), an assignment the atoms it invalidates (``forget``)
@@ -65,23 +66,22 @@ class Node:
                 or self.skips_update or self.closes_window)
 
 
-@dataclass
-class Cfg:
+class Cfg(NamedTuple):
     nodes: list[Node]
     entry: int
     exit: int
     # Nodes that run only when this micro-batch updates (behind an accumulation boundary test).
-    boundary: frozenset[int] = frozenset()
+    boundary: frozenset[int]
     # For event nodes inside ``if`` statements: those statements' tests (``if MAX > 0:``).
-    guards: dict[int, tuple[cst.BaseExpression, ...]] = field(default_factory=dict)
+    guards: dict[int, tuple[cst.BaseExpression, ...]]
     # Nodes on a path that leaves the iteration early (``if bad: zero_grad(); continue``).
-    skips: frozenset[int] = frozenset()
+    skips: frozenset[int]
     # Nodes on the updating side of any accumulation boundary test, whatever that side does
     # (``boundary`` holds only those of a side that steps or zeroes, or of a flag's test).
-    behind_boundary: frozenset[int] = frozenset()
+    behind_boundary: frozenset[int]
     # The header of the innermost loop around each node in one, and of the loop around each loop.
-    loop_of: dict[int, int] = field(default_factory=dict)
-    loop_parent: dict[int, int] = field(default_factory=dict)
+    loop_of: dict[int, int]
+    loop_parent: dict[int, int]
 
     def trains(self, *edges: Edge) -> bool:
         """Whether the unit runs a training loop of its own (a loop whose body steps, or one
@@ -144,26 +144,22 @@ class Cfg:
 Frontier = list[int]
 
 
-@dataclass
-class _Loop:
+class _Loop(NamedTuple):
     header: int
-    breaks: Frontier = field(default_factory=list)
-    continues: Frontier = field(default_factory=list)
+    breaks: Frontier
+    continues: Frontier
 
 
-@dataclass
-class _Finally:
+class _Finally(NamedTuple):
     body: Sequence[cst.BaseStatement]
 
 
-@dataclass
-class _Handlers:
-    raisers: Frontier = field(default_factory=list)
+class _Handlers(NamedTuple):
+    raisers: Frontier
 
 
-@dataclass
-class _Function:
-    returns: Frontier = field(default_factory=list)
+class _Function(NamedTuple):
+    returns: Frontier
 
 
 _Frame = _Loop | _Finally | _Handlers | _Function
@@ -251,7 +247,7 @@ class CfgBuilder:
     ) -> Cfg:
         entry = self._node([])
         frontier = self._items(list(before), [entry])
-        function = _Function()
+        function = _Function([])
         self.frames.append(function)
         if isinstance(body, cst.BaseExpression):
             frontier = self._expr(body, frontier)
@@ -290,7 +286,7 @@ class CfgBuilder:
             return frontier
         self.expansions[item.callee] = expanded + 1
         saved = (self.recognizer, self.frames)
-        self.recognizer, self.frames = recognizer, [_Function()]
+        self.recognizer, self.frames = recognizer, [_Function([])]
         self.inlining.append(item.callee)
         try:
             if isinstance(item.callee, cst.Lambda):
@@ -515,7 +511,7 @@ class CfgBuilder:
         header = self._node([])
         after_test = self._expr(test, [header])
         body_entry = self._node(after_test)
-        loop = _Loop(header)
+        loop = _Loop(header, [], [])
         first = len(self.nodes)
         self.frames.append(loop)
         self.open_loops.append(header)

@@ -65,7 +65,7 @@ class EventKind(enum.Enum):
     FREEZE = "freeze"
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False)
 class Event:
     """One training event at one place in the source.
 

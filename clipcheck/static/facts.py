@@ -13,7 +13,7 @@ from clipcheck.static.events import Event, EventKind
 from clipcheck.static.names import ModuleNames
 
 
-@dataclass
+@dataclass(eq=False)
 class UnitFacts:
     """The CFG of a unit, the optimizers it concerns and the states reaching each node."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ast
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import libcst as cst
 
@@ -63,18 +63,17 @@ def numeric_literal(expr: cst.BaseExpression) -> float | None:
     return None
 
 
-@dataclass
-class ModuleNames:
+class ModuleNames(NamedTuple):
     """What the names of one module refer to, as far as its own text tells."""
 
-    aliases: dict[str, str] = field(default_factory=dict)
-    constants: dict[str, float] = field(default_factory=dict)
-    functions: dict[str, cst.FunctionDef] = field(default_factory=dict)
-    classes: dict[str, cst.ClassDef] = field(default_factory=dict)
+    aliases: dict[str, str]
+    constants: dict[str, float]
+    functions: dict[str, cst.FunctionDef]
+    classes: dict[str, cst.ClassDef]
 
     @classmethod
     def of(cls, module: cst.Module) -> ModuleNames:
-        names = cls()
+        names = cls({}, {}, {}, {})
         collector = _ImportCollector(names.aliases)
         collector.collect(module.body)
         assigned = dict.fromkeys(collector.rebound, 2)  # ``global X`` in a function rebinds X

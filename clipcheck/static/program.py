@@ -4,7 +4,7 @@ that decides which helper calls are expanded in place."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import libcst as cst
 
@@ -19,8 +19,7 @@ from clipcheck.static.recognizer import Inline, Recognizer
 from clipcheck.static.syntax import nested_statements, statements
 
 
-@dataclass
-class Unit:
+class Unit(NamedTuple):
     """A function (or the module's top level) analysed on its own."""
 
     body: Sequence[cst.BaseStatement]

@@ -11,7 +11,6 @@ import enum
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import libcst as cst
@@ -26,8 +25,7 @@ from clipcheck.static.names import ModuleNames, dotted, numeric_literal
 from clipcheck.static.syntax import assignment_targets, children, statements
 
 
-@dataclass(frozen=True)
-class Argument:
+class Argument(NamedTuple):
     """What a helper's parameter stands for at one call site."""
 
     key: str | None
@@ -37,7 +35,7 @@ class Argument:
     gated: bool = False                   # an optimizer accelerate prepared
     # The value passed and the caller's recognizer, to tell (when a backward asks) which names
     # that value visibly comes from.
-    source: tuple[Recognizer, cst.BaseExpression] | None = field(default=None, compare=False)
+    source: tuple[Recognizer, cst.BaseExpression] | None = None
 
     def flows(self) -> frozenset[str]:
         if self.source is None:
