@@ -15,7 +15,15 @@ from clipcheck import notebooks, suppressions
 from clipcheck.cache import Cache, key
 from clipcheck.config import Resolver
 from clipcheck.findings import Finding, in_cell, unanalysable
-from clipcheck.fixes import Fixes, apply_edits, apply_edits_by_cell, fix_text, unified_diff, write_whole
+from clipcheck.fixes import (
+    ChangedMeanwhile,
+    Fixes,
+    apply_edits,
+    apply_edits_by_cell,
+    fix_text,
+    unified_diff,
+    write_whole,
+)
 from clipcheck.screen import screen
 from clipcheck.sources import Unreadable, decode, discover, read_bytes, source_lines
 from clipcheck.static.frameworks.custom import NONE as NO_CUSTOM_VOCABULARY
@@ -210,7 +218,10 @@ def _fix(task: Task, text: str, encoding: str,
         diff = (_cells_diff if task.notebook else unified_diff)(text, fixed, task.shown)
         return text, 0, diff if task.path is not None else None
     try:
-        write_whole(task.path, fixed.encode(encoding))
+        write_whole(task.path, fixed.encode(encoding), task.data)
+    except ChangedMeanwhile:
+        raise Unreadable("the file changed while clipcheck fixed it: left as it is now, "
+                         "run the fix again") from None
     except (OSError, UnicodeEncodeError) as error:
         raise Unreadable(f"cannot write the fixed file (left unchanged): {error}") from None
     return fixed, count, None

@@ -104,9 +104,15 @@ def unified_diff(before: str, after: str, shown: str) -> str:
     return "".join(difflib.unified_diff(_diff_lines(before), _diff_lines(after), f"a/{shown}", f"b/{shown}"))
 
 
-def write_whole(path: Path, data: bytes) -> None:
-    """Replace ``path``'s content with ``data`` atomically, keeping its permissions. Raises
-    ``OSError`` (the file is then untouched)."""
+class ChangedMeanwhile(OSError):
+    """The file no longer holds what was read and fixed: someone edited it meanwhile."""
+
+
+def write_whole(path: Path, data: bytes, read: bytes) -> None:
+    """Replace ``path``'s content with ``data`` atomically, keeping its permissions, unless it
+    no longer holds ``read`` (what the fixes were made to): an edit made meanwhile, in an
+    editor or by another tool, is never overwritten. Raises ``OSError`` (the file is then
+    untouched), ``ChangedMeanwhile`` for such an edit."""
     import shutil
     import tempfile
 
@@ -115,6 +121,8 @@ def write_whole(path: Path, data: bytes) -> None:
         with os.fdopen(handle, "wb") as out:
             out.write(data)
         shutil.copymode(path, temporary)
+        if path.read_bytes() != read:  # the last moment before the rename
+            raise ChangedMeanwhile(f"{path} changed while it was being fixed")
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):

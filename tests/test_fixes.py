@@ -135,9 +135,33 @@ def test_a_failed_write_leaves_the_file_whole(tmp_path: Path, monkeypatch: pytes
 
     monkeypatch.setattr(fixes.os, "replace", refuse)
     with pytest.raises(OSError):
-        fixes.write_whole(path, GENERATOR_FIXED.encode())
+        fixes.write_whole(path, GENERATOR_FIXED.encode(), GENERATOR.encode())
     assert path.read_text() == GENERATOR
     assert sorted(os.listdir(tmp_path)) == ["train.py"]
+
+
+def test_an_edit_made_while_fixing_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Someone saves the file between clipcheck's read and its write: their edit stays, and
+    the file is reported (CC000) instead of fixed."""
+    import shutil
+
+    from clipcheck import engine
+    from clipcheck.static.frameworks.custom import NONE
+
+    path = write(tmp_path, "train.py", GENERATOR)
+    edited = GENERATOR.replace("lr=1e-3", "lr=3e-4")
+    copy_mode = shutil.copymode
+
+    def save_meanwhile(source: str, target: str) -> None:
+        path.write_text(edited)
+        copy_mode(source, target)
+
+    monkeypatch.setattr(shutil, "copymode", save_meanwhile)
+    task = engine.Task(str(path), path, GENERATOR.encode(), ("CC302",), NONE, engine.Fixing(unsafe=True))
+    outcome = engine.run_task(task)
+    assert path.read_text() == edited and sorted(os.listdir(tmp_path)) == ["train.py"]
+    assert [(f.code, f.message) for f in outcome.findings] == [
+        ("CC000", "the file changed while clipcheck fixed it: left as it is now, run the fix again")]
 
 
 def test_sarif_carries_the_fix(tmp_path: Path) -> None:
