@@ -376,22 +376,57 @@ COMMANDS: tuple[tuple[str, Command, Callable[[_Parser], None] | None, str], ...]
 
 def _parser() -> _Parser:
     parser = _Parser(prog="clipcheck", description="Find misplaced gradient clipping, zero-grad and "
-                     "optimizer steps in PyTorch training code.")
+                     "optimizer steps in PyTorch training code.", allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"clipcheck, version {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     for name, command, arguments, epilog in COMMANDS:
         summary = (command.__doc__ or "").strip().splitlines()[0]
         sub = commands.add_parser(name, help=summary, description=(command.__doc__ or "").strip(),
-                                  epilog=epilog or None, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                  epilog=epilog or None, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                  allow_abbrev=False)  # ``--fi`` is no ``--fix``: a typo must not write files
         if arguments is not None:
             arguments(sub)
         sub.set_defaults(command=command, parser=sub)
     return parser
 
 
+# ``run``'s options that take a value (``--max-norm 1.0``), to find its script after them.
+_RUN_VALUED = frozenset({"--max-norm", "--check-every"})
+
+
+def _script_at(argv: Sequence[str]) -> int | None:
+    """Where ``run``'s script is in ``argv`` (``None``: no ``run``, or no script)."""
+    command = next((i for i, word in enumerate(argv) if not word.startswith("-")), None)
+    if command is None or argv[command] != "run":
+        return None
+    at = command + 1
+    while at < len(argv):
+        word = argv[at]
+        if word == "--":
+            return at + 1 if at + 1 < len(argv) else None
+        if not word.startswith("-"):
+            return at
+        at += 2 if word in _RUN_VALUED else 1
+    return None
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    """The command line: a check's paths may come anywhere among its options, and every word
+    after ``run``'s script is the script's own, ``--`` included, untouched."""
+    script = _script_at(argv)
+    args, extra = _parser().parse_known_args(argv if script is None else argv[:script + 1])
+    if extra:
+        if args.command is not _check or any(word.startswith("-") and word != STDIN for word in extra):
+            args.parser.fail(f"unrecognized arguments: {' '.join(extra)}")
+        args.paths = [*args.paths, *extra]
+    if script is not None:
+        args.args = list(argv[script + 1:])
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """``clipcheck``: parse the command line, run the command and exit with its status."""
-    args = _parser().parse_args(argv)
+    args = _parse(sys.argv[1:] if argv is None else argv)
     try:
         code = args.command(args, args.parser)
     except KeyboardInterrupt:

@@ -132,9 +132,15 @@ class _Pipes:
         return bool(_readable([self], 0.0))
 
     def close(self) -> None:
+        """Closes both ends, once: a descriptor's number is reused as soon as it is closed."""
         for end in (self.incoming, self.outgoing):
-            with contextlib.suppress(OSError):
-                os.close(end)
+            if end >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(end)
+        self.incoming = self.outgoing = -1
+
+
+_LONGEST_POLL = 2**31 - 1  # milliseconds: poll's limit (a limit past it is a wait for a result)
 
 
 def _readable(pipes: Sequence[_Pipes], timeout: float) -> list[_Pipes]:
@@ -143,7 +149,7 @@ def _readable(pipes: Sequence[_Pipes], timeout: float) -> list[_Pipes]:
     poller = select.poll()
     for pipe in pipes:
         poller.register(pipe.fileno(), select.POLLIN)
-    ready = {fd for fd, _ in poller.poll(math.ceil(timeout * 1000))}
+    ready = {fd for fd, _ in poller.poll(min(math.ceil(timeout * 1000), _LONGEST_POLL))}
     return [pipe for pipe in pipes if pipe.fileno() in ready]
 
 
@@ -205,9 +211,17 @@ class _Forked:
     """A worker forked from this process, and its pipes."""
 
     def __init__(self, work: Callable[[Any], Any]) -> None:
-        from_parent, to_worker = os.pipe()  # (reading end, writing end)
-        from_worker, to_parent = os.pipe()
-        pid = os.fork()
+        opened: list[int] = []
+        try:
+            from_parent, to_worker = os.pipe()  # (reading end, writing end)
+            opened += (from_parent, to_worker)
+            from_worker, to_parent = os.pipe()
+            opened += (from_worker, to_parent)
+            pid = os.fork()
+        except BaseException:  # the system refuses a pipe or a process: nothing left open
+            for end in opened:
+                os.close(end)
+            raise
         if pid == 0:  # the worker: it only ever leaves through os._exit
             code = 1
             try:
@@ -224,24 +238,32 @@ class _Forked:
         self.waitables: list[Any] = [self.connection]  # a dead worker's pipe reads its end
         self.sentinel = None
         _PARENT_ENDS.update((from_worker, to_worker))
-        self.exitcode: int | None = None
+        self.exitcode: int | None = None  # None once reaped: a status the system kept to itself
+        self.reaped = False
 
     def is_alive(self) -> bool:
         self._reap(block=False)
-        return self.exitcode is None
+        return not self.reaped
 
     def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
+        if not self.reaped:  # a reaped worker's process number may belong to another process
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
 
     def join(self) -> None:
         self._reap(block=True)
 
     def _reap(self, block: bool) -> None:
-        if self.exitcode is None:
+        if self.reaped:
+            return
+        try:
             pid, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)
-            if pid:
-                self.exitcode = os.waitstatus_to_exitcode(status)  # -N: killed by signal N
+        except ChildProcessError:  # SIGCHLD ignored: the system reaped it, status unknown
+            self.reaped = True
+            return
+        if pid:
+            self.reaped = True
+            self.exitcode = os.waitstatus_to_exitcode(status)  # -N: killed by signal N
 
     def close(self) -> None:
         _PARENT_ENDS.difference_update((self.connection.incoming, self.connection.outgoing))
@@ -309,7 +331,9 @@ class _Worker:
 
     def death(self) -> str:
         code = self.process.exitcode
-        if code is not None and code < 0:
+        if code is None:
+            return "the analysis stopped unexpectedly"
+        if code < 0:
             try:
                 name = signal.Signals(-code).name
             except ValueError:
@@ -341,7 +365,9 @@ class Pool(Generic[T, R]):
         lost = 0  # workers found dead before their input: the system refuses them
         try:
             while True:
-                workers = [w for w in workers if w.index is not None or w.process.is_alive()]
+                for worker in [w for w in workers if w.index is None and not w.process.is_alive()]:
+                    worker.stop()  # died idle: its pipes closed, another starts if needed
+                    workers.remove(worker)
                 while pending and len(workers) < min(self.jobs, len(items)) and lost <= 3 * self.jobs:
                     try:
                         with _sigint_held():

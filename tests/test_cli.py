@@ -356,3 +356,25 @@ def test_a_reader_that_goes_away_ends_the_run_quietly() -> None:
     assert process.stdout is not None and process.stderr is not None
     process.stdout.close()  # no reader from the start: the first write fails
     assert (process.wait(timeout=60), process.stderr.read()) == (1, "")
+
+
+def test_options_are_never_abbreviated(tmp_path: Path) -> None:
+    """``--fi`` is a typo, not ``--fix``: it must not rewrite the file."""
+    path = write(tmp_path, "train.py", BAD)
+    result = run_clipcheck("check", "--fi", "--unsafe-fixes", "train.py", cwd=tmp_path)
+    assert result.returncode == 2 and "unrecognized arguments: --fi" in result.stderr
+    assert path.read_text() == BAD
+
+
+def test_paths_may_follow_options(tmp_path: Path) -> None:
+    write(tmp_path, "a.py", BAD)
+    write(tmp_path, "b.py", BAD)
+    code, findings = run_json("a.py", "--no-cache", "b.py", cwd=tmp_path)
+    assert code == 1 and {f["path"] for f in findings} == {"a.py", "b.py"}
+
+
+def test_run_passes_every_word_after_the_script_through(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    write(tmp_path, "show.py", "import sys\nprint(sys.argv[1:])\n")
+    result = run_clipcheck("run", "--max-norm", "1", "show.py", "--max-norm", "2", "--", "-x", cwd=tmp_path)
+    assert result.stdout == "['--max-norm', '2', '--', '-x']\n", result.stderr

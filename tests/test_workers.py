@@ -292,3 +292,25 @@ def test_ctrl_c_exits_130_and_stops_every_worker(tmp_path: Path) -> None:
     out, err = run.communicate(timeout=60)
     assert (run.returncode, out, err) == (130, "", "clipcheck: interrupted.\n")
     assert [pid for pid in workers if Path(f"/proc/{pid}").exists()] == []
+
+
+def test_workers_reaped_by_the_system_still_give_their_results() -> None:
+    """With SIGCHLD ignored (a parent may set it so), the system reaps the workers itself."""
+    script = ("import signal\nsignal.signal(signal.SIGCHLD, signal.SIG_IGN)\n"
+              "from clipcheck.workers import Limits, Pool\n"
+              "print(Pool(abs, 2, Limits()).map([-1, -2, -3]))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "[1, 2, 3]\n", "")
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts descriptors in /proc")
+def test_workers_that_cannot_start_leave_no_descriptor_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse() -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    before = len(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(os, "fork", refuse)
+    results = Pool(_double, 2, Limits()).map([1, 2])
+    assert [getattr(r, "reason", r) for r in results] == ["no worker process could be started"] * 2
+    assert len(os.listdir("/proc/self/fd")) == before
