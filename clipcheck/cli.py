@@ -24,27 +24,18 @@ from clipcheck.config import ConfigError, Overrides, Resolver, rule_named
 from clipcheck.output import FORMATS
 from clipcheck.sources import STDIN
 from clipcheck.suppressions import UNUSED_CODE
-from clipcheck.workers import Limits
+from clipcheck.workers import DEFAULT_LIMITS, Limits
 
 if TYPE_CHECKING:
     from clipcheck.engine import Report
 
 INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command Ctrl-C stopped
-DEFAULT_LIMITS = Limits()
 USAGE = 2  # a usage error, a configuration that cannot be used, or a file that could not be analysed
 
 
 class CannotRun(Exception):
     """A configuration file or an installation that cannot be used: exit status 2, as for a
     usage error, without the usage text (what to change is not the command line)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """Usage errors exit 2 with the usage and the message (argparse's own), and so do the
-    errors a command finds in its arguments once it runs (:meth:`fail`)."""
-
-    def fail(self, message: str) -> NoReturn:
-        self.error(message)
 
 
 def _selectors(values: Sequence[str] | None) -> tuple[str, ...]:
@@ -94,16 +85,16 @@ def _use_color(choice: str) -> bool:
     return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
 
 
-def _rule(parser: _Parser, identifier: str) -> RuleInfo:
+def _rule(parser: argparse.ArgumentParser, identifier: str) -> RuleInfo:
     try:
         return rule_named(identifier)
     except ConfigError as error:
-        parser.fail(str(error))
+        parser.error(str(error))
 
 
 # -- check ---------------------------------------------------------------------------------------
 
-def _check_arguments(parser: _Parser) -> None:
+def _check_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="*", metavar="PATH",
                         help="Files and folders to check (default: the current folder; - reads standard "
                              "input).")
@@ -153,7 +144,7 @@ def _check_arguments(parser: _Parser) -> None:
                         help="Print the settings in effect for the first path, and exit.")
 
 
-def _check(args: argparse.Namespace, parser: _Parser) -> int:
+def _check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Check Python files and notebooks."""
     from clipcheck.engine import Fixing
     from clipcheck.engine import check as check_sources
@@ -177,7 +168,7 @@ def _check(args: argparse.Namespace, parser: _Parser) -> int:
                                    args.stdin_filename, fixing, args.jobs, cache, limits, progress)
     except ConfigError as error:
         if error.path is None:
-            parser.fail(str(error))
+            parser.error(str(error))
         raise CannotRun(str(error)) from error
     unanalysable = any(f.unanalysable for f in report.findings)
     if args.diff:
@@ -236,13 +227,13 @@ def _progress(output_format: str, quiet: bool) -> Iterator[Callable[[int, int], 
 
 # -- rules and explain ---------------------------------------------------------------------------
 
-def _rules_arguments(parser: _Parser) -> None:
+def _rules_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("rule", nargs="?", help="A rule's code or name: show its page.")
     parser.add_argument("--output-format", choices=("text", "json"), default="text",
                         help="text, or json for tools (default: text).")
 
 
-def _rules(args: argparse.Namespace, parser: _Parser) -> int:
+def _rules(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """List the rules (json: for tools), or show one rule's page."""
     import json
 
@@ -260,11 +251,11 @@ def _rules(args: argparse.Namespace, parser: _Parser) -> int:
     return 0
 
 
-def _explain_arguments(parser: _Parser) -> None:
+def _explain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("rule", help="A rule's code or name.")
 
 
-def _explain(args: argparse.Namespace, parser: _Parser) -> int:
+def _explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Print a rule's page (by code or name): what is wrong, why it matters, how to fix it."""
     from clipcheck.docs import rule_doc
 
@@ -274,7 +265,7 @@ def _explain(args: argparse.Namespace, parser: _Parser) -> int:
 
 # -- run -----------------------------------------------------------------------------------------
 
-def _run_arguments(parser: _Parser) -> None:
+def _run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-norm", type=float, default=None,
                         help="Also require every step's gradient norm to be at most this (default: order "
                              "only).")
@@ -297,7 +288,7 @@ def _print_script_traceback(error: BaseException, script: str) -> None:
     traceback.print_exception(type(error), error, trace)
 
 
-def _run(args: argparse.Namespace, parser: _Parser) -> int | str | None:
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int | str | None:
     """Run a training script with every optimizer guarded (needs torch: the `runtime` extra).
 
     Each optimizer is guarded from its first step on; that first step is not checked.
@@ -305,14 +296,14 @@ def _run(args: argparse.Namespace, parser: _Parser) -> int | str | None:
     """
     script: str = args.script
     if script.lower().endswith(".ipynb"):
-        parser.fail(
+        parser.error(
             f"{script} is a notebook, and `clipcheck run` runs a Python script. In a notebook, wrap "
             "the training loop in `with clipcheck.runtime.guard(optimizer): ...` (or export it "
             "with `jupyter nbconvert --to script` and run that).")
     try:
         from clipcheck import runtime
     except ImportError as error:
-        parser.fail(f"clipcheck run needs PyTorch, which cannot be imported here ({error}): install it "
+        parser.error(f"clipcheck run needs PyTorch, which cannot be imported here ({error}): install it "
                     "with `pip install torch` (or `pip install 'clipcheck[runtime]'`)")
     import runpy
 
@@ -346,7 +337,7 @@ def _run(args: argparse.Namespace, parser: _Parser) -> int | str | None:
 
 # -- server --------------------------------------------------------------------------------------
 
-def _server(args: argparse.Namespace, parser: _Parser) -> int:
+def _server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Run the language server over stdio (needs `pip install clipcheck[lsp]`)."""
     try:
         from clipcheck.server import serve
@@ -362,8 +353,8 @@ def _server(args: argparse.Namespace, parser: _Parser) -> int:
 
 # -- the command ---------------------------------------------------------------------------------
 
-Command = Callable[[argparse.Namespace, _Parser], "int | str | None"]
-COMMANDS: tuple[tuple[str, Command, Callable[[_Parser], None] | None, str], ...] = (
+Command = Callable[[argparse.Namespace, argparse.ArgumentParser], "int | str | None"]
+COMMANDS: tuple[tuple[str, Command, Callable[[argparse.ArgumentParser], None] | None, str], ...] = (
     ("check", _check, _check_arguments,
      "Exit status: 0 no findings, 1 findings, 2 usage error or a file that could not be analysed, "
      "130 stopped by Ctrl-C."),
@@ -374,9 +365,11 @@ COMMANDS: tuple[tuple[str, Command, Callable[[_Parser], None] | None, str], ...]
 )
 
 
-def _parser() -> _Parser:
-    parser = _Parser(prog="clipcheck", description="Find misplaced gradient clipping, zero-grad and "
-                     "optimizer steps in PyTorch training code.", allow_abbrev=False)
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clipcheck", allow_abbrev=False,
+        description="Find misplaced gradient clipping, zero-grad and optimizer steps in PyTorch "
+                    "training code.")
     parser.add_argument("--version", action="version", version=f"clipcheck, version {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     for name, command, arguments, epilog in COMMANDS:
@@ -417,7 +410,7 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     args, extra = _parser().parse_known_args(argv if script is None else argv[:script + 1])
     if extra:
         if args.command is not _check or any(word.startswith("-") and word != STDIN for word in extra):
-            args.parser.fail(f"unrecognized arguments: {' '.join(extra)}")
+            args.parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.paths = [*args.paths, *extra]
     if script is not None:
         args.args = list(argv[script + 1:])

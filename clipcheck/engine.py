@@ -28,7 +28,7 @@ from clipcheck.screen import screen
 from clipcheck.sources import Unreadable, decode, discover, read_bytes, source_lines
 from clipcheck.static.frameworks.custom import NONE as NO_CUSTOM_VOCABULARY
 from clipcheck.static.frameworks.custom import Vocabulary
-from clipcheck.workers import Failure, Limits, Pool, Progress, usable_cores
+from clipcheck.workers import DEFAULT_LIMITS, Failure, Limits, Pool, Progress, usable_cores
 
 
 @dataclass(eq=False)
@@ -153,9 +153,6 @@ class Fixing(NamedTuple):
 
     unsafe: bool = False
     diff: bool = False
-
-
-DEFAULT_LIMITS = Limits()
 
 
 class Task(NamedTuple):

@@ -50,6 +50,9 @@ class Limits(NamedTuple):
         return (self.memory_mib + self.memory_per_mib * size // MIB) * MIB
 
 
+DEFAULT_LIMITS = Limits()
+
+
 class Failure(NamedTuple):
     """An input whose analysis did not finish: why, in words for the report."""
 
@@ -235,8 +238,7 @@ class _Forked:
         os.close(to_parent)
         self.pid = pid
         self.connection = _Pipes(from_worker, to_worker)
-        self.waitables: list[Any] = [self.connection]  # a dead worker's pipe reads its end
-        self.sentinel = None
+        self.sentinel = None  # none needed: a dead worker's pipe reads its end
         _PARENT_ENDS.update((from_worker, to_worker))
         self.exitcode: int | None = None  # None once reaped: a status the system kept to itself
         self.reaped = False
@@ -282,7 +284,6 @@ class _Spawned:
         self.process.start()
         child.close()
         self.sentinel = self.process.sentinel
-        self.waitables = [self.connection, self.sentinel]
 
     @property
     def exitcode(self) -> int | None:
@@ -396,7 +397,8 @@ class Pool(Generic[T, R]):
                         continue
                     break
                 timeout = max(0.0, min(w.deadline for w in busy) - time.monotonic())
-                ready = _wait([waitable for w in busy for waitable in w.process.waitables], timeout)
+                ready = _wait([waitable for w in busy for waitable in (w.connection, w.process.sentinel)
+                               if waitable is not None], timeout)
                 for worker in busy:
                     finished = worker.index
                     outcome = _outcome(worker, ready)
