@@ -9,6 +9,7 @@ runs (output formats, rule pages, the runtime guard, the language server).
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import sys
@@ -365,21 +366,42 @@ COMMANDS: tuple[tuple[str, Command, Callable[[argparse.ArgumentParser], None] | 
 )
 
 
-def _parser() -> argparse.ArgumentParser:
+def _unmeasured(formatter: type[argparse.HelpFormatter]) -> Callable[..., argparse.HelpFormatter]:
+    """``formatter`` at a fixed width. argparse makes a help formatter for every option it adds,
+    only to check the option's arguments, and one of the terminal's width imports shutil (with
+    its compression modules) to measure it: a parser is built with these, and measures the
+    terminal only when it prints help or a usage error."""
+    return functools.partial(formatter, width=80)
+
+
+def _parser(wanted: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser. Where ``wanted`` names a command, the other commands' parsers
+    are left out: argparse looks each parser's labels up in the locale's translation files, on
+    disk, and a check run at every commit should not pay that for four commands it does not run.
+    Without a known command (``--help``, a typo) all are built, to be listed."""
+    known = any(name == wanted for name, *_ in COMMANDS)
     parser = argparse.ArgumentParser(
-        prog="clipcheck", allow_abbrev=False,
+        prog="clipcheck", allow_abbrev=False, formatter_class=_unmeasured(argparse.HelpFormatter),
         description="Find misplaced gradient clipping, zero-grad and optimizer steps in PyTorch "
                     "training code.")
     parser.add_argument("--version", action="version", version=f"clipcheck, version {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    subparsers = []
     for name, command, arguments, epilog in COMMANDS:
+        if known and name != wanted:
+            continue
         summary = (command.__doc__ or "").strip().splitlines()[0]
         sub = commands.add_parser(name, help=summary, description=(command.__doc__ or "").strip(),
-                                  epilog=epilog or None, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                  epilog=epilog or None,
+                                  formatter_class=_unmeasured(argparse.RawDescriptionHelpFormatter),
                                   allow_abbrev=False)  # ``--fi`` is no ``--fix``: a typo must not write files
         if arguments is not None:
             arguments(sub)
         sub.set_defaults(command=command, parser=sub)
+        subparsers.append(sub)
+    parser.formatter_class = argparse.HelpFormatter
+    for sub in subparsers:
+        sub.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
 
 
@@ -387,9 +409,14 @@ def _parser() -> argparse.ArgumentParser:
 _RUN_VALUED = frozenset({"--max-norm", "--check-every"})
 
 
-def _script_at(argv: Sequence[str]) -> int | None:
+def _command_at(argv: Sequence[str]) -> int | None:
+    """Where the command's name is in ``argv``: its first word that is not an option (the
+    command line's own options, ``--help`` and ``--version``, take no value)."""
+    return next((i for i, word in enumerate(argv) if not word.startswith("-")), None)
+
+
+def _script_at(argv: Sequence[str], command: int | None) -> int | None:
     """Where ``run``'s script is in ``argv`` (``None``: no ``run``, or no script)."""
-    command = next((i for i, word in enumerate(argv) if not word.startswith("-")), None)
     if command is None or argv[command] != "run":
         return None
     at = command + 1
@@ -406,8 +433,10 @@ def _script_at(argv: Sequence[str]) -> int | None:
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
     """The command line: a check's paths may come anywhere among its options, and every word
     after ``run``'s script is the script's own, ``--`` included, untouched."""
-    script = _script_at(argv)
-    args, extra = _parser().parse_known_args(argv if script is None else argv[:script + 1])
+    command = _command_at(argv)
+    script = _script_at(argv, command)
+    parser = _parser(argv[0] if command == 0 else None)  # ``-h check`` lists every command
+    args, extra = parser.parse_known_args(argv if script is None else argv[:script + 1])
     if extra:
         if args.command is not _check or any(word.startswith("-") and word != STDIN for word in extra):
             args.parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -27,7 +27,9 @@ from clipcheck.static.frameworks.custom import KEYS as VOCABULARY_KEYS
 from clipcheck.static.frameworks.custom import NONE as NO_CUSTOM_VOCABULARY
 from clipcheck.static.frameworks.custom import Vocabulary
 
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+# This module's patterns are compiled where first used (re caches them): most runs read no
+# configuration, or one without a mistake to point at.
+_BARE_KEY = r"[A-Za-z0-9_-]+"
 
 KEYS = ("select", "extend-select", "ignore", "exclude", "extend-exclude", "per-file-ignores", "vocabulary")
 CONFIG_FILES = ("clipcheck.toml", "pyproject.toml")  # the first found in a folder wins
@@ -50,7 +52,7 @@ Origin = str | tuple[str, ...]
 
 def _dotted(key: tuple[str, ...]) -> str:
     """A key path as TOML writes it: ``per-file-ignores."tests/*.py"``."""
-    return ".".join(part if _BARE_KEY.fullmatch(part) else json.dumps(part) for part in key)
+    return ".".join(part if re.fullmatch(_BARE_KEY, part) else json.dumps(part) for part in key)
 
 
 def _suggestion(wrong: str, known: Sequence[str], quote: str = "`") -> str:
@@ -220,7 +222,7 @@ def _strings(table: dict[str, Any], key: tuple[str, ...]) -> list[str]:
     return value
 
 
-_TOML_PLACE = re.compile(r" \(at line (\d+), column (\d+)\)$")
+_TOML_PLACE = r" \(at line (\d+), column (\d+)\)$"
 
 
 def _shown(path: Path) -> str:
@@ -253,9 +255,9 @@ def _toml(path: Path, text: str) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         reason = str(error)
-        place = _TOML_PLACE.search(reason)
+        place = re.search(_TOML_PLACE, reason)
         where = f"{place[1]}:{place[2]}:" if place else ""
-        raise ConfigError(f"{_shown(path)}:{where} not valid TOML: {_TOML_PLACE.sub('', reason)}",
+        raise ConfigError(f"{_shown(path)}:{where} not valid TOML: {re.sub(_TOML_PLACE, '', reason)}",
                           path=path) from None
 
 
@@ -270,24 +272,23 @@ def _table(data: dict[str, Any], path: Path) -> dict[str, Any] | None:
 
 
 # A TOML line that opens a table (``[tool.clipcheck]``, ``[[x]]``) or sets a (dotted) key.
-_HEADER = re.compile(r"\s*\[\[?([^\[\]]+)\]\]?\s*(?:#.*)?")
+_HEADER = r"\s*\[\[?([^\[\]]+)\]\]?\s*(?:#.*)?"
 _KEY_PART = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\]|\\.)*"|'[^']*')"""
-_ASSIGNMENT = re.compile(rf"\s*({_KEY_PART}(?:\s*\.\s*{_KEY_PART})*)\s*=")
-_PART = re.compile(_KEY_PART)
+_ASSIGNMENT = rf"\s*({_KEY_PART}(?:\s*\.\s*{_KEY_PART})*)\s*="
 
 
 def _parts(dotted: str) -> tuple[str, ...]:
     """``tool."clipcheck"`` as ``("tool", "clipcheck")``."""
-    return tuple(json.loads(p) if p[0] == '"' else p.strip("'") for p in _PART.findall(dotted))
+    return tuple(json.loads(p) if p[0] == '"' else p.strip("'") for p in re.findall(_KEY_PART, dotted))
 
 
 def _named(line: str, table: tuple[str, ...]) -> tuple[tuple[str, ...], bool] | None:
     """The full key path a line opens (a table header) or sets (an assignment in ``table``),
     and whether it is a header; ``None`` for other lines (an array's next line, a comment)."""
-    header = _HEADER.fullmatch(line)
+    header = re.fullmatch(_HEADER, line)
     if header is not None:
         return _parts(header[1]), True
-    assignment = _ASSIGNMENT.match(line)
+    assignment = re.match(_ASSIGNMENT, line)
     return (table + _parts(assignment[1]), False) if assignment is not None else None
 
 
@@ -326,7 +327,7 @@ def _prefix(path: Path) -> tuple[str, ...]:
     return ("tool", "clipcheck") if path.name == "pyproject.toml" else ()
 
 
-_DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
+_DOTTED = r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+"
 
 
 def _vocabulary(table: dict[str, Any]) -> Vocabulary:
@@ -340,7 +341,7 @@ def _vocabulary(table: dict[str, Any]) -> Vocabulary:
     entries = []
     for key, kind in VOCABULARY_KEYS.items():
         for name in _strings(section, ("vocabulary", key)):
-            if not _DOTTED.match(name):
+            if not re.fullmatch(_DOTTED, name):
                 raise ConfigError(f"`vocabulary.{key}`: {name!r} is not a dotted name "
                                   "such as `mylib.Trainer.backward`", ("vocabulary", key), name)
             entries.append((name, kind))

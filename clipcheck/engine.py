@@ -9,9 +9,9 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from clipcheck import notebooks, suppressions
+from clipcheck import suppressions
 from clipcheck.cache import Cache, key
 from clipcheck.config import Resolver
 from clipcheck.findings import Finding, in_cell, unanalysable
@@ -29,6 +29,9 @@ from clipcheck.sources import Unreadable, decode, discover, read_bytes, source_l
 from clipcheck.static.frameworks.custom import NONE as NO_CUSTOM_VOCABULARY
 from clipcheck.static.frameworks.custom import Vocabulary
 from clipcheck.workers import DEFAULT_LIMITS, Failure, Limits, Pool, Progress, usable_cores
+
+if TYPE_CHECKING:  # notebooks are imported when one is checked
+    from clipcheck import notebooks
 
 
 @dataclass(eq=False)
@@ -115,6 +118,8 @@ def _in_notebook(finding: Finding, nb: notebooks.Program) -> Finding:
 
 
 def _check_notebook(text: str, shown: str, analyse: Analyse, report_unused: bool) -> Checked:
+    from clipcheck import notebooks
+
     try:
         nb = notebooks.program(text)
     except notebooks.BrokenNotebook as error:
@@ -188,6 +193,8 @@ class Outcome(NamedTuple):
 
 def _fix_cells(text: str, fixes: Fixes) -> tuple[str, int]:
     """A notebook's text with the fixes made in its cells, and how many were made."""
+    from clipcheck import notebooks
+
     sources = notebooks.sources(text)
     edited, applied = apply_edits_by_cell(sources, fixes)
     changed = {cell: edited[cell] for cell in sources if edited[cell] != sources[cell]}
@@ -196,6 +203,8 @@ def _fix_cells(text: str, fixes: Fixes) -> tuple[str, int]:
 
 def _cells_diff(before: str, after: str, shown: str) -> str:
     """A notebook's fixes as one unified diff per changed cell (``a/nb.ipynb:cell 3``)."""
+    from clipcheck import notebooks
+
     old, new = notebooks.sources(before), notebooks.sources(after)
     return "".join(unified_diff(old[cell], new[cell], f"{shown}:cell {cell}") for cell in old
                    if old[cell] != new[cell])

@@ -16,14 +16,17 @@ import contextlib
 import gc
 import math
 import os
-import pickle
 import select
 import signal
 import sys
 import time
-import traceback
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
+
+try:  # the C pickler alone: pickle.py adds its pure-Python twin, a start-up cost of every run
+    from _pickle import dumps, loads
+except ImportError:  # pragma: no cover - a Python without the accelerator
+    from pickle import dumps, loads
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -113,13 +116,13 @@ class _Pipes:
         return self.incoming
 
     def send(self, message: Any) -> None:
-        data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+        data = dumps(message, -1)  # the highest protocol
         view = memoryview(len(data).to_bytes(8, "little") + data)
         while view:
             view = view[os.write(self.outgoing, view):]
 
     def recv(self) -> Any:
-        return pickle.loads(self._read(int.from_bytes(self._read(8), "little")))
+        return loads(self._read(int.from_bytes(self._read(8), "little")))
 
     def _read(self, size: int) -> bytes:
         chunks = []
@@ -180,6 +183,8 @@ def _serve(connection: Connection, work: Callable[[Any], Any]) -> None:
         except RecursionError:
             result = Failure("the file nests too deeply to analyse")
         except Exception as error:  # an internal error: this input only
+            import traceback
+
             where = traceback.extract_tb(error.__traceback__)[-1]
             result = Failure(f"internal error in clipcheck ({type(error).__name__}: {error}, at "
                              f"{os.path.basename(where.filename)}:{where.lineno}); please report it")

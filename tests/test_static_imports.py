@@ -45,3 +45,18 @@ def test_static_pass_imports_no_framework() -> None:
     assert report["imported"] == []
     _, installed = run_json("fixtures")
     assert report["findings"] == installed
+
+
+def test_every_framework_module_is_registered() -> None:
+    """A framework's module is imported (and its matchers used) only when it is named in
+    ``FRAMEWORKS``; each module there registers one framework, and every other module of the
+    package is one the recognizer reads directly."""
+    from clipcheck.static import frameworks
+
+    folder = ROOT / "clipcheck" / "static" / "frameworks"
+    modules = {path.stem for path in folder.glob("*.py")} - {"__init__"}
+    read_directly = {"torch", "naming", "custom"}
+    assert modules - read_directly == set(frameworks.FRAMEWORKS)
+    registered = frameworks.registered()
+    assert len(registered) == len(frameworks.FRAMEWORKS)
+    assert sorted(type(f).__module__.rsplit(".", 1)[1] for f in registered) == sorted(frameworks.FRAMEWORKS)

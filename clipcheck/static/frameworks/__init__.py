@@ -4,14 +4,13 @@
 ``custom`` (a project's own vocabulary) are read directly, as are Lightning's automatic
 optimization and accelerate's sync flag. Every framework also defines a :class:`Framework`
 subclass decorated with :func:`register`; :func:`registered` imports the package's modules
-once and hands the recognizer their matchers, so a new framework adds a file here, its
-fixtures and its rule page, and touches nothing else.
+once and hands the recognizer their matchers, so a new framework adds a file here, its name
+to :data:`FRAMEWORKS`, its fixtures and its rule page, and touches nothing else.
 """
 
 from __future__ import annotations
 
 import importlib
-import pkgutil
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -67,6 +66,9 @@ class Framework:
         return ""
 
 
+# The modules that register a framework when imported, named here rather than found on disk
+# (an installation need not be a folder); a test checks that none is left out.
+FRAMEWORKS = ("accelerate", "amp", "ddp", "deepspeed", "fsdp", "ignite", "lightning")
 _REGISTERED: list[Framework] = []
 _LOADED: list[bool] = []
 
@@ -80,6 +82,6 @@ def registered() -> Sequence[Framework]:
     """Every framework of this package, its modules imported on first use."""
     if not _LOADED:
         _LOADED.append(True)
-        for module in pkgutil.iter_modules(__path__):
-            importlib.import_module(f"{__name__}.{module.name}")
+        for name in FRAMEWORKS:
+            importlib.import_module(f"{__name__}.{name}")
     return _REGISTERED
