@@ -239,10 +239,46 @@ def _text(path: Path) -> str:
 
 
 def _names_us(text: str) -> bool:
-    """Whether a pyproject.toml's text can hold ``[tool.clipcheck]``: a TOML key spells the
-    word out, unless a quoted key writes a letter as a ``\\u`` escape. Most projects' files
-    are then never parsed (nor the TOML parser imported)."""
-    return "clipcheck" in text or "\\u" in text or "\\U" in text
+    """Whether a pyproject.toml's text can set a key of ``tool.clipcheck``, read without a TOML
+    parser: most projects' files are never parsed (nor the parser imported), those that name
+    clipcheck only as a dependency or a script included.
+
+    Each line of the top level (outside a multi-line array or an inline table) opens a table or
+    sets a dotted key in the current one; clipcheck's table can only come of one whose whole
+    path starts ``tool.clipcheck``, or of ``tool = {...}``. A line that is neither (nor blank,
+    nor a comment) is not understood, and the file is parsed; so is a file with a multi-line
+    string, which could hide such a line or forge one, or with a ``\\u`` escape, with which a
+    quoted key can spell a letter (any other escape spells no letter: a key holding one is
+    neither ``tool`` nor ``clipcheck``)."""
+    if "clipcheck" not in text and "\\u" not in text and "\\U" not in text:
+        return False
+    if any(marker in text for marker in ('"""', "'''", "\\u", "\\U")):
+        return True
+    table: tuple[str, ...] = ()
+    depth = 0  # how deep in arrays and inline tables a line starts
+    for line in text.split("\n"):  # TOML's only line break (``splitlines`` breaks inside strings too)
+        if depth == 0:
+            try:
+                named = _named(line, table)
+            except ValueError:  # a quoted key with an escape JSON does not know
+                return True
+            if named is None:
+                if not re.fullmatch(_BLANK, line):
+                    return True
+            else:
+                path, is_header = named
+                if path[:2] == _OURS or (path == _OURS[:1] and not is_header):
+                    return True
+                table = path if is_header else table
+        for opening, closing in re.findall(_BRACKETS, line):
+            depth += bool(opening) - bool(closing)
+    return False
+
+
+_OURS = ("tool", "clipcheck")
+_BLANK = r"\s*(?:#.*)?"
+# A one-line string or a comment (whose brackets count for nothing), or a bracket or brace.
+_BRACKETS = r"""(?:"(?:[^"\\]|\\.)*"|'[^']*'|#.*)|([\[{])|([\]}])"""
 
 
 def _toml(path: Path, text: str) -> dict[str, Any]:

@@ -4,13 +4,15 @@ Part A: random training functions (zero-grad, backward, clip, step and the GradS
 in branches and nested loops) are checked against ``reference_interpreter``, which follows
 every path and decides CC101, CC102, CC103, CC104, CC201, CC202 and CC203 from the rules'
 definitions. Part B: random text, mutated fixtures and pathological nesting never crash
-``analyse_source``; what cannot be parsed comes back as CC000.
+``analyse_source``; what cannot be parsed comes back as CC000. Part C: the configuration's
+pre-scan of a pyproject.toml never passes over one that tomllib reads a ``[tool.clipcheck]`` in.
 """
 
 from __future__ import annotations
 
 import ast
 import re
+import sys
 import warnings
 from pathlib import Path
 
@@ -35,6 +37,7 @@ from reference_interpreter import (
     source,
 )
 
+from clipcheck.config import _names_us
 from clipcheck.engine import analyse_source
 from clipcheck.findings import Finding
 
@@ -348,3 +351,54 @@ PATHOLOGICAL = {
 @pytest.mark.parametrize("text", PATHOLOGICAL.values(), ids=list(PATHOLOGICAL))
 def test_pathological_nesting_never_crashes(text: str) -> None:
     check_never_crashes(text)
+
+
+# -- Part C: the pyproject.toml pre-scan ---------------------------------------------------------
+# Table headers and key lines of a pyproject.toml, with clipcheck's table written every way TOML
+# allows, and lines that only look like it (in strings, comments, arrays and other tables).
+# ``{n}`` makes each key its own, so that most documents are valid TOML.
+TOML_HEADERS = ("[tool]", "[tool.clipcheck]", "[ tool . 'clipcheck' ]", '["tool"]',
+                '[tool."clipcheck".vocabulary]', "[[tool.clipcheck.list]]", '["tool.clipcheck"]',
+                "[project]", "[project.scripts]", "[tool.ruff] # [tool.clipcheck]", "[[tool]]",
+                "[tool.black]")
+TOML_KEYS = ('clipcheck{n} = "clipcheck.cli:main"', 'name{n} = "clipcheck"', "clipcheck.select{n} = []",
+             "tool.clipcheck.x{n} = 1", "tool = {{ clipcheck = {{ y{n} = 2 }} }}", '"tool.clipcheck{n}" = 1',
+             "'clipcheck' . z{n} = 3", "clipcheck = {{ w{n} = [1, 2] }}", 'k{n} = "a # [tool]"',
+             'k{n} = [\n  "[tool]",\n  [1, 2],\n  {{ a = "]" }},\n]', "k{n} = [ # [\n  1\n]",
+             "k{n} = [\n  [1, 2]]", "# clipcheck{n} = 1", "", 'k{n} = \'it"s ]\'',
+             'k{n} = """\n[tool]\nclipcheck = 1\n"""', "tool . clipcheck . v{n} = true", 'k{n} = "\\u0041"',
+             'dependencies{n} = ["clipcheck>=0.1"]')
+
+
+@st.composite
+def pyprojects(draw: st.DrawFn) -> str:
+    lines = [draw(st.sampled_from(TOML_KEYS)).format(n=n) for n in range(draw(st.integers(0, 2)))]
+    for header in draw(st.lists(st.sampled_from(TOML_HEADERS), max_size=4, unique=True)):
+        lines.append(header)
+        lines += [draw(st.sampled_from(TOML_KEYS)).format(n=n) for n in range(draw(st.integers(0, 3)))]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="tomllib is the oracle")
+@deterministic(1500)
+@given(pyprojects())
+@example('[tool]\n# a\u2028[other]\nclipcheck.select = []\n')
+@example('[tool]\nx = [\n  [1, 2]]\nclipcheck = {}\n')
+def test_the_pyproject_pre_scan_misses_no_table_of_ours(text: str) -> None:
+    import tomllib
+
+    try:
+        tool = tomllib.loads(text).get("tool")
+    except tomllib.TOMLDecodeError:
+        return
+    if isinstance(tool, dict) and "clipcheck" in tool:
+        assert _names_us(text)
+
+
+def test_the_pyproject_pre_scan_passes_over_files_that_only_name_clipcheck() -> None:
+    """A project that depends on clipcheck, or is clipcheck, is not parsed for its settings."""
+    assert not _names_us('[project]\nname = "clipcheck"\n'
+                         'dependencies = ["clipcheck>=0.1"]  # [tool.clipcheck]\n'
+                         '[project.scripts]\nclipcheck = "clipcheck.cli:main"\n'
+                         '[project.optional-dependencies]\ndev = [\n  "clipcheck",\n  "ruff",\n]\n'
+                         '[tool.ruff]\nline-length = 100\n')
