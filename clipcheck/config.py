@@ -257,13 +257,16 @@ def _names_us(text: str) -> bool:
     table: tuple[str, ...] = ()
     depth = 0  # how deep in arrays and inline tables a line starts
     for line in text.split("\n"):  # TOML's only line break (``splitlines`` breaks inside strings too)
-        if depth == 0:
+        # Of the top level's lines, a key's names clipcheck's table only in the root table or
+        # in ``[tool]``; every table header is read.
+        if depth == 0 and (table in _PREFIXES or line.lstrip().startswith("[")):
             try:
                 named = _named(line, table)
             except ValueError:  # a quoted key with an escape JSON does not know
                 return True
             if named is None:
-                if not re.fullmatch(_BLANK, line):
+                stripped = line.strip()
+                if stripped and not stripped.startswith("#"):
                     return True
             else:
                 path, is_header = named
@@ -276,7 +279,7 @@ def _names_us(text: str) -> bool:
 
 
 _OURS = ("tool", "clipcheck")
-_BLANK = r"\s*(?:#.*)?"
+_PREFIXES = ((), _OURS[:1])  # the tables whose keys can start clipcheck's
 # A one-line string or a comment (whose brackets count for nothing), or a bracket or brace.
 _BRACKETS = r"""(?:"(?:[^"\\]|\\.)*"|'[^']*'|#.*)|([\[{])|([\]}])"""
 
