@@ -6,6 +6,7 @@ import importlib.abc
 import importlib.machinery
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -378,3 +379,23 @@ def test_run_passes_every_word_after_the_script_through(tmp_path: Path) -> None:
     write(tmp_path, "show.py", "import sys\nprint(sys.argv[1:])\n")
     result = run_clipcheck("run", "--max-norm", "1", "show.py", "--max-norm", "2", "--", "-x", cwd=tmp_path)
     assert result.stdout == "['--max-norm', '2', '--', '-x']\n", result.stderr
+
+
+@pytest.mark.parametrize("argv", [("-h",), ("-h", "check"), ("chek",)])
+def test_the_commands_are_all_listed_where_none_is_given_first(argv: tuple[str, ...]) -> None:
+    """Only the command given is built (``check`` at every commit); help before a command, or
+    a command that does not exist, lists every one."""
+    result = run_clipcheck(*argv)
+    listing = result.stdout + result.stderr
+    assert all(name in listing for name in ("check", "rules", "explain", "run", "server")), listing
+
+
+def test_help_is_as_wide_as_the_terminal_says() -> None:
+    """The parser is built at a fixed width; the terminal is measured when help is printed."""
+    narrow = subprocess.run([*clipcheck_command(), "check", "--help"], capture_output=True, text=True,
+                            timeout=300, check=False, env={**os.environ, "COLUMNS": "50"})
+    wide = subprocess.run([*clipcheck_command(), "check", "--help"], capture_output=True, text=True,
+                          timeout=300, check=False, env={**os.environ, "COLUMNS": "200"})
+    assert narrow.returncode == wide.returncode == 0
+    assert len(narrow.stdout.splitlines()) > 1.5 * len(wide.stdout.splitlines())
+    assert max(len(line) for line in wide.stdout.splitlines()) > 100  # options' help on one line
