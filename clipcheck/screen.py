@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ast
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import CodeType
 from typing import NamedTuple
@@ -249,15 +249,23 @@ def _optimizer_class(names: Iterable[str]) -> bool:
                for n in names)
 
 
-def can_find(names: set[str], *, step: bool, hooks: bool, grads: bool, scaler: bool, optimizer: bool,
+Test = Callable[[], bool]  # a test of a module's names, run only when its answer is needed
+
+
+def can_find(names: set[str], *, step: bool, grads: bool, hooks: Test, scaler: Test, optimizer: Test,
              custom: frozenset[str] = frozenset(), kinds: int = 2) -> bool:
     """Whether code mentioning ``names`` can hold a finding of any rule: a word that makes one on
     its own, two kinds of event, or a parameter generator beside an optimizer class (with
-    ``kinds=1``: whether it holds an event that can join another one's into a finding)."""
+    ``kinds=1``: whether it holds an event that can join another one's into a finding). The
+    tests that read every name (``hooks``, ``scaler``, ``optimizer``) run only where needed."""
     if names & (SINGLE_WORDS | custom):
         return True
-    found = step + bool(names & BACKWARD_WORDS) + (bool(names & ZERO_WORDS) or grads) + scaler + hooks
-    return found >= kinds or (bool(names & GENERATOR_WORDS) and optimizer)
+    found = step + bool(names & BACKWARD_WORDS) + (bool(names & ZERO_WORDS) or grads)
+    if found < kinds:
+        found += scaler()
+    if found < kinds:
+        found += hooks()
+    return found >= kinds or (bool(names & GENERATOR_WORDS) and optimizer())
 
 
 def _code_names(code: CodeType, into: set[str]) -> None:
@@ -296,8 +304,8 @@ def _compiled_names(source: str, shown: str) -> set[str] | None:
 def _might_find(names: set[str], custom: frozenset[str]) -> bool:
     """:func:`can_find` on the compiled names: a quick no for most files. Each test holds
     wherever the tree's does (a step's name is among the names, and so on)."""
-    return can_find(names, step=bool(names & STEP_WORDS), hooks=_hooks(names), grads=GRAD in names,
-                    scaler=any_says_scaler(names), optimizer=_optimizer_class(names),
+    return can_find(names, step=bool(names & STEP_WORDS), grads=GRAD in names, hooks=lambda: _hooks(names),
+                    scaler=lambda: any_says_scaler(names), optimizer=lambda: _optimizer_class(names),
                     custom=custom)
 
 
@@ -305,9 +313,9 @@ def _can_find(item: _Item, custom: frozenset[str], kinds: int = 2) -> bool:
     """Whether an item (or the whole module) can hold a finding by itself (``kinds=1``: an
     event that can join another one's)."""
     names = item.names
-    return can_find(names, step=bool(item.methods & STEP_WORDS), hooks=_hooks(item.defs), grads=item.grads,
-                    scaler=any_says_scaler(names), optimizer=_optimizer_class(names),
-                    custom=custom, kinds=kinds)
+    return can_find(names, step=bool(item.methods & STEP_WORDS), grads=item.grads,
+                    hooks=lambda: _hooks(item.defs), scaler=lambda: any_says_scaler(names),
+                    optimizer=lambda: _optimizer_class(names), custom=custom, kinds=kinds)
 
 
 _SEED_WORDS = SINGLE_WORDS | BACKWARD_WORDS | ZERO_WORDS | HOOK_WORDS | GENERATOR_WORDS | EVENT_WORDS
