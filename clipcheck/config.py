@@ -250,9 +250,11 @@ def _names_us(text: str) -> bool:
     string, which could hide such a line or forge one, or with a ``\\u`` escape, with which a
     quoted key can spell a letter (any other escape spells no letter: a key holding one is
     neither ``tool`` nor ``clipcheck``)."""
-    if "clipcheck" not in text and "\\u" not in text and "\\U" not in text:
+    if "\\u" in text or "\\U" in text:
+        return True
+    if "clipcheck" not in text:
         return False
-    if any(marker in text for marker in ('"""', "'''", "\\u", "\\U")):
+    if '"""' in text or "'''" in text:
         return True
     table: tuple[str, ...] = ()
     depth = 0  # how deep in arrays and inline tables a line starts
@@ -363,7 +365,7 @@ def _located(error: ConfigError, path: Path, text: str) -> ConfigError:
 
 def _prefix(path: Path) -> tuple[str, ...]:
     """Where clipcheck's table is in the file: ``[tool.clipcheck]`` or the top."""
-    return ("tool", "clipcheck") if path.name == "pyproject.toml" else ()
+    return _OURS if path.name == "pyproject.toml" else ()
 
 
 _DOTTED = r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+"

@@ -136,11 +136,12 @@ def _check_notebook(text: str, shown: str, analyse: Analyse, report_unused: bool
 
 def _check_python(text: str, analyse: Analyse, report_unused: bool) -> Checked:
     found = analyse(text)
-    # Comments are read (a tokenizer's pass), and the lines that show findings split, only
-    # where a finding or an unused suppression can come of them.
-    comments = suppressions.parse(text) if found or report_unused else {}
-    lines: dict[int | None, list[str]] = {None: source_lines(text)} if found or report_unused else {}
-    return Checked(suppressions.apply(found, comments), lines, comments)
+    if not found and not report_unused:
+        # Comments are read (a tokenizer's pass), and the lines that show findings split, only
+        # where a finding or an unused suppression can come of them.
+        return Checked([], {}, {})
+    comments = suppressions.parse(text)
+    return Checked(suppressions.apply(found, comments), {None: source_lines(text)}, comments)
 
 
 def check_text(text: str, shown: str, rules: Sequence[str] | None = None,
