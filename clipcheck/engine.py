@@ -52,11 +52,11 @@ class Report:
 
 
 def analyse_source(source: str, shown: str, rules: Sequence[str] | None = None,
-                   custom: Vocabulary = NO_CUSTOM_VOCABULARY) -> list[Finding]:
+                   custom: Vocabulary = NO_CUSTOM_VOCABULARY, joined_cells: bool = False) -> list[Finding]:
     """Findings for one program's text (syntax errors included, as CC000), by the rules whose
-    codes ``rules`` lists (all by default). LibCST and the analysis are imported only for a
-    text the screen lets through."""
-    screened = screen(source, shown, custom.words)
+    codes ``rules`` lists (all by default); ``joined_cells``: a notebook's program. LibCST and
+    the analysis are imported only for a text the screen lets through."""
+    screened = screen(source, shown, custom.words, joined_cells=joined_cells)
     if screened.error is not None:
         return [unanalysable(shown, *screened.error)]
     if screened.text is None or rules == ():
@@ -246,7 +246,8 @@ def _notebook_text(data: bytes) -> tuple[str, str]:
 def run_task(task: Task) -> Outcome:
     """A worker's job: one source's findings (or its CC000), suppressions applied; with
     fixing, after its fixes (standard input is never rewritten)."""
-    analyse = functools.partial(analyse_source, shown=task.shown, rules=task.rules, custom=task.custom)
+    analyse = functools.partial(analyse_source, shown=task.shown, rules=task.rules, custom=task.custom,
+                                joined_cells=task.notebook)
     fixed, diff = 0, None
     unused = task.report_unused
     checker = (functools.partial(_check_notebook, shown=task.shown, analyse=analyse, report_unused=unused)

@@ -17,7 +17,7 @@ import textwrap
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from clipcheck.screen import parse
+from clipcheck.screen import Verdict, compiled, parse
 from clipcheck.sources import source_lines
 
 # Cell magics whose body is IPython code (only their first line is the magic).
@@ -91,10 +91,13 @@ class Program:
                 "end_location": {"row": end[0], "column": end[1]}, "cell": cell}
 
 
-def _compile_error(text: str) -> tuple[str, int, int] | None:
+def _compile_error(text: str) -> Verdict | None:
     """Why ``text`` is not a cell Jupyter can compile, with its (line, column); None if it is."""
-    verdict = parse(text, "<cell>", ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
-    return verdict if isinstance(verdict, tuple) else None
+    code = compiled(text, "<cell>", ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+    if code is None:  # the compiler gave up (a null byte, deep nesting): the parser says why
+        verdict = parse(text, "<cell>", ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+        return verdict if isinstance(verdict, tuple) else None
+    return code if isinstance(code, tuple) else None
 
 
 def _dedented(lines: list[str]) -> list[str]:

@@ -52,30 +52,57 @@ EVENT_WORDS = frozenset({"scale", "update", "requires_grad", "requires_grad_", "
 FRAMEWORK_MEMBERS = frozenset({"automatic_optimization"})
 
 
+Verdict = tuple[str, int, int]  # why CPython refuses a text, and the (line, column) it names
+
+
 class Screened(NamedTuple):
     """What the screen decided: a syntax error; or nothing that can be found (``text`` is
     ``None``); or the text to analyse, with the statements that cannot matter blanked out
     (every line and column of the rest in place)."""
 
-    error: tuple[str, int, int] | None = None
+    error: Verdict | None = None
     text: str | None = None
 
 
-def parse(source: str, shown: str, flags: int = 0) -> ast.Module | tuple[str, int, int]:
+def _refused(error: SyntaxError) -> Verdict:
+    return f"syntax error: {error.msg}", error.lineno or 1, error.offset or 1
+
+
+def _compile(source: str, shown: str, flags: int) -> object:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # invalid escapes and the like: not ours to report
+        return compile(source, shown, "exec", flags, dont_inherit=True)
+
+
+def parse(source: str, shown: str, flags: int = 0) -> ast.Module | Verdict:
     """The module's tree, or CPython's verdict: a syntax error at its exact position, and a
     cheap refusal of pathological nesting (before LibCST's recursive parser sees it)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # invalid escapes and the like: not ours to report
-            tree = compile(source, shown, "exec", flags | ast.PyCF_ONLY_AST, dont_inherit=True)
+        tree = _compile(source, shown, flags | ast.PyCF_ONLY_AST)
     except SyntaxError as error:
-        return f"syntax error: {error.msg}", error.lineno or 1, error.offset or 1
+        return _refused(error)
     except RecursionError:  # (a MemoryError is the worker's: its limit, not the code's)
         return "the code nests too deeply to analyse", 1, 1
     except ValueError as error:  # e.g. a null byte
         return f"cannot be parsed: {error}", 1, 1
     assert isinstance(tree, ast.Module)
     return tree
+
+
+def compiled(source: str, shown: str, flags: int = 0) -> CodeType | Verdict | None:
+    """The module's code, or the syntax error CPython's compiler finds, which its parser alone
+    does not (``return`` outside a function, ``break`` outside a loop, a late ``from
+    __future__`` import): Python refuses to run such a file all the same. ``None`` where
+    the compiler gives up for another reason (deep nesting, a null byte): the parser's
+    verdict then decides."""
+    try:
+        code = _compile(source, shown, flags)
+    except SyntaxError as error:
+        return _refused(error)
+    except (ValueError, RecursionError, MemoryError):
+        return None
+    assert isinstance(code, CodeType)
+    return code
 
 
 @dataclass(eq=False)
@@ -285,17 +312,9 @@ def _code_names(code: CodeType, into: set[str]) -> None:
             into.update(c for c in constant if isinstance(c, str))
 
 
-def _compiled_names(source: str, shown: str) -> set[str] | None:
-    """The names of the compiled module, split at dots; ``None`` when CPython's compiler
-    refuses the text (the parser's verdict then decides). Compiling costs no more than
-    building the syntax tree, and reading the names of its code is far cheaper than walking
-    the tree."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # invalid escapes and the like: not ours to report
-            code = compile(source, shown, "exec", dont_inherit=True, optimize=0)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return None
+def _names(code: CodeType) -> set[str]:
+    """The names of compiled code, split at dots. Compiling costs no more than building the
+    syntax tree, and reading the names of its code is far cheaper than walking the tree."""
     names: set[str] = set()
     _code_names(code, names)
     return {part for name in names for part in name.split(".")}
@@ -407,15 +426,20 @@ def _blanked(source: str, statements: list[_Item], kept: list[bool]) -> str:
     return "".join(lines)
 
 
-def screen(source: str, shown: str, custom: frozenset[str] = frozenset()) -> Screened:
+def screen(source: str, shown: str, custom: frozenset[str] = frozenset(), *,
+           joined_cells: bool = False) -> Screened:
     """The screen's verdict on one program's text (``custom``: the last names of the project's
-    own vocabulary)."""
-    names = _compiled_names(source, shown)
-    if names is not None and not _might_find(names, custom):
+    own vocabulary). ``joined_cells``: the text is a notebook's cells joined, which the
+    compiler's own errors do not concern (each cell is compiled on its own, where a ``from
+    __future__`` import may open any cell and ``await`` stands at the top level)."""
+    code = compiled(source, shown)
+    if isinstance(code, CodeType) and not _might_find(_names(code), custom):
         return Screened()
     parsed = parse(source, shown)
     if isinstance(parsed, tuple):
         return Screened(error=parsed)
+    if isinstance(code, tuple) and not joined_cells:
+        return Screened(error=code)
     items = _items(parsed.body)
     aliases: dict[str, set[str]] = {}
     for item in items:

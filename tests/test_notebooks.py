@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from IPython.core.inputtransformer2 import TransformerManager
 
+from clipcheck.engine import analyse_source
 from clipcheck.notebooks import PYTHON_CELL_MAGICS, CellError, _masked, program
 
 FLAGS = ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
@@ -311,6 +312,24 @@ def test_a_null_byte_is_an_error_of_its_cell() -> None:
     nb = program(notebook(("code", "x = 1\n"), ("code", "y = '\0'\n")))
     assert [(e.cell, e.line) for e in nb.errors] == [(2, 1)]
     assert nb.text == "x = 1\n\n"
+
+
+def test_an_error_only_the_compiler_finds_is_an_error_of_its_cell() -> None:
+    nb = program(notebook(("code", "import torch\n"), ("code", "x = 1\nreturn x\n"), ("code", "y = 2\n")))
+    assert nb.errors == [CellError(2, 2, 1, "syntax error: 'return' outside function")]
+    assert nb.text == "import torch\n\n\ny = 2\n"
+
+
+def test_what_ipython_compiles_cell_by_cell_is_no_error() -> None:
+    """A ``from __future__`` import opening a later cell, ``await`` and ``async for`` at the
+    top level: errors in a file, not in a notebook, whose cells are compiled one by one with
+    top-level ``await`` allowed."""
+    cells = ["import asyncio\nx = await asyncio.sleep(0)\n", "from __future__ import annotations\nimport os\n",
+             "async for item in stream():\n    print(item)\n"]
+    nb = program(notebook(*(("code", cell) for cell in cells)))
+    assert nb.errors == []
+    assert analyse_source(nb.text, "nb.ipynb", joined_cells=True) == []
+    assert [f.code for f in analyse_source(nb.text, "nb.py")] == ["CC000"]
 
 
 def test_the_command_reports_the_broken_cell_and_still_the_training_mistake(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ programs that mix training code with code that only looks like it."""
 
 from __future__ import annotations
 
+import ast
 import random
 import subprocess
 import sys
@@ -314,6 +315,28 @@ def test_the_screen_leaves_out_definitions_that_cannot_matter() -> None:
 def test_the_screen_reports_syntax_errors_where_cpython_does() -> None:
     found = analyse_source("import os\n\ndef f(:\n    pass\n", "x.py")
     assert [(f.code, f.line, f.column) for f in found] == [("CC000", 3, 7)]
+
+
+# Texts CPython's parser accepts and its compiler refuses: Python runs none of them.
+COMPILER_ERRORS = [
+    "import torch\n\nreturn 3\n",
+    "for batch in loader:\n    loss.backward()\n    opt.step()\nbreak\n",
+    "x = 1\nfrom __future__ import annotations\n",
+    "nonlocal total\n",
+    "def train(opt):\n    opt.step()\n    global opt\n",
+    "await loader.next()\n",
+    "async def batches():\n    yield 1\n    return 2\n",
+]
+
+
+@pytest.mark.parametrize("text", COMPILER_ERRORS)
+def test_errors_only_the_compiler_finds_are_reported_where_cpython_puts_them(text: str) -> None:
+    ast.parse(text)  # the parser accepts it
+    with pytest.raises(SyntaxError) as refused:
+        compile(text, "x.py", "exec", dont_inherit=True)
+    found = analyse_source(text, "x.py")
+    assert [(f.code, f.line, f.column, f.message) for f in found] == [
+        ("CC000", refused.value.lineno, refused.value.offset, f"syntax error: {refused.value.msg}")]
 
 
 def test_the_words_cover_the_vocabulary() -> None:
