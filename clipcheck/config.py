@@ -342,7 +342,10 @@ def _line_of(text: str, key: tuple[str, ...], value: str | None) -> int | None:
     inside = False  # in ``key``'s value, which may hold ``value``
     quoted = (json.dumps(value), f"'{value}'") if value is not None else ()
     for number, line in enumerate(text.splitlines(), start=1):
-        named = _named(line, table)
+        try:
+            named = _named(line, table)
+        except ValueError:  # a quoted key with an escape JSON does not know (TOML's ``\U``)
+            continue
         if named is not None:
             if inside:
                 break

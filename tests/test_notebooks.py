@@ -324,7 +324,8 @@ def test_what_ipython_compiles_cell_by_cell_is_no_error() -> None:
     """A ``from __future__`` import opening a later cell, ``await`` and ``async for`` at the
     top level: errors in a file, not in a notebook, whose cells are compiled one by one with
     top-level ``await`` allowed."""
-    cells = ["import asyncio\nx = await asyncio.sleep(0)\n", "from __future__ import annotations\nimport os\n",
+    cells = ["import asyncio\nx = await asyncio.sleep(0)\n",
+             "from __future__ import annotations\nimport os\n",
              "async for item in stream():\n    print(item)\n"]
     nb = program(notebook(*(("code", cell) for cell in cells)))
     assert nb.errors == []
