@@ -6,6 +6,8 @@ every path and decides CC101, CC102, CC103, CC104, CC201, CC202 and CC203 from t
 definitions. Part B: random text, mutated fixtures and pathological nesting never crash
 ``analyse_source``; what cannot be parsed comes back as CC000. Part C: the configuration's
 pre-scan of a pyproject.toml never passes over one that tomllib reads a ``[tool.clipcheck]`` in.
+Part D: the nodes a graph finds on its own loops (all at once) are those a search from each
+node comes back to.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from reference_interpreter import (
 from clipcheck.config import _names_us
 from clipcheck.engine import analyse_source
 from clipcheck.findings import Finding
+from clipcheck.static.cfg import Cfg, Edge, Node
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
@@ -402,3 +405,19 @@ def test_the_pyproject_pre_scan_passes_over_files_that_only_name_clipcheck() -> 
                          '[project.scripts]\nclipcheck = "clipcheck.cli:main"\n'
                          '[project.optional-dependencies]\ndev = [\n  "clipcheck",\n  "ruff",\n]\n'
                          '[tool.ruff]\nline-length = 100\n')
+
+
+# -- Part D: the nodes on the unit's own loops ------------------------------------------------------
+@st.composite
+def graphs(draw: st.DrawFn) -> Cfg:
+    size = draw(st.integers(1, 12))
+    nodes = [Node(i, succs=[(s, Edge.FORWARD) for s in draw(st.lists(st.integers(0, size - 1), max_size=3))])
+             for i in range(size)]
+    return Cfg(nodes, 0, draw(st.integers(0, size - 1)), frozenset(), {}, frozenset(), frozenset(), {}, {})
+
+
+@deterministic(1500)
+@given(graphs())
+def test_the_own_loops_are_the_nodes_a_search_comes_back_to(cfg: Cfg) -> None:
+    searched = {n.id for n in cfg.nodes if n.id in cfg.reachable_from(n.id, through_exit=False)}
+    assert cfg.on_own_loops() == searched

@@ -136,9 +136,51 @@ class Cfg(NamedTuple):
             header = self.loop_parent.get(header)
         return found
 
-    def in_own_loop(self, node: int) -> bool:
-        """Whether ``node`` runs again in a loop of the unit's own source."""
-        return node in self.reachable_from(node, through_exit=False)
+    def on_own_loops(self) -> set[int]:
+        """The nodes that run again in a loop of the unit's own source: those on a cycle that
+        does not pass the exit (round the iteration an unseen caller closes). Found at once,
+        as the strongly connected components (Tarjan's, without recursion), where a search
+        from each event would cost the square of a long function."""
+        index: dict[int, int] = {}
+        low: dict[int, int] = {}
+        stack: list[int] = []
+        on_stack: set[int] = set()
+        cyclic: set[int] = set()
+        successors = [[] if n.id == self.exit else [s for s, _ in n.succs] for n in self.nodes]
+        for root in range(len(self.nodes)):
+            if root in index:
+                continue
+            work = [(root, 0)]
+            while work:
+                node, position = work.pop()
+                if position == 0:
+                    index[node] = low[node] = len(index)
+                    stack.append(node)
+                    on_stack.add(node)
+                if position < len(successors[node]):
+                    work.append((node, position + 1))
+                    successor = successors[node][position]
+                    if successor not in index:
+                        work.append((successor, 0))
+                    elif successor in on_stack:
+                        low[node] = min(low[node], index[successor])
+                    continue
+                if low[node] == index[node]:
+                    component = []
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        component.append(member)
+                        if member == node:
+                            break
+                    if len(component) > 1 or node in successors[node]:
+                        cyclic.update(component)
+                if work:
+                    parent = work[-1][0]
+                    low[parent] = min(low[parent], low[node])
+        if self.exit in self.reachable_from(self.exit, through_exit=False):  # a search starts past it
+            cyclic.add(self.exit)
+        return cyclic
 
 
 Frontier = list[int]

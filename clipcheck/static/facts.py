@@ -27,6 +27,7 @@ class UnitFacts:
     # The backward passes whose loss visibly flows into each optimizer's parameters.
     reached: dict[str, frozenset[int]] = field(default_factory=dict)
     _reachable: dict[int, set[int]] = field(default_factory=dict)
+    _own_loops: set[int] | None = None
 
     def event(self, node: int) -> Event:
         event = self.cfg.nodes[node].event
@@ -84,6 +85,12 @@ class UnitFacts:
     def line(self, node: int) -> int:
         """The line of the event at ``node`` itself (inside a helper when it was expanded)."""
         return self.line_of(self.event(node).node)
+
+    def in_own_loop(self, node: int) -> bool:
+        """Whether the event at ``node`` runs again in a loop of the unit's own source."""
+        if self._own_loops is None:
+            self._own_loops = self.cfg.on_own_loops()
+        return node in self._own_loops
 
     def reachable_from(self, node: int) -> set[int]:
         if node not in self._reachable:

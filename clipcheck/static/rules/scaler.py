@@ -177,7 +177,7 @@ class MissingScalerUpdate(Rule):
         cfg = facts.cfg
         missing: dict[int | None, tuple[int, Event]] = {}  # per loop: its last update-less step
         for node, event, _, reaching in _through_scaler(facts, EventKind.STEP, EventKind.UNSCALE):
-            if not cfg.in_own_loop(node):
+            if not facts.in_own_loop(node):
                 continue
             states = [s for s in reaching if s.stage is Stage.STEPPED and s.looped and not s.guessed]
             for stepped in origins(states, "stage_at"):
