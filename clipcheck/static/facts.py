@@ -9,7 +9,7 @@ import libcst as cst
 
 from clipcheck.static.cfg import Cfg
 from clipcheck.static.dataflow import OptState, ParamsState, Strength
-from clipcheck.static.events import Event, EventKind
+from clipcheck.static.events import Amp, Event, EventKind
 from clipcheck.static.names import ModuleNames
 
 
@@ -28,6 +28,8 @@ class UnitFacts:
     reached: dict[str, frozenset[int]] = field(default_factory=dict)
     _reachable: dict[int, set[int]] = field(default_factory=dict)
     _own_loops: set[int] | None = None
+    _events: list[tuple[int, Event]] | None = None
+    _concerned: dict[tuple[EventKind, Amp], frozenset[str]] = field(default_factory=dict)
 
     def event(self, node: int) -> Event:
         event = self.cfg.nodes[node].event
@@ -35,9 +37,19 @@ class UnitFacts:
         return event
 
     def events(self, *kinds: EventKind) -> Iterator[tuple[int, Event]]:
-        for node, event in self.cfg.events():
+        if self._events is None:
+            self._events = self.cfg.events()
+        for node, event in self._events:
             if event.kind in kinds:
                 yield node, event
+
+    def concerned(self, kind: EventKind, amp: Amp) -> frozenset[str]:
+        """The optimizers some event of ``kind`` made through ``amp`` concerns (surely or
+        maybe), found once per unit: rules ask it of every event."""
+        if (kind, amp) not in self._concerned:
+            self._concerned[kind, amp] = frozenset(
+                k for n, e in self.events(kind) if e.amp is amp for k in self.targets.get(n, {}))
+        return self._concerned[kind, amp]
 
     @property
     def widened(self) -> bool:

@@ -38,6 +38,7 @@ class FixPlanner:
         self.positions = positions
         self.text = text  # the module's own
         self._parents: dict[cst.CSTNode, cst.CSTNode] | None = None
+        self._orders: dict[int, dict[int, int]] = {}
 
     @cached_property
     def lines(self) -> list[str]:
@@ -67,9 +68,23 @@ class FixPlanner:
         block = self._parent(line)
         return (line, block) if block is not None else None
 
+    def _order(self, block: cst.CSTNode) -> dict[int, int]:
+        """Where each statement of ``block`` stands in it, by identity, found once per block
+        (a node compares through a Python call: searching a long block for each move costs
+        its square)."""
+        order = self._orders.get(id(block))
+        if order is None:
+            order = self._orders[id(block)] = {id(s): i for i, s in enumerate(getattr(block, "body", ()))}
+        return order
+
     def _rows(self, node: cst.CSTNode) -> tuple[int, int]:
         where = self.positions[node]
         return where.start.line, where.end.line
+
+    @cached_property
+    def _scales(self) -> bool:
+        """Whether the module's text mentions loss scaling anywhere."""
+        return any(word in self.code for word in SCALING)
 
     def _plain(self, anchor: Event) -> bool:
         """``loss.backward()`` or ``optimizer.step()`` in a module without loss scaling: next to
@@ -79,7 +94,7 @@ class FixPlanner:
         if not isinstance(call, cst.Call) or any(a.keyword is None for a in call.args):
             return False
         receiver = call.func.value if isinstance(call.func, cst.Attribute) else None
-        return not isinstance(receiver, cst.Call) and not any(word in self.code for word in SCALING)
+        return not isinstance(receiver, cst.Call) and not self._scales
 
     def move(self, clip: Event, anchor: Event, after: bool) -> dict[str, object] | None:
         """Move the clip's line to just after (``after``) or just before its anchor's line,
@@ -89,10 +104,9 @@ class FixPlanner:
         found, target = self._statement(clip), self._statement(anchor)
         if found is None or target is None or found[1] is not target[1]:
             return None
-        body = list(getattr(found[1], "body", ()))
-        if found[0] not in body or target[0] not in body:
-            return None
-        if (body.index(found[0]) < body.index(target[0])) != after:
+        order = self._order(found[1])
+        mine, theirs = order.get(id(found[0])), order.get(id(target[0]))
+        if mine is None or theirs is None or (mine < theirs) != after:
             return None
         first, last = self._rows(found[0])
         anchor_first, anchor_last = self._rows(target[0])

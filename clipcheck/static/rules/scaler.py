@@ -34,8 +34,7 @@ def _never(facts: UnitFacts, key: str, kind: EventKind, amp: Amp = Amp.SCALER) -
     """No event of ``kind`` through the scaler (``unscale_``, ``scaler.step``) concerns the
     optimizer ``key`` anywhere in the unit: a path that scales has no configuration in which
     the code unscales or steps through the scaler."""
-    return not any(e.amp is amp and facts.targets.get(n, {}).get(key) is not None
-                   for n, e in facts.events(kind))
+    return key not in facts.concerned(kind, amp)
 
 
 def _some_path(facts: UnitFacts, node: int, test: Callable[[OptState], bool], kind: EventKind) -> bool:
