@@ -286,12 +286,18 @@ _PREFIXES = ((), _OURS[:1])  # the tables whose keys can start clipcheck's
 _BRACKETS = r"""(?:"(?:[^"\\]|\\.)*"|'[^']*'|#.*)|([\[{])|([\]}])"""
 
 
-def _toml(path: Path, text: str) -> dict[str, Any]:
-    """A configuration file's TOML."""
+def _tomllib() -> Any:
+    """The TOML parser, imported where a file needs it."""
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover - exercised on Python 3.10 only
         import tomli as tomllib
+    return tomllib
+
+
+def _toml(path: Path, text: str) -> dict[str, Any]:
+    """A configuration file's TOML."""
+    tomllib = _tomllib()
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
@@ -320,7 +326,16 @@ _ASSIGNMENT = rf"\s*({_KEY_PART}(?:\s*\.\s*{_KEY_PART})*)\s*="
 
 def _parts(dotted: str) -> tuple[str, ...]:
     """``tool."clipcheck"`` as ``("tool", "clipcheck")``."""
-    return tuple(json.loads(p) if p[0] == '"' else p.strip("'") for p in re.findall(_KEY_PART, dotted))
+    return tuple(_quoted(p) if p[0] == '"' else p.strip("'") for p in re.findall(_KEY_PART, dotted))
+
+
+def _quoted(key: str) -> str:
+    """A quoted key's name: JSON reads every escape of TOML's but ``\\U`` (eight digits), for
+    which TOML's parser reads it. Raises ``ValueError`` for a key TOML does not allow."""
+    try:
+        return str(json.loads(key))
+    except ValueError:
+        return str(_tomllib().loads(f"k = {key}")["k"])
 
 
 def _named(line: str, table: tuple[str, ...]) -> tuple[tuple[str, ...], bool] | None:
@@ -344,7 +359,7 @@ def _line_of(text: str, key: tuple[str, ...], value: str | None) -> int | None:
     for number, line in enumerate(text.splitlines(), start=1):
         try:
             named = _named(line, table)
-        except ValueError:  # a quoted key with an escape JSON does not know (TOML's ``\U``)
+        except ValueError:  # a key TOML does not allow: a line inside a multi-line string
             continue
         if named is not None:
             if inside:

@@ -52,11 +52,12 @@ class Report:
 
 
 def analyse_source(source: str, shown: str, rules: Sequence[str] | None = None,
-                   custom: Vocabulary = NO_CUSTOM_VOCABULARY, joined_cells: bool = False) -> list[Finding]:
+                   custom: Vocabulary = NO_CUSTOM_VOCABULARY, runs_as_a_file: bool = True) -> list[Finding]:
     """Findings for one program's text (syntax errors included, as CC000), by the rules whose
-    codes ``rules`` lists (all by default); ``joined_cells``: a notebook's program. LibCST and
-    the analysis are imported only for a text the screen lets through."""
-    screened = screen(source, shown, custom.words, joined_cells=joined_cells)
+    codes ``rules`` lists (all by default); ``runs_as_a_file``: not a stub nor a notebook's
+    cells joined (:func:`clipcheck.screen.screen`). LibCST and the analysis are imported only
+    for a text the screen lets through."""
+    screened = screen(source, shown, custom.words, runs_as_a_file=runs_as_a_file)
     if screened.error is not None:
         return [unanalysable(shown, *screened.error)]
     if screened.text is None or rules == ():
@@ -247,7 +248,7 @@ def run_task(task: Task) -> Outcome:
     """A worker's job: one source's findings (or its CC000), suppressions applied; with
     fixing, after its fixes (standard input is never rewritten)."""
     analyse = functools.partial(analyse_source, shown=task.shown, rules=task.rules, custom=task.custom,
-                                joined_cells=task.notebook)
+                                runs_as_a_file=not (task.notebook or task.shown.endswith(".pyi")))
     fixed, diff = 0, None
     unused = task.report_unused
     checker = (functools.partial(_check_notebook, shown=task.shown, analyse=analyse, report_unused=unused)

@@ -9,7 +9,6 @@ compiles each cell alone, so the other cells still run, and are still analysed."
 
 from __future__ import annotations
 
-import ast
 import functools
 import json
 import re
@@ -17,7 +16,7 @@ import textwrap
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from clipcheck.screen import Verdict, compiled, parse
+from clipcheck.screen import cell_error
 from clipcheck.sources import source_lines
 
 # Cell magics whose body is IPython code (only their first line is the magic).
@@ -91,15 +90,6 @@ class Program:
                 "end_location": {"row": end[0], "column": end[1]}, "cell": cell}
 
 
-def _compile_error(text: str) -> Verdict | None:
-    """Why ``text`` is not a cell Jupyter can compile, with its (line, column); None if it is."""
-    code = compiled(text, "<cell>", ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
-    if code is None:  # the compiler gave up (a null byte, deep nesting): the parser says why
-        verdict = parse(text, "<cell>", ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
-        return verdict if isinstance(verdict, tuple) else None
-    return code if isinstance(code, tuple) else None
-
-
 def _dedented(lines: list[str]) -> list[str]:
     """The lines without the indentation they all share (blank lines left as they are)."""
     dedented = textwrap.dedent("\n".join(lines)).split("\n") if lines else []
@@ -137,7 +127,7 @@ def _timed(line: str, start: int, continuation: list[str]) -> str | None:
     position, after_option = start, False
     while True:
         code = len(line) - len(line[position:].lstrip())
-        if _compile_error("pass;" + line[code:] + tail) is None:
+        if cell_error("pass;" + line[code:] + tail) is None:
             return line[:indent] + "pass;" + " " * (code - indent - 5) + line[code:]
         word = (line[code:].split(maxsplit=1) or [""])[0]
         if not word or not (word.startswith("-") or after_option):
@@ -307,7 +297,7 @@ def program(text: str) -> Program:
         original = source_lines(source)
         originals[number] = original
         masked = _masked(original)
-        failure = _compile_error("\n".join(masked) + "\n")
+        failure = cell_error("\n".join(masked) + "\n")
         if failure is not None:
             message, line, offset = failure
             line = min(max(line, 1), max(len(original), 1))

@@ -68,10 +68,11 @@ def _refused(error: SyntaxError) -> Verdict:
     return f"syntax error: {error.msg}", error.lineno or 1, error.offset or 1
 
 
-def _compile(source: str, shown: str, flags: int) -> object:
+def _compile(source: str | ast.Module, shown: str, flags: int) -> object:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # invalid escapes and the like: not ours to report
-        return compile(source, shown, "exec", flags, dont_inherit=True)
+        # ``optimize=0`` whatever ``-O`` says: an ``assert``'s calls must stay among the names.
+        return compile(source, shown, "exec", flags, dont_inherit=True, optimize=0)
 
 
 def parse(source: str, shown: str, flags: int = 0) -> ast.Module | Verdict:
@@ -89,20 +90,39 @@ def parse(source: str, shown: str, flags: int = 0) -> ast.Module | Verdict:
     return tree
 
 
-def compiled(source: str, shown: str, flags: int = 0) -> CodeType | Verdict | None:
+def compiled(source: str, shown: str) -> CodeType | Verdict | None:
     """The module's code, or the syntax error CPython's compiler finds, which its parser alone
     does not (``return`` outside a function, ``break`` outside a loop, a late ``from
     __future__`` import): Python refuses to run such a file all the same. ``None`` where
     the compiler gives up for another reason (deep nesting, a null byte): the parser's
     verdict then decides."""
     try:
-        code = _compile(source, shown, flags)
+        code = _compile(source, shown, 0)
     except SyntaxError as error:
         return _refused(error)
     except (ValueError, RecursionError, MemoryError):
         return None
     assert isinstance(code, CodeType)
     return code
+
+
+def cell_error(source: str) -> Verdict | None:
+    """Why a notebook's cell (its magics masked) is not one IPython runs, or ``None``. IPython
+    compiles each top-level statement of a cell on its own, with ``await`` allowed at the top:
+    a ``from __future__`` import after another statement, or ``global x`` after ``x = 1``,
+    is no error there, while ``return`` or ``break`` at the top still is."""
+    flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+    tree = parse(source, "<cell>", flags)
+    if isinstance(tree, tuple):
+        return tree
+    for statement in tree.body:
+        try:
+            _compile(ast.Module([statement], []), "<cell>", flags)
+        except SyntaxError as error:
+            return _refused(error)
+        except (ValueError, RecursionError, MemoryError):
+            return None  # the parser accepted it: nothing more to say
+    return None
 
 
 @dataclass(eq=False)
@@ -427,18 +447,18 @@ def _blanked(source: str, statements: list[_Item], kept: list[bool]) -> str:
 
 
 def screen(source: str, shown: str, custom: frozenset[str] = frozenset(), *,
-           joined_cells: bool = False) -> Screened:
+           runs_as_a_file: bool = True) -> Screened:
     """The screen's verdict on one program's text (``custom``: the last names of the project's
-    own vocabulary). ``joined_cells``: the text is a notebook's cells joined, which the
-    compiler's own errors do not concern (each cell is compiled on its own, where a ``from
-    __future__`` import may open any cell and ``await`` stands at the top level)."""
+    own vocabulary). The compiler's own errors count only where the text ``runs_as_a_file``:
+    not a stub (never run) nor a notebook's cells joined (IPython compiles each statement of
+    a cell on its own, with ``await`` allowed at the top: :func:`cell_error`)."""
     code = compiled(source, shown)
     if isinstance(code, CodeType) and not _might_find(_names(code), custom):
         return Screened()
     parsed = parse(source, shown)
     if isinstance(parsed, tuple):
         return Screened(error=parsed)
-    if isinstance(code, tuple) and not joined_cells:
+    if isinstance(code, tuple) and runs_as_a_file:
         return Screened(error=code)
     items = _items(parsed.body)
     aliases: dict[str, set[str]] = {}

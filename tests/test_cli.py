@@ -182,6 +182,17 @@ def test_fixture_tree_as_ci_sees_it() -> None:
     json.dumps(findings)
 
 
+def test_a_stub_is_held_to_the_parser_only(tmp_path: Path) -> None:
+    """A ``.pyi`` file is never run: a type checker only parses it, and so does clipcheck; the
+    same text in a ``.py`` file is a syntax error Python raises before running it."""
+    write(tmp_path, "api.pyi", "def f() -> int: ...\nreturn\n")
+    write(tmp_path, "api.py", "def f() -> int: ...\nreturn\n")
+    code, findings = run_json(cwd=tmp_path)
+    assert code == 2
+    assert [(f["path"], f["code"], f["line"], f["message"]) for f in findings] == [
+        ("api.py", "CC000", 2, "syntax error: 'return' outside function")]
+
+
 def test_long_chains_of_branches_and_helpers_stay_linear(tmp_path: Path) -> None:
     """Joins must not multiply paths: 200 one-armed ifs and a deep helper chain."""
     ifs = "".join(f"        if x > {i}:\n            pass\n" for i in range(200))

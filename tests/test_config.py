@@ -73,9 +73,14 @@ def test_a_file_in_a_subfolder_is_named_from_the_current_folder(tmp_path: Path) 
     ('[tool.clipcheck]\n# selekt = 1\n\n[tool.clipcheck.vocabulary]\nclip = []\n',
      ("tool", "clipcheck", "vocabulary", "step"), None, 4),
     ("[tool.other]\nselect = []\n", ("tool", "clipcheck", "select"), None, None),
-    # TOML spells a character ``\U0001F600`` where JSON cannot: that key is passed over.
+    # TOML spells a character ``\U0001F600`` where JSON cannot: TOML's parser reads that key.
     ('[tool.x]\n"\\U0001F600" = 1\n[tool.clipcheck]\nselect = ["A"]\n',
      ("tool", "clipcheck", "select"), "A", 4),
+    ('["\\U0001F600"]\ntool.clipcheck.selekt = 1\n[tool.clipcheck]\nselekt = 2\n',
+     ("tool", "clipcheck", "selekt"), None, 4),
+    # A line in a multi-line string that reads as a key TOML does not allow.
+    ('[tool.clipcheck]\ndoc = \"\"\"\n"\\q" = 1\n\"\"\"\nselekt = 2\n',
+     ("tool", "clipcheck", "selekt"), None, 5),
 ])
 def test_the_line_of_a_key_or_of_its_value(text: str, key: tuple[str, ...], value: str | None,
                                            line: int | None) -> None:

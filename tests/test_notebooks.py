@@ -320,16 +320,21 @@ def test_an_error_only_the_compiler_finds_is_an_error_of_its_cell() -> None:
     assert nb.text == "import torch\n\n\ny = 2\n"
 
 
-def test_what_ipython_compiles_cell_by_cell_is_no_error() -> None:
-    """A ``from __future__`` import opening a later cell, ``await`` and ``async for`` at the
-    top level: errors in a file, not in a notebook, whose cells are compiled one by one with
-    top-level ``await`` allowed."""
-    cells = ["import asyncio\nx = await asyncio.sleep(0)\n",
-             "from __future__ import annotations\nimport os\n",
-             "async for item in stream():\n    print(item)\n"]
-    nb = program(notebook(*(("code", cell) for cell in cells)))
+# Cells IPython runs though a file could not be: it compiles each top-level statement of a cell
+# on its own, with ``await`` allowed at the top (a magic is masked to ``pass``).
+IPYTHON_ONLY_CELLS = [
+    "import asyncio\nx = await asyncio.sleep(0)\n",
+    "async for item in stream():\n    print(item)\n",
+    "%matplotlib inline\nfrom __future__ import print_function, division\nimport os\n",
+    "x = 1\nfrom __future__ import annotations\n",
+    "y = 1\nglobal y\n",
+]
+
+
+def test_what_ipython_runs_statement_by_statement_is_no_error() -> None:
+    nb = program(notebook(*(("code", cell) for cell in IPYTHON_ONLY_CELLS)))
     assert nb.errors == []
-    assert analyse_source(nb.text, "nb.ipynb", joined_cells=True) == []
+    assert analyse_source(nb.text, "nb.ipynb", runs_as_a_file=False) == []
     assert [f.code for f in analyse_source(nb.text, "nb.py")] == ["CC000"]
 
 

@@ -5,6 +5,7 @@ programs that mix training code with code that only looks like it."""
 from __future__ import annotations
 
 import ast
+import os
 import random
 import subprocess
 import sys
@@ -337,6 +338,17 @@ def test_errors_only_the_compiler_finds_are_reported_where_cpython_puts_them(tex
     found = analyse_source(text, "x.py")
     assert [(f.code, f.line, f.column, f.message) for f in found] == [
         ("CC000", refused.value.lineno, refused.value.offset, f"syntax error: {refused.value.msg}")]
+
+
+def test_the_screen_reads_the_names_of_asserts_under_python_o() -> None:
+    """``python -O`` drops asserts from compiled code: the screen compiles without that."""
+    text = ("import torch\n\n\ndef check(model):\n"
+            "    assert torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=0.0) >= 0\n")
+    script = ("from clipcheck.engine import analyse_source\n"
+              f"print([f.code for f in analyse_source({text!r}, 'x.py')])\n")
+    run = subprocess.run([sys.executable, "-O", "-c", script], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert run.stdout.strip() == "['CC301']"
 
 
 def test_the_words_cover_the_vocabulary() -> None:
