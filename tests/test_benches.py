@@ -100,3 +100,13 @@ def test_static_speed_shows_progress_and_removes_its_worktree_when_killed(tmp_pa
         bench.kill()
     assert git(project, "worktree", "list").stdout.count("\n") == 1
     assert lines[:2] == [f"copying the Python files of {tmp_path / 'target'}...\n", "checking out HEAD...\n"]
+
+
+def test_the_long_units_bench_measures_every_shape_at_two_lengths(capsys: pytest.CaptureFixture[str]) -> None:
+    long_units = load_bench("long_units")
+    assert long_units.main(["--blocks", "2", "--rounds", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:2] == ["shape", "2"]
+    assert [line.split("  ")[0] for line in out[1:-1]] == list(long_units.SHAPES)
+    for shape in long_units.SHAPES:
+        compile(long_units.source(shape, 3), shape, "exec")  # each shape is valid Python
