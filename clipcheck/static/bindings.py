@@ -130,6 +130,8 @@ class Bindings:
         self._returned: dict[str, list[tuple[Binding, ...]]] = {}
         self._owners: dict[tuple[int, int, int], frozenset[str]] = {}
         self._flows: dict[tuple[int, int, int], frozenset[str]] = {}
+        self._through: dict[tuple[int, int, int], tuple[Binding, frozenset[str]]] = {}
+        self._constructors: dict[int, tuple[Binding, tuple[str, ...]]] = {}
         self._optimized: dict[int, frozenset[str]] = {}
 
     def optimized(self, scope: Scope) -> frozenset[str]:
@@ -299,8 +301,8 @@ class Bindings:
                 if key is not None:
                     found.add(key)
                     binding = scope.lookup(key) if scope is not None and depth < 3 else None
-                    for value in binding.values if binding is not None else ():
-                        found |= self.flows_from(value, scope, depth + 1)
+                    if binding is not None and scope is not None:
+                        found |= self._flows_through(binding, scope, depth + 1)
                     if isinstance(node, cst.Attribute):
                         stack.append(node.value)
                     continue
@@ -308,6 +310,28 @@ class Bindings:
         result = frozenset(found)
         self._flows[memo_key] = result
         return result
+
+    def constructors(self, binding: Binding) -> tuple[str, ...]:
+        """The names called to make a binding's values (``Wrapper(opt)``: ``Wrapper``), in
+        order, found once per binding (kept with it, as in :meth:`_flows_through`)."""
+        cached = self._constructors.get(id(binding))
+        if cached is None or cached[0] is not binding:
+            names = tuple(v.func.value for v in binding.values
+                          if isinstance(v, cst.Call) and isinstance(v.func, cst.Name))
+            cached = self._constructors[id(binding)] = (binding, names)
+        return cached[1]
+
+    def _flows_through(self, binding: Binding, scope: Scope, depth: int) -> frozenset[str]:
+        """What all of a binding's values are computed from, found once per binding: a name
+        assigned in each of many iterations of one long function would otherwise have every
+        value joined again at each of its uses. The binding is kept with its result, so that
+        its ``id`` is not another's while cached."""
+        key = (id(binding), id(scope), depth)
+        cached = self._through.get(key)
+        if cached is None or cached[0] is not binding:
+            flows = frozenset().union(*(self.flows_from(value, scope, depth) for value in binding.values))
+            cached = self._through[key] = (binding, flows)
+        return cached[1]
 
     def owners(self, expr: cst.CSTNode, scope: Scope | None, depth: int = 0) -> frozenset[str]:
         """The modules whose ``.parameters()`` flow into ``expr`` (through local names too).

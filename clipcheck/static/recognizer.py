@@ -984,16 +984,14 @@ class Recognizer:
         _, binding = self.binding(receiver)  # a parameter: what its caller passed
         if binding is None:
             return None
-        for value in binding.values:
-            if isinstance(value, cst.Call) and isinstance(value.func, cst.Name):
-                if method in OPTIMIZER_METHODS and self.bindings.is_optimizer_subclass(value.func.value):
-                    return None
-                cls = self.names.classes.get(value.func.value)
-                body = statements(cls.body) if cls is not None else ()
-                found = next(
-                    (f for f in body if isinstance(f, cst.FunctionDef) and f.name.value == method), None)
-                if found is not None:
-                    return found
+        for name in self.bindings.constructors(binding):
+            if method in OPTIMIZER_METHODS and self.bindings.is_optimizer_subclass(name):
+                return None
+            cls = self.names.classes.get(name)
+            body = statements(cls.body) if cls is not None else ()
+            found = next((f for f in body if isinstance(f, cst.FunctionDef) and f.name.value == method), None)
+            if found is not None:
+                return found
         return None
 
     def _only_method(self, receiver: cst.BaseExpression, method: str) -> cst.FunctionDef | None:
