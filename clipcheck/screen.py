@@ -90,14 +90,14 @@ def parse(source: str, shown: str, flags: int = 0) -> ast.Module | Verdict:
     return tree
 
 
-def compiled(source: str, shown: str) -> CodeType | Verdict | None:
+def compiled(source: str | ast.Module, shown: str, flags: int = 0) -> CodeType | Verdict | None:
     """The module's code, or the syntax error CPython's compiler finds, which its parser alone
     does not (``return`` outside a function, ``break`` outside a loop, a late ``from
     __future__`` import): Python refuses to run such a file all the same. ``None`` where
     the compiler gives up for another reason (deep nesting, a null byte): the parser's
     verdict then decides."""
     try:
-        code = _compile(source, shown, 0)
+        code = _compile(source, shown, flags)
     except SyntaxError as error:
         return _refused(error)
     except (ValueError, RecursionError, MemoryError):
@@ -116,12 +116,9 @@ def cell_error(source: str) -> Verdict | None:
     if isinstance(tree, tuple):
         return tree
     for statement in tree.body:
-        try:
-            _compile(ast.Module([statement], []), "<cell>", flags)
-        except SyntaxError as error:
-            return _refused(error)
-        except (ValueError, RecursionError, MemoryError):
-            return None  # the parser accepted it: nothing more to say
+        code = compiled(ast.Module([statement], []), "<cell>", flags)
+        if not isinstance(code, CodeType):
+            return code  # the compiler's error, or ``None``: it gave up where the parser did not
     return None
 
 

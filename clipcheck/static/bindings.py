@@ -4,9 +4,9 @@ whose parameters flow into them, derived from a module's assignments."""
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import libcst as cst
 
@@ -21,6 +21,9 @@ from clipcheck.static.syntax import (
     returns,
     statements,
 )
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 
 
 class Kind(enum.Enum):
@@ -313,25 +316,21 @@ class Bindings:
 
     def constructors(self, binding: Binding) -> tuple[str, ...]:
         """The names called to make a binding's values (``Wrapper(opt)``: ``Wrapper``), in
-        order, found once per binding (kept with it, as in :meth:`_flows_through`)."""
-        cached = self._constructors.get(id(binding))
-        if cached is None or cached[0] is not binding:
-            names = tuple(v.func.value for v in binding.values
-                          if isinstance(v, cst.Call) and isinstance(v.func, cst.Name))
-            cached = self._constructors[id(binding)] = (binding, names)
-        return cached[1]
+        order, found once per binding."""
+        def called() -> tuple[str, ...]:
+            return tuple(v.func.value for v in binding.values
+                         if isinstance(v, cst.Call) and isinstance(v.func, cst.Name))
+
+        return _per_binding(self._constructors, id(binding), binding, called)
 
     def _flows_through(self, binding: Binding, scope: Scope, depth: int) -> frozenset[str]:
         """What all of a binding's values are computed from, found once per binding: a name
         assigned in each of many iterations of one long function would otherwise have every
-        value joined again at each of its uses. The binding is kept with its result, so that
-        its ``id`` is not another's while cached."""
-        key = (id(binding), id(scope), depth)
-        cached = self._through.get(key)
-        if cached is None or cached[0] is not binding:
-            flows = frozenset().union(*(self.flows_from(value, scope, depth) for value in binding.values))
-            cached = self._through[key] = (binding, flows)
-        return cached[1]
+        value joined again at each of its uses."""
+        def flows() -> frozenset[str]:
+            return frozenset().union(*(self.flows_from(value, scope, depth) for value in binding.values))
+
+        return _per_binding(self._through, (id(binding), id(scope), depth), binding, flows)
 
     def owners(self, expr: cst.CSTNode, scope: Scope | None, depth: int = 0) -> frozenset[str]:
         """The modules whose ``.parameters()`` flow into ``expr`` (through local names too).
@@ -471,3 +470,12 @@ def _store(target: cst.BaseExpression, binding: Binding, names: dict[str, Bindin
             attrs[key] = attrs[key].merge(binding) if key in attrs else binding
     elif "." not in key:
         names[key] = names[key].merge(binding) if key in names else binding
+
+
+def _per_binding(cache: dict[K, tuple[Binding, V]], key: K, binding: Binding, compute: Callable[[], V]) -> V:
+    """``compute()`` for ``binding``, once: the binding is kept with its result, so that its
+    ``id`` (in ``key``) is not another's while cached."""
+    cached = cache.get(key)
+    if cached is None or cached[0] is not binding:
+        cached = cache[key] = (binding, compute())
+    return cached[1]
