@@ -6,7 +6,7 @@ from __future__ import annotations
 import codecs
 import functools
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -274,11 +274,6 @@ def _add(report: Report, shown: str, findings: list[Finding], lines: dict[int | 
         report.lines[(shown, cell)] = text
 
 
-def _after(progress: Progress, already: int) -> Progress:
-    """``progress`` told of ``already`` more sources done (those found in the cache)."""
-    return lambda done, total: progress(already + done, already + total)
-
-
 def check(paths: Sequence[str], resolver: Resolver, force_exclude: bool = False,
           report_unused: bool = False, stdin_name: str | None = None, fixing: Fixing | None = None,
           jobs: int | None = None, cache: Cache | None = None, limits: Limits = DEFAULT_LIMITS,
@@ -291,30 +286,46 @@ def check(paths: Sequence[str], resolver: Resolver, force_exclude: bool = False,
     tasks: list[Task] = []
     keys: list[str | None] = []  # each task's cache key, hashed once
     hits = 0  # sources found in the cache
-    for source in discover(paths, resolver.excluded, force_exclude, stdin_name):
-        if source.skipped is not None:
-            report.notes.append(f"{source.shown}: skipped, {source.skipped}")
-            continue
-        report.checked += source.missing is None
-        try:
-            data = read_bytes(source)
-        except Unreadable as reason:
-            report.findings.append(unanalysable(source.shown, str(reason)))
-            continue
-        where = source.path if source.path is not None else Path(source.shown)
-        settings = resolver.for_path(where)
-        task = Task(source.shown, source.path, data, tuple(r.code for r in settings.rules_for(where)),
-                    settings.vocabulary, fixing, report_unused or settings.reports_unused(where))
-        name = task.cache_key if cache is not None and fixing is None else None
-        hit = cache.get(name) if cache is not None and name is not None else None
-        if hit is not None:
-            _add(report, task.shown, *hit)
-            hits += 1
-        else:
-            tasks.append(task)
-            keys.append(name)
+
+    def analysed() -> Iterator[Task]:
+        """The sources to analyse, taken by the workers as they are found (those in the cache
+        reported on the way)."""
+        nonlocal hits
+        for source in discover(paths, resolver.excluded, force_exclude, stdin_name):
+            if source.skipped is not None:
+                report.notes.append(f"{source.shown}: skipped, {source.skipped}")
+                continue
+            report.checked += source.missing is None
+            try:
+                data = read_bytes(source)
+            except Unreadable as reason:
+                report.findings.append(unanalysable(source.shown, str(reason)))
+                continue
+            where = source.path if source.path is not None else Path(source.shown)
+            settings = resolver.for_path(where)
+            task = Task(source.shown, source.path, data, tuple(r.code for r in settings.rules_for(where)),
+                        settings.vocabulary, fixing, report_unused or settings.reports_unused(where))
+            name = task.cache_key if cache is not None and fixing is None else None
+            hit = cache.get(name) if cache is not None and name is not None else None
+            if hit is not None:
+                _add(report, task.shown, *hit)
+                hits += 1
+            else:
+                tasks.append(task)
+                keys.append(name)
+                yield task
+
+    last: list[tuple[int, int]] = []  # what ``progress`` was last told
+
+    def tell(done: int, total: int) -> None:
+        last[:] = [(hits + done, hits + total)]
+        assert progress is not None
+        progress(*last[0])
+
     pool = Pool(run_task, jobs or usable_cores(), limits, size=lambda task: len(task.data))
-    results = pool.map(tasks, None if progress is None else _after(progress, hits))
+    results = pool.map(analysed(), None if progress is None else tell)
+    if progress is not None and hits and last != [(hits + len(tasks),) * 2]:
+        progress(hits + len(tasks), hits + len(tasks))  # sources found in the cache after the last result
     for task, name, result in zip(tasks, keys, results, strict=True):
         if isinstance(result, Failure):
             _add(report, task.shown, [unanalysable(task.shown, result.reason)], {})

@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import CodeType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from clipcheck.sources import source_lines
 from clipcheck.static.frameworks.naming import OPTIMIZER_WORDS, any_says_scaler, class_words
@@ -149,8 +149,6 @@ def _grad_receiver(node: ast.expr) -> bool:
     return isinstance(node, ast.Attribute) and node.attr == GRAD
 
 
-_DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
-_ASSIGNMENTS = (ast.AugAssign, ast.AnnAssign, ast.Assign, ast.Delete)
 _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda, ast.ListComp, ast.SetComp,
            ast.DictComp, ast.GeneratorExp)
 
@@ -174,6 +172,7 @@ def _names_bound(node: ast.AST, into: set[str]) -> None:
 # Fields that never hold a node: skipped on the walk (``ctx``: the shared ``Load`` and ``Store``).
 _LEAF_FIELDS = frozenset({"ctx", "id", "attr", "arg", "module", "asname", "type_comment", "level",
                           "is_async", "simple", "conversion", "kind", "tag"})
+_NODE_FIELDS: dict[type, tuple[str, ...]] = {}  # by node class: its fields but the leaves
 
 
 def _subtree(node: ast.AST) -> list[ast.AST]:
@@ -182,67 +181,100 @@ def _subtree(node: ast.AST) -> list[ast.AST]:
     found: list[ast.AST] = []
     stack: list[object] = [node]
     pop, push, extend, keep = stack.pop, stack.append, stack.extend, found.append
+    fields_of = _NODE_FIELDS
     while stack:
         current = pop()
         if not isinstance(current, ast.AST):
             continue  # a name in ``global a, b``, a missing dictionary key
         keep(current)
-        for name in current._fields:
-            if name not in _LEAF_FIELDS:
-                value = getattr(current, name, None)
-                if value.__class__ is list:
-                    extend(value)
-                else:
-                    push(value)
+        kind = current.__class__
+        fields = fields_of.get(kind)
+        if fields is None:
+            fields = fields_of[kind] = tuple(f for f in kind._fields if f not in _LEAF_FIELDS)
+        for name in fields:
+            value = getattr(current, name, None)
+            if value.__class__ is list:
+                extend(value)
+            else:
+                push(value)
     return found
+
+
+def _note_call(item: _Item, call: ast.Call) -> None:
+    func = call.func
+    if isinstance(func, ast.Attribute) and func.attr in GRAD_METHODS and _grad_receiver(func.value):
+        item.grads = True
+    item.names.update(k.arg for k in call.keywords if k.arg)
+
+
+def _note_definition(item: _Item, definition: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) -> None:
+    item.names.add(definition.name)
+    if isinstance(definition, ast.ClassDef):
+        item.binds.add(definition.name)  # the analysis knows a module's classes at any depth
+    else:
+        item.defs.add(definition.name)
+
+
+def _note_global(item: _Item, statement: ast.Global) -> None:
+    item.defines.update(statement.names)
+
+
+def _note_alias(item: _Item, alias: ast.alias) -> None:
+    parts = alias.name.split(".")
+    item.names.update(parts)
+    item.binds.add(alias.asname or parts[0])  # imports count at any depth, too
+    if alias.asname:  # every import under that name, whichever runs (``try``/``except``)
+        item.aliases.setdefault(alias.asname, set()).update(parts)
+
+
+def _note_import_from(item: _Item, statement: ast.ImportFrom) -> None:
+    if not statement.module:
+        return
+    module = statement.module.split(".")
+    item.names.update(module)
+    for imported in statement.names:  # ``from torch.optim import RMSprop``: an optim class
+        bound = imported.asname or imported.name
+        item.aliases.setdefault(bound, set()).update([*module, imported.name])
+
+
+def _note_assignment(item: _Item, statement: ast.AugAssign | ast.AnnAssign | ast.Assign | ast.Delete) -> None:
+    targets = statement.targets if isinstance(statement, (ast.Assign, ast.Delete)) else [statement.target]
+    item.grads |= any(_grad_receiver(t) for t in targets)
+    chain = _chain(statement.value) if isinstance(statement, ast.Assign) else None
+    if chain and len(targets) == 1 and isinstance(targets[0], ast.Name):  # ``O = optim.SGD``
+        item.aliases.setdefault(targets[0].id, set()).update(chain)
+
+
+# What an item notes of each kind of node but names and attributes (the most frequent, noted
+# in the walk itself); the other kinds say nothing.
+_NOTES: dict[type, Callable[[_Item, Any], None]] = {
+    ast.Call: _note_call, ast.FunctionDef: _note_definition, ast.AsyncFunctionDef: _note_definition,
+    ast.ClassDef: _note_definition, ast.Global: _note_global, ast.alias: _note_alias,
+    ast.ImportFrom: _note_import_from, ast.AugAssign: _note_assignment, ast.AnnAssign: _note_assignment,
+    ast.Assign: _note_assignment, ast.Delete: _note_assignment,
+}
 
 
 def _item(node: ast.AST, first: int, last: int, parent: int | None = None) -> _Item:
     item = _Item(first, last, isinstance(node, (ast.Import, ast.ImportFrom)), parent)
+    names, reads, methods, binds, notes = item.names, item.reads, item.methods, item.binds, _NOTES
     for child in _subtree(node):
-        if isinstance(child, ast.Name):
-            item.names.add(child.id)
-            if isinstance(child.ctx, ast.Load):
-                item.reads.add(child.id)
-        elif isinstance(child, ast.Attribute):
-            item.names.add(child.attr)
-            item.methods.add(child.attr)
-            if isinstance(child.ctx, ast.Load):
-                item.reads.add(child.attr)
+        kind = child.__class__
+        if kind is ast.Name:
+            names.add(child.id)  # type: ignore[attr-defined]
+            if child.ctx.__class__ is ast.Load:  # type: ignore[attr-defined]
+                reads.add(child.id)  # type: ignore[attr-defined]
+        elif kind is ast.Attribute:
+            attr = child.attr  # type: ignore[attr-defined]
+            names.add(attr)
+            methods.add(attr)
+            if child.ctx.__class__ is ast.Load:  # type: ignore[attr-defined]
+                reads.add(attr)
             else:
-                item.binds.add(child.attr)  # ``self.optimizer = ...``: what ``self.optimizer`` reads
-                item.grads |= child.attr == GRAD
-        elif isinstance(child, ast.Call):
-            func = child.func
-            if isinstance(func, ast.Attribute) and func.attr in GRAD_METHODS and _grad_receiver(func.value):
-                item.grads = True
-            item.names.update(k.arg for k in child.keywords if k.arg)
-        elif isinstance(child, _DEFINITIONS):
-            item.names.add(child.name)
-            if isinstance(child, ast.ClassDef):
-                item.binds.add(child.name)  # the analysis knows a module's classes at any depth
-            else:
-                item.defs.add(child.name)
-        elif isinstance(child, ast.Global):
-            item.defines.update(child.names)
-        elif isinstance(child, ast.alias):
-            parts = child.name.split(".")
-            item.names.update(parts)
-            item.binds.add(child.asname or parts[0])  # imports count at any depth, too
-            if child.asname:  # every import under that name, whichever runs (``try``/``except``)
-                item.aliases.setdefault(child.asname, set()).update(parts)
-        elif isinstance(child, ast.ImportFrom) and child.module:
-            module = child.module.split(".")
-            item.names.update(module)
-            for imported in child.names:  # ``from torch.optim import RMSprop``: an optim class
-                bound = imported.asname or imported.name
-                item.aliases.setdefault(bound, set()).update([*module, imported.name])
-        elif isinstance(child, _ASSIGNMENTS):
-            targets = child.targets if isinstance(child, (ast.Assign, ast.Delete)) else [child.target]
-            item.grads |= any(_grad_receiver(t) for t in targets)
-            chain = _chain(child.value) if isinstance(child, ast.Assign) else None
-            if chain and len(targets) == 1 and isinstance(targets[0], ast.Name):  # ``O = optim.SGD``
-                item.aliases.setdefault(targets[0].id, set()).update(chain)
+                binds.add(attr)  # ``self.optimizer = ...``: what ``self.optimizer`` reads
+                item.grads |= attr == GRAD
+        elif kind in notes:
+            notes[kind](item, child)
     _names_bound(node, item.defines)
     item.binds |= item.defines
     return item

@@ -12,6 +12,7 @@ multiprocessing spawns them.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import gc
 import math
@@ -20,7 +21,8 @@ import select
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 try:  # the C pickler alone: pickle.py adds its pure-Python twin, a start-up cost of every run
@@ -107,19 +109,35 @@ class Connection(Protocol):
 class _Pipes:
     """A forked worker's channel, seen from one end: it reads one pipe and writes the other,
     each message pickled after its length. Reading a pipe whose other end is closed (the
-    worker died) raises ``EOFError``; writing one raises ``BrokenPipeError``."""
+    worker died) raises ``EOFError``; writing one raises ``BrokenPipeError``.
+
+    The parent's writing end does not block: what the pipe cannot take yet waits in
+    ``unsent`` until :meth:`flush` (the parent gives a worker its next input while the worker
+    may be writing a result; were both to wait for the other to read, neither would)."""
 
     def __init__(self, incoming: int, outgoing: int) -> None:
         self.incoming, self.outgoing = incoming, outgoing
+        self.unsent: deque[memoryview] = deque()
 
     def fileno(self) -> int:
         return self.incoming
 
     def send(self, message: Any) -> None:
         data = dumps(message, -1)  # the highest protocol
-        view = memoryview(len(data).to_bytes(8, "little") + data)
-        while view:
-            view = view[os.write(self.outgoing, view):]
+        self.unsent.append(memoryview(len(data).to_bytes(8, "little") + data))
+        self.flush()
+
+    def flush(self) -> None:
+        """Writes what the pipe takes of the messages not yet sent (all of them, blocking)."""
+        while self.unsent:
+            try:
+                written = os.write(self.outgoing, self.unsent[0])
+            except BlockingIOError:
+                return
+            if written == len(self.unsent[0]):
+                self.unsent.popleft()
+            else:
+                self.unsent[0] = self.unsent[0][written:]
 
     def recv(self) -> Any:
         return loads(self._read(int.from_bytes(self._read(8), "little")))
@@ -135,7 +153,7 @@ class _Pipes:
         return b"".join(chunks)
 
     def poll(self) -> bool:
-        return bool(_readable([self], 0.0))
+        return bool(_ready([self], 0.0))
 
     def close(self) -> None:
         """Closes both ends, once: a descriptor's number is reused as soon as it is closed."""
@@ -144,18 +162,28 @@ class _Pipes:
                 with contextlib.suppress(OSError):
                     os.close(end)
         self.incoming = self.outgoing = -1
+        self.unsent.clear()
 
 
 _LONGEST_POLL = 2**31 - 1  # milliseconds: poll's limit (a limit past it is a wait for a result)
 
 
-def _readable(pipes: Sequence[_Pipes], timeout: float) -> list[_Pipes]:
+def _ready(pipes: Sequence[_Pipes], timeout: float) -> list[_Pipes]:
     """The pipes with something to read (a message, or the end of a dead worker's), waiting
-    at most ``timeout`` seconds for one."""
+    at most ``timeout`` seconds for one, or for room in a pipe that has messages to send
+    (sent meanwhile, as far as they fit)."""
     poller = select.poll()
     for pipe in pipes:
         poller.register(pipe.fileno(), select.POLLIN)
+        if pipe.unsent:
+            poller.register(pipe.outgoing, select.POLLOUT)
     ready = {fd for fd, _ in poller.poll(min(math.ceil(timeout * 1000), _LONGEST_POLL))}
+    for pipe in pipes:
+        if pipe.unsent and pipe.outgoing in ready:
+            try:
+                pipe.flush()
+            except OSError:  # the worker died: the end of its other pipe says so
+                pipe.unsent.clear()
     return [pipe for pipe in pipes if pipe.fileno() in ready]
 
 
@@ -241,6 +269,7 @@ class _Forked:
                 os._exit(code)
         os.close(from_parent)
         os.close(to_parent)
+        os.set_blocking(to_worker, False)  # see _Pipes
         self.pid = pid
         self.connection = _Pipes(from_worker, to_worker)
         self.sentinel = None  # none needed: a dead worker's pipe reads its end
@@ -310,10 +339,15 @@ class _Spawned:
 def _wait(waitables: list[Any], timeout: float) -> list[Any]:
     """What is ready among the workers' pipes (and, for spawned ones, their processes)."""
     if FORKS:
-        return _readable(waitables, timeout)
+        return _ready(waitables, timeout)
     import multiprocessing.connection
 
     return multiprocessing.connection.wait(waitables, timeout)
+
+
+# Inputs a worker holds at once: the one in work and, where the parent's writes cannot block
+# (forked workers' pipes), the next, so that it never waits for the parent between two.
+DEPTH = 2 if FORKS else 1
 
 
 class _Worker:
@@ -321,13 +355,21 @@ class _Worker:
         gc.freeze()  # the parent's objects stay shared with the fork, never scanned there
         self.process = _Forked(work) if FORKS else _Spawned(work)
         self.connection: Connection = self.process.connection
-        self.index: int | None = None
-        self.deadline = 0.0
-        self.limit = 0.0
+        self.given: deque[tuple[int, float]] = deque()  # (input, seconds allowed); the first in work
+        self.deadline = 0.0  # when the input in work runs out of time
 
     def give(self, index: int, item: object, seconds: float, memory: int) -> None:
-        self.index, self.limit, self.deadline = index, seconds, time.monotonic() + seconds
+        if not self.given:
+            self.deadline = time.monotonic() + seconds
+        self.given.append((index, seconds))
         self.connection.send((index, item, memory))
+
+    def finished(self) -> int:
+        """The input in work, now done: the next one given starts."""
+        index, _ = self.given.popleft()
+        if self.given:
+            self.deadline = time.monotonic() + self.given[0][1]
+        return index
 
     def stop(self) -> None:
         if self.process.is_alive():
@@ -355,62 +397,56 @@ class Pool(Generic[T, R]):
                  size: Callable[[T], int] = lambda item: 0) -> None:
         self.work, self.jobs, self.limits, self.size = work, max(1, jobs), limits, size
 
-    def map(self, items: Sequence[T], progress: Progress | None = None) -> list[R | Failure]:
+    def map(self, items: Iterable[T], progress: Progress | None = None) -> list[R | Failure]:
         """Each input's result (or why it has none), in the inputs' order; ``progress`` is told
-        after each one. Whatever ends it (Ctrl-C included), no worker outlives it."""
+        after each one (of the inputs taken so far). Inputs are taken from ``items`` while the
+        workers work, so that the first start before the last are found. Whatever ends it
+        (Ctrl-C included), no worker outlives it."""
+        inputs: list[T] = []
         results: dict[int, R | Failure] = {}
 
         def done(index: int, outcome: R | Failure) -> None:
             results[index] = outcome
             if progress is not None:
-                progress(len(results), len(items))
+                progress(len(results), len(inputs))
 
-        # The largest first, so that no worker is left with a large input at the end.
-        pending = sorted(range(len(items)), key=lambda index: self.size(items[index]))
+        # The largest last, to be given first, so that no worker is left with a large input
+        # at the end: (size, index).
+        pending: list[tuple[int, int]] = []
+        remaining = iter(items)
+        taking = True  # until ``items`` is exhausted
         workers: list[_Worker] = []
         lost = 0  # workers found dead before their input: the system refuses them
         try:
             while True:
-                for worker in [w for w in workers if w.index is None and not w.process.is_alive()]:
+                if taking:
+                    taking = self._take(remaining, inputs, pending)
+                for worker in [w for w in workers if not w.given and not w.process.is_alive()]:
                     worker.stop()  # died idle: its pipes closed, another starts if needed
                     workers.remove(worker)
-                while pending and len(workers) < min(self.jobs, len(items)) and lost <= 3 * self.jobs:
-                    try:
-                        with _sigint_held():
-                            workers.append(_Worker(self.work))
-                    except OSError:  # the system refuses another process now
-                        lost += 1
-                for worker in workers:
-                    if worker.index is None and pending:
-                        index = pending.pop()
-                        size = self.size(items[index])
-                        limits = self.limits.time_for(size), self.limits.memory_for(size)
-                        try:
-                            worker.give(index, items[index], *limits)
-                        except OSError:  # it died idle: the input goes to a fresh worker
-                            pending.append(index)
-                            worker.index = None
-                            worker.stop()
-                            lost += 1
-                busy = [w for w in workers if w.index is not None]
+                lost = self._give(inputs, pending, workers, lost)
+                busy = [w for w in workers if w.given]
                 if lost > 3 * self.jobs:
-                    for index in pending:
+                    for _, index in pending:
                         done(index, Failure("no worker process could be started"))
                     pending.clear()
                 if not busy:
-                    if pending:
+                    if pending or taking:
                         continue
                     break
-                timeout = max(0.0, min(w.deadline for w in busy) - time.monotonic())
+                # While inputs are still being taken, only a look at what is ready.
+                timeout = 0.0 if taking else max(0.0, min(w.deadline for w in busy) - time.monotonic())
                 ready = _wait([waitable for w in busy for waitable in (w.connection, w.process.sentinel)
                                if waitable is not None], timeout)
                 for worker in busy:
-                    finished = worker.index
                     outcome = _outcome(worker, ready)
-                    if outcome is None or finished is None:
+                    if outcome is None:
                         continue
-                    done(finished, outcome)
+                    done(*outcome)
                     if not worker.process.is_alive():
+                        pending.extend((self.size(inputs[i]), i) for i, _ in worker.given)
+                        pending.sort()  # what it held but never started goes to another worker
+                        worker.given.clear()
                         worker.stop()
                         workers.remove(worker)
         finally:
@@ -418,29 +454,65 @@ class Pool(Generic[T, R]):
                 with contextlib.suppress(OSError):
                     worker.connection.send(None)
                 worker.stop()
-        return [results[i] for i in range(len(items))]
+        return [results[i] for i in range(len(inputs))]
+
+    def _take(self, remaining: Iterator[T], inputs: list[T], pending: list[tuple[int, int]]) -> bool:
+        """One more input, if there is one, among those pending (where its size puts it)."""
+        for item in remaining:
+            inputs.append(item)
+            bisect.insort(pending, (self.size(item), len(inputs) - 1))
+            return True
+        return False
+
+    def _give(self, inputs: list[T], pending: list[tuple[int, int]], workers: list[_Worker],
+              lost: int) -> int:
+        """Pending inputs given to the idle workers, to new ones while there are fewer than
+        ``jobs``, then to those with room for a next one. Returns how many workers could not
+        be started or were found dead before their input, in all."""
+        while pending:
+            room = [w for w in workers if not w.given]
+            if not room and len(workers) < self.jobs and lost <= 3 * self.jobs:
+                try:
+                    with _sigint_held():
+                        workers.append(_Worker(self.work))
+                except OSError:  # the system refuses another process now
+                    lost += 1
+                continue
+            room = room or [w for w in workers if len(w.given) < DEPTH]
+            if not room:
+                return lost
+            for worker in room[:len(pending)]:
+                size, index = pending.pop()
+                limits = self.limits.time_for(size), self.limits.memory_for(size)
+                try:
+                    worker.give(index, inputs[index], *limits)
+                except OSError:  # it died: when idle, its input goes to another worker
+                    if len(worker.given) == 1:  # (when busy, its death says what it held)
+                        worker.given.clear()
+                        bisect.insort(pending, (size, index))
+                        worker.stop()
+                        workers.remove(worker)
+                        lost += 1
+        return lost
 
 
-def _outcome(worker: _Worker, ready: list[Any]) -> Any:
-    """A busy worker's result once it has one; a failure when it died or ran out of time;
-    ``None`` while it works."""
-    if worker.connection in ready or worker.connection.poll():
+def _outcome(worker: _Worker, ready: list[Any]) -> tuple[int, Any] | None:
+    """A busy worker's input in work and its result once it has one; a failure when it died or
+    ran out of time; ``None`` while it works."""
+    if worker.connection in ready:
         try:
             _, result, going_on = worker.connection.recv()
         except (EOFError, OSError):
             worker.process.join()
-            worker.index = None
-            return Failure(worker.death())
-        worker.index = None
+            return worker.finished(), Failure(worker.death())
         if not going_on:
             worker.process.join()
-        return result
+        return worker.finished(), result
     if worker.process.sentinel is not None and worker.process.sentinel in ready:
         worker.process.join()
-        worker.index = None
-        return Failure(worker.death())
-    if time.monotonic() >= worker.deadline:
+        return worker.finished(), Failure(worker.death())
+    if time.monotonic() >= worker.deadline and not worker.connection.poll():
+        limit = worker.given[0][1]
         worker.stop()
-        worker.index = None
-        return Failure(f"the analysis took longer than its limit of {worker.limit:.0f} s")
+        return worker.finished(), Failure(f"the analysis took longer than its limit of {limit:.0f} s")
     return None

@@ -237,10 +237,13 @@ def _nap(seconds: float) -> float:
 
 
 def test_the_pool_tells_its_progress_after_each_input() -> None:
+    """Of the inputs taken so far: the workers start before the last input is found."""
     told: list[tuple[int, int]] = []
-    results = Pool(_double, 2, Limits()).map([1, 2, 3], lambda done, total: told.append((done, total)))
+    results = Pool(_double, 2, Limits()).map(iter([1, 2, 3]), lambda done, total: told.append((done, total)))
     assert results == [2, 4, 6]
-    assert told == [(1, 3), (2, 3), (3, 3)]
+    assert [done for done, _ in told] == [1, 2, 3]
+    assert all(done <= total <= later for (done, total), (_, later) in zip(told, told[1:]))
+    assert told[-1] == (3, 3)
 
 
 def test_progress_counts_the_cached_files_as_done(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Iterator, Sequence
 
 import libcst as cst
@@ -24,13 +25,29 @@ class _FieldRecorder(cst.CSTVisitor):
 
 
 def _field_order(node: cst.CSTNode) -> tuple[str, ...]:
-    """The fields whose nodes LibCST's ``children`` lists, in its order: read once per node
-    class, from one visit of its first node."""
+    """The fields whose nodes LibCST's ``children`` lists, in its order, but those whose
+    declared type holds no code (``whitespace_after: SimpleWhitespace``, ``lpar:
+    Sequence[LeftParen]``, ``value: str``): read once per node class, from one visit of its
+    first node."""
     recorder = _FieldRecorder()
     node._visit_and_replace_children(recorder)
+    declared = {f.name: f.type for f in dataclasses.fields(node)}
     # A field visited only when set (an f-string's ``format_spec``) goes last, where LibCST
     # visits it; ``tests/test_screen.py`` compares the result with ``children`` itself.
-    return tuple(dict.fromkeys([*recorder.fields, *(f.name for f in dataclasses.fields(node))]))
+    fields = dict.fromkeys([*recorder.fields, *declared])
+    return tuple(name for name in fields if _may_hold_code(declared[name]))
+
+
+def _may_hold_code(declared: object) -> bool:
+    """Whether a field of this declared type can hold a node with code: a node class that is
+    not trivia, one inside a sequence, union or optional, or a type named only by a string."""
+    if isinstance(declared, type):
+        return _holds_code(declared)
+    if isinstance(declared, (str, typing.ForwardRef)):
+        return True
+    if typing.get_origin(declared) is typing.Literal:
+        return False
+    return any(_may_hold_code(arg) for arg in typing.get_args(declared))
 
 
 def children(node: cst.CSTNode) -> list[cst.CSTNode]:
@@ -41,12 +58,14 @@ def children(node: cst.CSTNode) -> list[cst.CSTNode]:
     if order is None:
         order = _FIELD_ORDER[type(node)] = _field_order(node)
     found: list[cst.CSTNode] = []
+    holds_code = _HOLDS_CODE
     for name in order:
         value = getattr(node, name)
-        if _holds_code(type(value)):
+        kind = type(value)
+        if kind is tuple or kind is list:
+            found.extend(v for v in value if holds_code.get(type(v)) or _holds_code(type(v)))
+        elif holds_code.get(kind) or _holds_code(kind):
             found.append(value)
-        elif isinstance(value, (tuple, list)):
-            found.extend(v for v in value if _holds_code(type(v)))
     return found
 
 
