@@ -38,8 +38,11 @@ HOOK_WORDS = frozenset({
     "on_before_zero_grad", "optimizer_step", "optimizer_zero_grad", "configure_gradient_clipping",
 })
 # A parameter generator handed to an optimizer twice (CC302, with a clip or an optimizer class).
+# A generator expression stored under a name is one too: it counts as this word (the name
+# CPython gives its code, so that compiled code names it as well).
+GENERATOR_EXPRESSION = "<genexpr>"
 GENERATOR_WORDS = frozenset({"parameters", "named_parameters", "filter", "map", "chain", "from_iterable",
-                             "islice"})
+                             "islice", GENERATOR_EXPRESSION})
 OPTIMIZER_MODULES = frozenset({"optim", "optimizers", "optimizer"})
 # Methods that, on ``p.grad``, clip, zero or overwrite it by hand.
 GRAD_METHODS = frozenset({"clamp_", "clip_", "mul_", "zero_", "fill_", "copy_"})
@@ -207,6 +210,13 @@ def _note_call(item: _Item, call: ast.Call) -> None:
     item.names.update(k.arg for k in call.keywords if k.arg)
 
 
+def _note_stored(item: _Item, values: list[ast.expr]) -> None:
+    """A generator expression among values bound to names: a parameter generator to the
+    analysis, whatever it iterates (inline, ``sum(p.numel() for p in ps)``, it is none)."""
+    if any(isinstance(v, ast.GeneratorExp) for v in values):
+        item.names.add(GENERATOR_EXPRESSION)
+
+
 def _note_definition(item: _Item, definition: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) -> None:
     item.names.add(definition.name)
     if isinstance(definition, ast.ClassDef):
@@ -240,7 +250,10 @@ def _note_import_from(item: _Item, statement: ast.ImportFrom) -> None:
 def _note_assignment(item: _Item, statement: ast.AugAssign | ast.AnnAssign | ast.Assign | ast.Delete) -> None:
     targets = statement.targets if isinstance(statement, (ast.Assign, ast.Delete)) else [statement.target]
     item.grads |= any(_grad_receiver(t) for t in targets)
-    chain = _chain(statement.value) if isinstance(statement, ast.Assign) else None
+    value = statement.value if isinstance(statement, (ast.Assign, ast.AnnAssign)) else None
+    if value is not None:  # ``a, b = (p for p in x), y`` binds each its own
+        _note_stored(item, value.elts if isinstance(value, (ast.Tuple, ast.List)) else [value])
+    chain = _chain(value) if value is not None and isinstance(statement, ast.Assign) else None
     if chain and len(targets) == 1 and isinstance(targets[0], ast.Name):  # ``O = optim.SGD``
         item.aliases.setdefault(targets[0].id, set()).update(chain)
 
@@ -325,23 +338,28 @@ def _optimizer_class(names: Iterable[str]) -> bool:
                for n in names)
 
 
-Test = Callable[[], bool]  # a test of a module's names, run only when its answer is needed
+# The kinds of event a piece of code can hold, as bits: calls that make a finding alone
+# (``SINGLE_WORDS``), the kinds of event of which any two can make one, and the two halves
+# of an exhausted parameter generator (a generator and an optimizer class).
+SINGLE, STEP, BACKWARD, ZERO, SCALER, HOOK, GENERATOR, OPTIMIZER = (1 << bit for bit in range(8))
+_EVENTS = STEP | BACKWARD | ZERO | SCALER | HOOK
+_EXHAUSTED = GENERATOR | OPTIMIZER
 
 
-def can_find(names: set[str], *, step: bool, grads: bool, hooks: Test, scaler: Test, optimizer: Test,
-             custom: frozenset[str] = frozenset(), kinds: int = 2) -> bool:
-    """Whether code mentioning ``names`` can hold a finding of any rule: a word that makes one on
-    its own, two kinds of event, or a parameter generator beside an optimizer class (with
-    ``kinds=1``: whether it holds an event that can join another one's into a finding). The
-    tests that read every name (``hooks``, ``scaler``, ``optimizer``) run only where needed."""
-    if names & (SINGLE_WORDS | custom):
-        return True
-    found = step + bool(names & BACKWARD_WORDS) + (bool(names & ZERO_WORDS) or grads)
-    if found < kinds:
-        found += scaler()
-    if found < kinds:
-        found += hooks()
-    return found >= kinds or (bool(names & GENERATOR_WORDS) and optimizer())
+def kinds(names: set[str], *, step: bool, grads: bool, defs: Iterable[str],
+          custom: frozenset[str] = frozenset()) -> int:
+    """The kinds of event code can hold that mentions ``names``, with a step method (``step``),
+    a ``.grad`` written by hand (``grads``) and these functions defined (``defs``)."""
+    return ((SINGLE if names & (SINGLE_WORDS | custom) else 0) | (STEP if step else 0)
+            | (BACKWARD if names & BACKWARD_WORDS else 0) | (ZERO if grads or names & ZERO_WORDS else 0)
+            | (SCALER if any_says_scaler(names) else 0) | (HOOK if _hooks(defs) else 0)
+            | (GENERATOR if names & GENERATOR_WORDS else 0) | (OPTIMIZER if _optimizer_class(names) else 0))
+
+
+def can_find(found: int) -> bool:
+    """Whether events of the kinds ``found`` can make a finding of any rule: one that makes one
+    alone, two kinds of event, or a parameter generator beside an optimizer class."""
+    return bool(found & SINGLE) or (found & _EVENTS).bit_count() >= 2 or found & _EXHAUSTED == _EXHAUSTED
 
 
 def _code_names(code: CodeType, into: set[str]) -> None:
@@ -370,20 +388,16 @@ def _names(code: CodeType) -> set[str]:
 
 
 def _might_find(names: set[str], custom: frozenset[str]) -> bool:
-    """:func:`can_find` on the compiled names: a quick no for most files. Each test holds
+    """:func:`can_find` on the compiled names: a quick no for most files. Each kind holds
     wherever the tree's does (a step's name is among the names, and so on)."""
-    return can_find(names, step=bool(names & STEP_WORDS), grads=GRAD in names, hooks=lambda: _hooks(names),
-                    scaler=lambda: any_says_scaler(names), optimizer=lambda: _optimizer_class(names),
-                    custom=custom)
+    step = bool(names & STEP_WORDS)
+    return can_find(kinds(names, step=step, grads=GRAD in names, defs=names, custom=custom))
 
 
-def _can_find(item: _Item, custom: frozenset[str], kinds: int = 2) -> bool:
-    """Whether an item (or the whole module) can hold a finding by itself (``kinds=1``: an
-    event that can join another one's)."""
-    names = item.names
-    return can_find(names, step=bool(item.methods & STEP_WORDS), grads=item.grads,
-                    hooks=lambda: _hooks(item.defs), scaler=lambda: any_says_scaler(names),
-                    optimizer=lambda: _optimizer_class(names), custom=custom, kinds=kinds)
+def _own_kinds(item: _Item, custom: frozenset[str]) -> int:
+    """The kinds of event an item (or the whole module) can hold itself."""
+    return kinds(item.names, step=bool(item.methods & STEP_WORDS), grads=item.grads, defs=item.defs,
+                 custom=custom)
 
 
 _SEED_WORDS = SINGLE_WORDS | BACKWARD_WORDS | ZERO_WORDS | HOOK_WORDS | GENERATOR_WORDS | EVENT_WORDS
@@ -399,24 +413,37 @@ def _dunder(name: str) -> bool:
     return name.startswith("__") and name.endswith("__")
 
 
-def _carriers(items: list[_Item], custom: frozenset[str]) -> set[str]:
-    """What can bring events into a unit that calls or uses it: the definitions of the items that
-    hold an event or a parameter generator (``map``, ``filter``, ``model.parameters()``), and of
-    those that read one of these, whatever the depth. A helper or an object is reached through
-    its name, a method through its name too (``x.run()``), except a special one, called through
-    its class's instances (``wrapper(loss)`` runs ``__call__``): its class carries then."""
-    carriers = [_can_find(i, custom, kinds=1) or bool(i.names & GENERATOR_WORDS) for i in items]
+def _reached(items: list[_Item], custom: frozenset[str]) -> list[int]:
+    """Each item's kinds of event with those of the definitions it uses, whatever the depth:
+    what a unit can hold with its helpers inlined and its calls resolved. A helper or an
+    object is reached through its name, a method through its name too (``x.run()``), except
+    a special one, called through its class's instances (``wrapper(loss)`` runs ``__call__``):
+    its class reaches its kinds then. An optimizer class counts only where it is named (a
+    generator must be handed to it there); an import, only in what reads it (its words are
+    added to the reader's)."""
+    reached = [_own_kinds(i, custom) for i in items]
     changed = True
     while changed:
         changed = False
-        carried = {n for i, c in zip(items, carriers, strict=True) if c for n in i.binds if not _dunder(n)}
+        carried: dict[str, int] = {}
+        for item, found in zip(items, reached, strict=True):
+            if found & ~OPTIMIZER and not item.is_import:
+                for name in item.binds:
+                    if not _dunder(name):
+                        carried[name] = carried.get(name, 0) | found & ~OPTIMIZER
         for index, item in enumerate(items):
-            if not carriers[index] and item.reads & carried:
-                carriers[index] = changed = True
-            if (item.parent is not None and carriers[index] and not carriers[item.parent]
+            found = reached[index]
+            for name in item.reads:
+                found |= carried.get(name, 0)
+            if found != reached[index]:
+                reached[index] = found
+                changed = True
+            parent = item.parent
+            if (parent is not None and found | reached[parent] != reached[parent]
                     and any(map(_dunder, item.defines))):
-                carriers[item.parent] = changed = True
-    return {n for i, c in zip(items, carriers, strict=True) if c for n in i.binds if not _dunder(n)}
+                reached[parent] |= found
+                changed = True
+    return reached
 
 
 def _needed(items: list[_Item], custom: frozenset[str]) -> list[bool]:
@@ -426,9 +453,8 @@ def _needed(items: list[_Item], custom: frozenset[str]) -> list[bool]:
     every import; at the top level, every statement that may hold an event (the module's
     own unit); and the header and special methods (``__init__``, ``__call__``) of every kept
     class."""
-    carried = _carriers(items, custom)
-    kept = [_can_find(i, custom) or bool(i.reads & carried) or i.is_import
-            or (i.parent is None and not i.own_unit and _seed(i, custom)) for i in items]
+    kept = [can_find(found) or i.is_import or (i.parent is None and not i.own_unit and _seed(i, custom))
+            for i, found in zip(items, _reached(items, custom), strict=True)]
     # The module's own unit stands whole once any of it is kept: its other statements can
     # prune paths (``if not debug: raise SystemExit``) or be calls handed an optimizer or the
     # parameters, which may zero them, though they name no event.
@@ -503,6 +529,6 @@ def screen(source: str, shown: str, custom: frozenset[str] = frozenset(), *,
         whole.methods |= item.methods
         whole.defs |= item.defs
         whole.grads |= item.grads
-    if not _can_find(whole, custom):
+    if not can_find(_own_kinds(whole, custom)):
         return Screened()
     return Screened(text=_blanked(source, items, _needed(items, custom)))

@@ -93,6 +93,19 @@ PIECES = [
     "for p in model.parameters():\n    p.grad = None\n",
     "def note():\n    '''Call optimizer.step() after loss.backward() and scaler.update().'''\n",
     "model = Model(); opt.step()\n",
+    "def backward_only(loss):\n    loss.backward()\n",
+    "def report(loss):\n    backward_only(loss)\n    return loss.item()\n",
+    "def finish(opt, loss):\n    backward_only(loss)\n    opt.step()\n",
+    "class Closure:\n    def __call__(self, loss):\n        loss.backward()\n",
+    "def closure_step(opt, loss):\n    Closure()(loss)\n    opt.step()\n",
+    "def make(weights):\n    return torch.optim.SGD(weights, lr=0.1)\n",
+    "def pair(net):\n    ws = net.parameters()\n    return make(ws), make(ws)\n",
+    "def shared(layers):\n    group = (layer.weight for layer in layers)\n"
+    "    first = torch.optim.SGD(group, lr=0.1)\n    return first, torch.optim.Adam(group)\n",
+    "class Holder:\n    def __init__(self, layers):\n        self.group = [l.weight for l in layers], "
+    "(l.bias for l in layers)\n"
+    "    def build(self):\n        return torch.optim.SGD(self.group[1]), torch.optim.SGD(self.group[1])\n",
+    "def count(layers):\n    return sum(p.numel() for p in layers)\n",
 ]
 
 
@@ -281,6 +294,16 @@ def pair(net):
     slow = RMSprop(weights, lr=1e-4)
     return fast, slow
 """,
+    "a_generator_expression_handed_to_two_optimizers": """\
+import torch
+
+
+def build(head, lr):
+    weights = (layer.weight for layer in head)
+    main = torch.optim.AdamW([{"params": weights}], lr=lr)
+    warmup = torch.optim.SGD(weights, lr=lr / 10)
+    return main, warmup
+""",
     "an_optimizer_class_bound_to_a_shorter_name": """\
 import torch
 
@@ -311,6 +334,17 @@ def test_the_screen_leaves_out_definitions_that_cannot_matter() -> None:
     kept = screen(text, "x.py").text
     assert kept is not None and "def log" not in kept and "def update" in kept and "MAX_NORM = 0.0" in kept
     assert kept.count("\n") == text.count("\n")
+
+
+def test_the_screen_leaves_out_callers_whose_helpers_cannot_make_a_finding() -> None:
+    """A caller is kept for the kinds of event it and its helpers hold together, not for
+    calling a helper that holds one: a backward alone makes no finding."""
+    text = ("import torch\n\n\ndef backward_only(loss):\n    loss.backward()\n\n\n"
+            "def report(loss):\n    backward_only(loss)\n    return loss.item()\n\n\n"
+            "def train(opt, loss):\n    backward_only(loss)\n    opt.step()\n")
+    kept = screen(text, "x.py").text
+    assert kept is not None and "def report" not in kept
+    assert "def train" in kept and "def backward_only" in kept
 
 
 def test_the_screen_reports_syntax_errors_where_cpython_does() -> None:

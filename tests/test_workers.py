@@ -5,6 +5,7 @@ whatever the cache holds."""
 from __future__ import annotations
 
 import faulthandler
+import itertools
 import json
 import os
 import signal
@@ -242,7 +243,7 @@ def test_the_pool_tells_its_progress_after_each_input() -> None:
     results = Pool(_double, 2, Limits()).map(iter([1, 2, 3]), lambda done, total: told.append((done, total)))
     assert results == [2, 4, 6]
     assert [done for done, _ in told] == [1, 2, 3]
-    assert all(done <= total <= later for (done, total), (_, later) in zip(told, told[1:]))
+    assert all(done <= total <= later for (done, total), (_, later) in itertools.pairwise(told))
     assert told[-1] == (3, 3)
 
 
