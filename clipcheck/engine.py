@@ -288,8 +288,8 @@ def check(paths: Sequence[str], resolver: Resolver, force_exclude: bool = False,
     hits = 0  # sources found in the cache
 
     def analysed() -> Iterator[Task]:
-        """The sources to analyse, taken by the workers as they are found (those in the cache
-        reported on the way)."""
+        """The sources to analyse, each read as the workers take it, so that reading overlaps
+        their work (those in the cache reported on the way)."""
         nonlocal hits
         for source in discover(paths, resolver.excluded, force_exclude, stdin_name):
             if source.skipped is not None:

@@ -43,6 +43,12 @@ HOOK_WORDS = frozenset({
 GENERATOR_EXPRESSION = "<genexpr>"
 GENERATOR_WORDS = frozenset({"parameters", "named_parameters", "filter", "map", "chain", "from_iterable",
                              "islice", GENERATOR_EXPRESSION})
+# Calls that hand back what they are given (accelerate's ``prepare``): a generator expression
+# handed to one is stored as well.
+PASSING_METHODS = frozenset({"prepare"})
+# Freezing a module (``net.requires_grad_(False)``, ``net.requires_grad = False``) is told
+# apart from freezing any tensor by the optimizers built over it, wherever they are built.
+FREEZE_METHOD, FREEZE_ATTRIBUTE = "requires_grad_", "requires_grad"
 OPTIMIZER_MODULES = frozenset({"optim", "optimizers", "optimizer"})
 # Methods that, on ``p.grad``, clip, zero or overwrite it by hand.
 GRAD_METHODS = frozenset({"clamp_", "clip_", "mul_", "zero_", "fill_", "copy_"})
@@ -143,6 +149,7 @@ class _Item:
     grads: bool = False  # a ``p.grad`` written, or clipped, zeroed, overwritten by hand
     own_unit: bool = False  # a ``def`` or a class: not part of the module's top-level unit
     aliases: dict[str, set[str]] = field(default_factory=dict)  # ``import x.y as z``: z -> x, y
+    frozen: set[str] = field(default_factory=set)  # the last names of the modules it may freeze
 
 
 def _grad_receiver(node: ast.expr) -> bool:
@@ -208,6 +215,16 @@ def _note_call(item: _Item, call: ast.Call) -> None:
     if isinstance(func, ast.Attribute) and func.attr in GRAD_METHODS and _grad_receiver(func.value):
         item.grads = True
     item.names.update(k.arg for k in call.keywords if k.arg)
+    if isinstance(func, ast.Attribute):
+        if func.attr in PASSING_METHODS:
+            _note_stored(item, call.args)
+        elif func.attr == FREEZE_METHOD:
+            _note_frozen(item, func.value)
+
+
+def _note_frozen(item: _Item, module: ast.expr) -> None:
+    if isinstance(module, (ast.Name, ast.Attribute)):
+        item.frozen.add(module.id if isinstance(module, ast.Name) else module.attr)
 
 
 def _note_stored(item: _Item, values: list[ast.expr]) -> None:
@@ -250,12 +267,22 @@ def _note_import_from(item: _Item, statement: ast.ImportFrom) -> None:
 def _note_assignment(item: _Item, statement: ast.AugAssign | ast.AnnAssign | ast.Assign | ast.Delete) -> None:
     targets = statement.targets if isinstance(statement, (ast.Assign, ast.Delete)) else [statement.target]
     item.grads |= any(_grad_receiver(t) for t in targets)
+    for target in targets:
+        if isinstance(target, ast.Attribute) and target.attr == FREEZE_ATTRIBUTE:
+            _note_frozen(item, target.value)
     value = statement.value if isinstance(statement, (ast.Assign, ast.AnnAssign)) else None
-    if value is not None:  # ``a, b = (p for p in x), y`` binds each its own
-        _note_stored(item, value.elts if isinstance(value, (ast.Tuple, ast.List)) else [value])
-    chain = _chain(value) if value is not None and isinstance(statement, ast.Assign) else None
-    if chain and len(targets) == 1 and isinstance(targets[0], ast.Name):  # ``O = optim.SGD``
-        item.aliases.setdefault(targets[0].id, set()).update(chain)
+    if value is None:
+        return
+    values = value.elts if isinstance(value, (ast.Tuple, ast.List)) else [value]
+    _note_stored(item, values)  # ``a, b = (p for p in x), y`` binds each its own
+    for target in targets:  # ``O = optim.SGD``, ``Fast, Slow = optim.AdamW, optim.SGD``
+        pairs = [(target, value)]
+        if isinstance(target, (ast.Tuple, ast.List)) and len(target.elts) == len(values):
+            pairs = list(zip(target.elts, values, strict=True))
+        for name, bound in pairs:
+            chain = _chain(bound)
+            if chain and isinstance(name, ast.Name):
+                item.aliases.setdefault(name.id, set()).update(chain)
 
 
 # What an item notes of each kind of node but names and attributes (the most frequent, noted
@@ -420,7 +447,8 @@ def _reached(items: list[_Item], custom: frozenset[str]) -> list[int]:
     a special one, called through its class's instances (``wrapper(loss)`` runs ``__call__``):
     its class reaches its kinds then. An optimizer class counts only where it is named (a
     generator must be handed to it there); an import, only in what reads it (its words are
-    added to the reader's)."""
+    added to the reader's). A module frozen is reached like one bound: the optimizers built
+    over it, which tell its freeze apart from a tensor's, name it."""
     reached = [_own_kinds(i, custom) for i in items]
     changed = True
     while changed:
@@ -428,7 +456,7 @@ def _reached(items: list[_Item], custom: frozenset[str]) -> list[int]:
         carried: dict[str, int] = {}
         for item, found in zip(items, reached, strict=True):
             if found & ~OPTIMIZER and not item.is_import:
-                for name in item.binds:
+                for name in item.binds | item.frozen:
                     if not _dunder(name):
                         carried[name] = carried.get(name, 0) | found & ~OPTIMIZER
         for index, item in enumerate(items):

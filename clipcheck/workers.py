@@ -346,8 +346,11 @@ def _wait(waitables: list[Any], timeout: float) -> list[Any]:
 
 
 # Inputs a worker holds at once: the one in work and, where the parent's writes cannot block
-# (forked workers' pipes), the next, so that it never waits for the parent between two.
+# (forked workers' pipes), a next one, so that it never waits for the parent between two.
 DEPTH = 2 if FORKS else 1
+# The largest input that waits in a worker's pipe behind another's: one that costs little, so
+# that no worker sits idle long while another holds an input it has not started.
+QUEUED_SIZE = 64 << 10
 
 
 class _Worker:
@@ -356,20 +359,27 @@ class _Worker:
         self.process = _Forked(work) if FORKS else _Spawned(work)
         self.connection: Connection = self.process.connection
         self.given: deque[tuple[int, float]] = deque()  # (input, seconds allowed); the first in work
-        self.deadline = 0.0  # when the input in work runs out of time
+        # When the input in work runs out of time; ``None`` until all of it has reached the
+        # worker (a large one may wait in the pipe while the parent reads the next file).
+        self.deadline: float | None = None
 
     def give(self, index: int, item: object, seconds: float, memory: int) -> None:
-        if not self.given:
-            self.deadline = time.monotonic() + seconds
         self.given.append((index, seconds))
         self.connection.send((index, item, memory))
+        self.start_clock()
 
     def finished(self) -> int:
         """The input in work, now done: the next one given starts."""
         index, _ = self.given.popleft()
-        if self.given:
-            self.deadline = time.monotonic() + self.given[0][1]
+        self.deadline = None
+        self.start_clock()
         return index
+
+    def start_clock(self) -> None:
+        """The input in work is timed from when all of it has been sent."""
+        unsent = len(getattr(self.connection, "unsent", ()))  # messages, the last ones given
+        if self.given and self.deadline is None and unsent < len(self.given):
+            self.deadline = time.monotonic() + self.given[0][1]
 
     def stop(self) -> None:
         if self.process.is_alive():
@@ -435,17 +445,22 @@ class Pool(Generic[T, R]):
                         continue
                     break
                 # While inputs are still being taken, only a look at what is ready.
-                timeout = 0.0 if taking else max(0.0, min(w.deadline for w in busy) - time.monotonic())
+                # (A worker whose input is not all sent yet has no deadline: room in its pipe wakes.)
+                now = time.monotonic()
+                deadlines = [w.deadline for w in busy if w.deadline is not None]
+                timeout = 0.0 if taking else max(0.0, min(deadlines, default=now + _LONGEST_POLL / 1e3) - now)
                 ready = _wait([waitable for w in busy for waitable in (w.connection, w.process.sentinel)
                                if waitable is not None], timeout)
                 for worker in busy:
+                    worker.start_clock()
                     outcome = _outcome(worker, ready)
                     if outcome is None:
                         continue
-                    done(*outcome)
-                    if not worker.process.is_alive():
-                        pending.extend((self.size(inputs[i]), i) for i, _ in worker.given)
-                        pending.sort()  # what it held but never started goes to another worker
+                    index, result, ended = outcome
+                    done(index, result)
+                    if ended:  # what else it held never started: another worker takes it
+                        for held, _ in worker.given:
+                            bisect.insort(pending, (self.size(inputs[held]), held))
                         worker.given.clear()
                         worker.stop()
                         workers.remove(worker)
@@ -478,11 +493,14 @@ class Pool(Generic[T, R]):
                 except OSError:  # the system refuses another process now
                     lost += 1
                 continue
-            room = room or [w for w in workers if len(w.given) < DEPTH]
-            if not room:
-                return lost
-            for worker in room[:len(pending)]:
-                size, index = pending.pop()
+            if room:  # the largest input to each idle worker
+                chosen = [(worker, pending.pop()) for worker in room[:len(pending)]]
+            else:  # a small one to wait behind another's
+                room = [w for w in workers if len(w.given) < DEPTH]
+                if not room or pending[0][0] > QUEUED_SIZE:
+                    return lost
+                chosen = [(room[0], pending.pop(0))]
+            for worker, (size, index) in chosen:
                 limits = self.limits.time_for(size), self.limits.memory_for(size)
                 try:
                     worker.give(index, inputs[index], *limits)
@@ -496,23 +514,23 @@ class Pool(Generic[T, R]):
         return lost
 
 
-def _outcome(worker: _Worker, ready: list[Any]) -> tuple[int, Any] | None:
-    """A busy worker's input in work and its result once it has one; a failure when it died or
-    ran out of time; ``None`` while it works."""
+def _outcome(worker: _Worker, ready: list[Any]) -> tuple[int, Any, bool] | None:
+    """A busy worker's input in work and its result once it has one, or a failure when it died
+    or ran out of time, and whether the worker has ended; ``None`` while it works."""
     if worker.connection in ready:
         try:
             _, result, going_on = worker.connection.recv()
         except (EOFError, OSError):
             worker.process.join()
-            return worker.finished(), Failure(worker.death())
+            return worker.finished(), Failure(worker.death()), True
         if not going_on:
             worker.process.join()
-        return worker.finished(), result
+        return worker.finished(), result, not going_on
     if worker.process.sentinel is not None and worker.process.sentinel in ready:
         worker.process.join()
-        return worker.finished(), Failure(worker.death())
-    if time.monotonic() >= worker.deadline and not worker.connection.poll():
+        return worker.finished(), Failure(worker.death()), True
+    if worker.deadline is not None and time.monotonic() >= worker.deadline and not worker.connection.poll():
         limit = worker.given[0][1]
         worker.stop()
-        return worker.finished(), Failure(f"the analysis took longer than its limit of {limit:.0f} s")
+        return worker.finished(), Failure(f"the analysis took longer than its limit of {limit:.0f} s"), True
     return None

@@ -304,6 +304,89 @@ def build(head, lr):
     warmup = torch.optim.SGD(weights, lr=lr / 10)
     return main, warmup
 """,
+    "a_generator_expression_handed_through_prepare": """\
+import torch
+
+
+def build(accelerator, encoder, lr):
+    blocks = accelerator.prepare(block.weight for block in encoder.blocks)
+    main = torch.optim.AdamW(blocks, lr=lr)
+    warmup = torch.optim.SGD(blocks, lr=lr / 10)
+    return main, warmup
+""",
+    "an_optimizer_class_bound_with_an_annotation": """\
+import torch
+
+Opt: type = torch.optim.AdamW
+
+
+def build(net):
+    weights = net.parameters()
+    return Opt(weights, lr=1e-3), Opt(weights, lr=1e-4)
+""",
+    "optimizer_classes_bound_in_one_tuple": """\
+import torch
+
+Fast, Slow = torch.optim.AdamW, torch.optim.SGD
+
+
+def build(net):
+    weights = net.parameters()
+    return Fast(weights, lr=1e-3), Slow(weights, lr=1e-4)
+""",
+    "a_frozen_module_whose_optimizer_is_built_in_another_method": """\
+import torch
+import torch.nn.functional as F
+
+
+def optimizer_for(net, lr=1e-3):
+    return torch.optim.Adam(net.parameters(), lr=lr)
+
+
+class ActorCritic:
+    def __init__(self, actor, critic, probe):
+        self.actor, self.critic, self.probe = actor, critic, probe
+        self.actor_opt = torch.optim.Adam(actor.parameters(), lr=1e-4)
+        self.critic_opt = torch.optim.Adam(critic.parameters(), lr=1e-3)
+
+    def add_probe(self):
+        self.probe_opt = optimizer_for(self.probe)
+
+    def learn(self, state, action, target):
+        self.actor_opt.zero_grad()
+        self.critic_opt.zero_grad()
+        self.probe.requires_grad_(False)
+        (-self.critic(state, self.actor(state)).mean()).backward()
+        self.actor_opt.step()
+        F.mse_loss(self.critic(state, action), target).backward()
+        self.critic_opt.step()
+""",
+    "a_frozen_module_whose_optimizer_is_built_at_the_top_level": """\
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def optimizer_for(net, lr=1e-3):
+    return torch.optim.Adam(net.parameters(), lr=lr)
+
+
+probe = nn.Linear(16, 4)
+probe_opt = optimizer_for(probe)
+
+
+def learn(actor, critic, batches):
+    actor_opt = torch.optim.Adam(actor.parameters(), lr=1e-4)
+    critic_opt = torch.optim.Adam(critic.parameters(), lr=1e-3)
+    for state, action, target in batches:
+        actor_opt.zero_grad()
+        critic_opt.zero_grad()
+        probe.requires_grad = False
+        (-critic(state, actor(state)).mean()).backward()
+        actor_opt.step()
+        F.mse_loss(critic(state, action), target).backward()
+        critic_opt.step()
+""",
     "an_optimizer_class_bound_to_a_shorter_name": """\
 import torch
 

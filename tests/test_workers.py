@@ -264,7 +264,7 @@ def test_an_interrupted_pool_leaves_no_worker_behind() -> None:
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        Pool(_nap, 2, Limits()).map([60.0, 60.0, 60.0, 0.0], interrupt)  # the last goes first
+        Pool(_nap, 2, Limits()).map([0.0, 60.0, 60.0, 60.0], interrupt)  # the first goes first
     assert _children(os.getpid()) == []
 
 
