@@ -355,14 +355,14 @@ def _items(body: list[ast.stmt]) -> list[_Item]:
 
 def _hooks(defs: Iterable[str]) -> bool:
     """A framework hook that runs once per batch around a step it implies."""
-    return any(d in HOOK_WORDS or (d.startswith("on_") and d.endswith(("_batch_start", "_batch_end"))
-                                   and "train" in d) for d in defs)
+    return not HOOK_WORDS.isdisjoint(defs) or any(
+        d.endswith(("_batch_start", "_batch_end")) and "train" in d for d in defs if d.startswith("on_"))
 
 
 def _optimizer_class(names: Iterable[str]) -> bool:
     """An optimizer's class or module among ``names`` (``AdamW``, ``torch.optim``)."""
-    return any(n in OPTIMIZER_MODULES or (n[:1].isupper() and bool(class_words(n) & OPTIMIZER_WORDS))
-               for n in names)
+    return not OPTIMIZER_MODULES.isdisjoint(names) or any(
+        class_words(n) & OPTIMIZER_WORDS for n in names if n[:1].isupper())
 
 
 # The kinds of event a piece of code can hold, as bits: calls that make a finding alone
@@ -411,7 +411,10 @@ def _names(code: CodeType) -> set[str]:
     syntax tree, and reading the names of its code is far cheaper than walking the tree."""
     names: set[str] = set()
     _code_names(code, names)
-    return {part for name in names for part in name.split(".")}
+    dotted = [name for name in names if "." in name]  # imported paths: few
+    names.difference_update(dotted)
+    names.update(part for name in dotted for part in name.split("."))
+    return names
 
 
 def _might_find(names: set[str], custom: frozenset[str]) -> bool:

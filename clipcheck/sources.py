@@ -74,14 +74,19 @@ def _special(mode: int) -> str | None:
     return "a special file"
 
 
-def _skip_reason(path: Path) -> str | None:
-    """Why ``path`` must not be opened (it is a FIFO, a socket or a device), or ``None``. A path
-    that cannot even be stat'ed is left to ``read_bytes``, which says why it cannot be read."""
+Identity = tuple[int, int]  # a file's device and inode: the same file by whatever path
+
+
+def _stat(path: Path) -> tuple[str | None, Identity | None]:
+    """Why ``path`` must not be opened (it is a FIFO, a socket or a device), or ``None``; and
+    which file it is. A path that cannot even be stat'ed is left to ``read_bytes``, which says
+    why it cannot be read."""
     try:
-        kind = _special(os.stat(path).st_mode)
+        found = os.stat(path)
     except (OSError, ValueError):
-        return None
-    return None if kind is None else f"{kind}, not a regular file"
+        return None, None
+    kind = _special(found.st_mode)
+    return None if kind is None else f"{kind}, not a regular file", (found.st_dev, found.st_ino)
 
 
 def _is_virtualenv(path: Path) -> bool:
@@ -118,6 +123,7 @@ class _Found(NamedTuple):
     path: Path
     missing: str | None = None
     skipped: str | None = None
+    identity: Identity | None = None
 
 
 def _walk(root: Path, excluded: Excluded) -> list[_Found]:
@@ -139,7 +145,7 @@ def _walk(root: Path, excluded: Excluded) -> list[_Found]:
             and not (top and d in SKIPPED_AT_TOP) and not _is_virtualenv(here / d)
             and not excluded(here / d)
         )
-        found.extend(_Found(here / f, skipped=_skip_reason(here / f)) for f in sorted(filenames)
+        found.extend(_Found(here / f, None, *_stat(here / f)) for f in sorted(filenames)
                      if f.endswith(CHECKED_SUFFIXES) and not excluded(here / f))
     ignored = _git_ignored(root, [f.path for f in found])
     return [f for f in found if f.path not in ignored]
@@ -174,10 +180,11 @@ def discover(given: Sequence[str], excluded: Excluded, force_exclude: bool = Fal
     implicit = not given
     excluded = _guarded(excluded)
     sources: list[Source] = []
-    seen: set[str] = set()
+    seen: set[Identity | str] = set()
 
-    def add(source: Source) -> None:
-        key = source.shown if source.path is None else os.path.realpath(source.path)
+    def add(source: Source, identity: Identity | None = None) -> None:
+        """Each file once: known by its device and inode, else by its real path."""
+        key = identity or (source.shown if source.path is None else os.path.realpath(source.path))
         if key not in seen:
             seen.add(key)
             sources.append(source)
@@ -188,19 +195,21 @@ def discover(given: Sequence[str], excluded: Excluded, force_exclude: bool = Fal
             continue
         path = Path(name)
         try:
-            mode: int | None = os.stat(path).st_mode
+            status = os.stat(path)
+            mode: int | None = status.st_mode
+            identity: Identity | None = (status.st_dev, status.st_ino)
         except (OSError, ValueError):
-            mode = None  # absent, a dangling link, a link loop: sorted out below
+            mode = identity = None  # absent, a dangling link, a link loop: sorted out below
         if mode is not None and stat.S_ISDIR(mode):
             for found in _walk(path, excluded):
                 add(Source(_shown(name, path, found.path, implicit), found.path,
-                           missing=found.missing, skipped=found.skipped))
+                           missing=found.missing, skipped=found.skipped), found.identity)
         elif _is_absent(path):
             add(Source(name, path, missing="no such file or directory"))
         elif not (force_exclude and excluded(path)):
             # A file that exists but cannot be read is kept: ``read_bytes`` says why.
             kind = None if mode is None else _special(mode)
-            add(Source(name, path, skipped=None if kind is None else f"{kind}, not a regular file"))
+            add(Source(name, path, skipped=None if kind is None else f"{kind}, not a regular file"), identity)
     return sources
 
 
