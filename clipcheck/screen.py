@@ -453,28 +453,37 @@ def _reached(items: list[_Item], custom: frozenset[str]) -> list[int]:
     added to the reader's). A module frozen is reached like one bound: the optimizers built
     over it, which tell its freeze apart from a tensor's, name it."""
     reached = [_own_kinds(i, custom) for i in items]
-    changed = True
-    while changed:
-        changed = False
-        carried: dict[str, int] = {}
-        for item, found in zip(items, reached, strict=True):
-            if found & ~OPTIMIZER and not item.is_import:
-                for name in item.binds | item.frozen:
-                    if not _dunder(name):
-                        carried[name] = carried.get(name, 0) | found & ~OPTIMIZER
-        for index, item in enumerate(items):
-            found = reached[index]
-            for name in item.reads:
-                found |= carried.get(name, 0)
-            if found != reached[index]:
-                reached[index] = found
-                changed = True
-            parent = item.parent
-            if (parent is not None and found | reached[parent] != reached[parent]
-                    and any(map(_dunder, item.defines))):
-                reached[parent] |= found
-                changed = True
+    readers = _index(items, lambda item: item.reads)
+    carried: dict[str, int] = {}  # by name: the kinds that what binds it reaches
+    grown = [index for index, found in enumerate(reached) if found]  # each time an item reaches more
+
+    def reach(index: int, more: int) -> None:
+        if reached[index] | more != reached[index]:
+            reached[index] |= more
+            grown.append(index)
+
+    while grown:  # each item grows at most once per kind: linear, however long a chain of calls
+        index = grown.pop()
+        item, found = items[index], reached[index]
+        passed = found & ~OPTIMIZER
+        if passed and not item.is_import:
+            for name in item.binds | item.frozen:
+                if not _dunder(name) and carried.get(name, 0) | passed != carried.get(name, 0):
+                    carried[name] = carried.get(name, 0) | passed
+                    for reader in readers.get(name, ()):
+                        reach(reader, passed)
+        if item.parent is not None and any(map(_dunder, item.defines)):
+            reach(item.parent, found)
     return reached
+
+
+def _index(items: list[_Item], names: Callable[[_Item], Iterable[str]]) -> dict[str, list[int]]:
+    """The items by each of their ``names``."""
+    found: dict[str, list[int]] = {}
+    for index, item in enumerate(items):
+        for name in names(item):
+            found.setdefault(name, []).append(index)
+    return found
 
 
 def _needed(items: list[_Item], custom: frozenset[str]) -> list[bool]:
@@ -493,27 +502,39 @@ def _needed(items: list[_Item], custom: frozenset[str]) -> list[bool]:
     if any(kept[index] and not items[index].is_import for index in top_level):
         for index in top_level:
             kept[index] = True
-    changed = True
-    while changed:
-        changed = False
-        reads = {n for i, k in zip(items, kept, strict=True) if k for n in i.reads if not _dunder(n)}
-        for index, item in enumerate(items):
-            if not kept[index] and item.binds & reads:
-                kept[index] = changed = True
-            if item.parent is not None and kept[index] and not kept[item.parent]:
-                kept[item.parent] = changed = True
-            # Statements sharing a line (``a = (1,\n 2); opt.step()``) stand or fall together.
-            if index and kept[index] != kept[index - 1] and items[index - 1].last >= item.first:
-                kept[index] = kept[index - 1] = changed = True
+    binders = _index(items, lambda item: (n for n in item.binds if not _dunder(n)))
+    members: dict[int, list[int]] = {}  # each class's, by its header
     for index, item in enumerate(items):
-        if item.parent is not None and kept[item.parent] and (
-                item.binds & FRAMEWORK_MEMBERS or (item.defines and all(map(_dunder, item.defines)))):
+        if item.parent is not None:
+            members.setdefault(item.parent, []).append(index)
+    added = [index for index, k in enumerate(kept) if k]
+
+    def keep(index: int) -> None:
+        if not kept[index]:
             kept[index] = True
-    for header in {i.parent for i in items if i.parent is not None and kept[i.parent]}:
-        members = [index for index, i in enumerate(items) if i.parent == header]
-        if not any(kept[m] for m in members):  # a class read by name only: kept whole
-            for m in members:
-                kept[m] = True
+            added.append(index)
+
+    while added:
+        while added:  # what a kept item reads, its class, and what shares a line with it
+            index = added.pop()
+            item = items[index]
+            for name in item.reads:
+                for binder in binders.get(name, ()):
+                    keep(binder)
+            if item.parent is not None:
+                keep(item.parent)
+            # Statements sharing a line (``a = (1,\n 2); opt.step()``) stand or fall together.
+            if index and items[index - 1].last >= item.first:
+                keep(index - 1)
+            if index + 1 < len(items) and item.last >= items[index + 1].first:
+                keep(index + 1)
+        for header, inside in members.items():  # each kept class's special members, or all of
+            if kept[header]:  # them when it is read by name only
+                whole = not any(kept[m] for m in inside)
+                for m in inside:
+                    if whole or items[m].binds & FRAMEWORK_MEMBERS or (
+                            items[m].defines and all(map(_dunder, items[m].defines))):
+                        keep(m)
     return kept
 
 
