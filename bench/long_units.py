@@ -5,8 +5,10 @@
 The 5 MB test in ``tests/test_workers.py`` is made of many small functions; a cost that grows
 with the square of one function's length shows only in a long one. Each shape below repeats
 one training iteration ``N`` and then ``2 N`` times inside a single function (``--blocks``,
-default 800), and ``clipcheck check --no-cache`` runs on each file (this working tree's
-clipcheck, the median of ``--rounds`` runs, default 3). Doubling the length should about
+default 800), but the last, which chains ``N`` helpers across the module, each calling the
+next (a cost that grows with the square of the depth of calls shows only there); ``clipcheck
+check --no-cache`` runs on each file (this working tree's clipcheck, the median of
+``--rounds`` runs, default 3). Doubling the length should about
 double the time: the bench prints each size's seconds and their ratio, measured in the same
 run. A ratio near 4 is a cost that grows with the square of the length (each time includes
 clipcheck's start-up, about 0.4 s, which pulls a linear ratio below 2). Progress goes to
@@ -42,10 +44,18 @@ SHAPES: dict[str, str] = {
                         "    scaler.step(opt)\n    scaler.update()\n    opt.zero_grad()\n"),
 }
 HEADER = "import torch\n\nscaler = torch.amp.GradScaler()\n\n\ndef train(model, opt, x, flags):\n"
+# One helper per block instead, at the top level, each calling the next; the last trains.
+CHAIN = "chain of helpers"
+SHAPES[CHAIN] = "\n\ndef helper{i}(opt, loss):\n    helper{next}(opt, loss)\n"
+CHAIN_END = "\n\ndef helper{i}(opt, loss):\n    loss.backward()\n    opt.step()\n"
 
 
 def source(shape: str, blocks: int) -> str:
-    """A module whose one function repeats ``shape``'s iteration ``blocks`` times."""
+    """A module whose one function repeats ``shape``'s iteration ``blocks`` times (for the
+    chain, whose ``blocks`` helpers each call the next)."""
+    if shape == CHAIN:
+        helpers = "".join(SHAPES[CHAIN].format(i=i, next=i + 1) for i in range(blocks))
+        return "import torch\n" + helpers + CHAIN_END.format(i=blocks)
     return HEADER + "".join(SHAPES[shape].format(i=i) for i in range(blocks))
 
 
