@@ -315,17 +315,19 @@ def check(paths: Sequence[str], resolver: Resolver, force_exclude: bool = False,
                 keys.append(name)
                 yield task
 
-    last: list[tuple[int, int]] = []  # what ``progress`` was last told
+    told = (0, 0)  # what ``progress`` was last told
 
     def tell(done: int, total: int) -> None:
-        last[:] = [(hits + done, hits + total)]
+        nonlocal told
+        told = (hits + done, hits + total)
         assert progress is not None
-        progress(*last[0])
+        progress(*told)
 
     pool = Pool(run_task, jobs or usable_cores(), limits, size=lambda task: len(task.data))
     results = pool.map(analysed(), None if progress is None else tell)
-    if progress is not None and hits and last != [(hits + len(tasks),) * 2]:
-        progress(hits + len(tasks), hits + len(tasks))  # sources found in the cache after the last result
+    final = (hits + len(tasks),) * 2
+    if progress is not None and hits and told != final:
+        progress(*final)  # sources found in the cache after the last result
     for task, name, result in zip(tasks, keys, results, strict=True):
         if isinstance(result, Failure):
             _add(report, task.shown, [unanalysable(task.shown, result.reason)], {})

@@ -468,8 +468,9 @@ def _reached(items: list[_Item], custom: frozenset[str]) -> list[int]:
         passed = found & ~OPTIMIZER
         if passed and not item.is_import:
             for name in item.binds | item.frozen:
-                if not _dunder(name) and carried.get(name, 0) | passed != carried.get(name, 0):
-                    carried[name] = carried.get(name, 0) | passed
+                before = carried.get(name, 0)
+                if not _dunder(name) and before | passed != before:
+                    carried[name] = before | passed
                     for reader in readers.get(name, ()):
                         reach(reader, passed)
         if item.parent is not None and any(map(_dunder, item.defines)):

@@ -74,6 +74,12 @@ def _special(mode: int) -> str | None:
     return "a special file"
 
 
+def _skip_reason(mode: int) -> str | None:
+    """Why a file must not be opened (it is a FIFO, a socket or a device), or ``None``."""
+    kind = _special(mode)
+    return None if kind is None else f"{kind}, not a regular file"
+
+
 Identity = tuple[int, int]  # a file's device and inode: the same file by whatever path
 
 
@@ -85,8 +91,7 @@ def _stat(path: Path) -> tuple[str | None, Identity | None]:
         found = os.stat(path)
     except (OSError, ValueError):
         return None, None
-    kind = _special(found.st_mode)
-    return None if kind is None else f"{kind}, not a regular file", (found.st_dev, found.st_ino)
+    return _skip_reason(found.st_mode), (found.st_dev, found.st_ino)
 
 
 def _is_virtualenv(path: Path) -> bool:
@@ -208,8 +213,7 @@ def discover(given: Sequence[str], excluded: Excluded, force_exclude: bool = Fal
             add(Source(name, path, missing="no such file or directory"))
         elif not (force_exclude and excluded(path)):
             # A file that exists but cannot be read is kept: ``read_bytes`` says why.
-            kind = None if mode is None else _special(mode)
-            add(Source(name, path, skipped=None if kind is None else f"{kind}, not a regular file"), identity)
+            add(Source(name, path, skipped=None if mode is None else _skip_reason(mode)), identity)
     return sources
 
 
